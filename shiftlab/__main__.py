@@ -1,0 +1,3 @@
+from shiftlab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""The ``shiftlab`` command line.
+
+Each command lives in its own module ``shiftlab/cli/<name>.py`` that defines ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. Command modules import only the standard
+library at top level, so ``shiftlab --help`` is fast; heavy imports happen inside ``run``.
+The parser is built when ``main`` runs, never at import time.
+
+Bad input (any :class:`~shiftlab.errors.ShiftlabError`) prints ``shiftlab: error: <message>`` on
+stderr and exits with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+__all__ = ["main", "build_parser"]
+
+# In the order they are listed by --help: the pipeline order.
+COMMANDS = ("demo", "audit", "inspect", "fix", "experiment", "report")
+
+
+def _command_modules():
+    for name in COMMANDS:
+        module_name = f"shiftlab.cli.{name}"
+        if importlib.util.find_spec(module_name) is not None:
+            yield name, importlib.import_module(module_name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from shiftlab._version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="shiftlab",
+        description="Measure, see and fix how convolutional networks respond to translation.",
+    )
+    parser.add_argument("--version", action="version", version=f"shiftlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, module in _command_modules():
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shiftlab.errors import ShiftlabError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except ShiftlabError as exc:
+        print(f"shiftlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("shiftlab: interrupted", file=sys.stderr)
+        return 130
