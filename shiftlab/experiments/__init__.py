@@ -1,0 +1,1 @@
+"""Experiments that test the articles' claims by training small networks on CPU."""

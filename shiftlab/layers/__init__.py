@@ -1,0 +1,1 @@
+"""Layers: anti-aliased and polyphase subsampling, each as a function and a Module."""

@@ -1,0 +1,1 @@
+"""Models: loading any model by name, and the bundled pretrained ImageNet network."""

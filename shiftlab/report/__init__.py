@@ -1,0 +1,1 @@
+"""Report: plots that take computed results and return figures, and the HTML report."""
