@@ -47,6 +47,15 @@ def check_float(x: torch.Tensor, name: str = "x") -> torch.Tensor:
 
 
 def check_finite(x: torch.Tensor, name: str = "x") -> torch.Tensor:
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    """Raise ShapeError if ``x`` holds NaN or Inf.
+
+    NaN and Inf always survive a sum, so a finite sum proves a finite tensor (the cheap path); only
+    a non-finite sum (which may also be plain overflow) triggers the full element-wise check.
+    """
+    if not x.is_floating_point() or x.numel() == 0:
+        return x
+    if bool(torch.isfinite(x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))):
+        return x
+    if not bool(torch.isfinite(x).all()):
         raise ShapeError(f"{name} contains NaN or Inf")
     return x
