@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except ShiftlabError as exc:
         print(f"shiftlab: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `shiftlab audit ... | head`
+        sys.stdout = open(os.devnull, "w")
+        return 141
     except KeyboardInterrupt:
         print("shiftlab: interrupted", file=sys.stderr)
         return 130
