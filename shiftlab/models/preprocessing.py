@@ -1,0 +1,176 @@
+"""What a model expects as input: size, resize, interpolation and normalisation.
+
+Every transform in shiftlab acts on images in pixel space ([0, 1], (B, C, H, W)); a model's normalisation
+is applied last, by :meth:`Preprocessing.normalize`. The numbers come from a timm-style
+``model.pretrained_cfg`` when the model has one, ImageNet defaults otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from shiftlab._checks import check_bchw, check_finite, check_float
+from shiftlab.data.images import INTERPOLATIONS, resize_and_crop
+from shiftlab.errors import InputError, ShapeError
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing", "prepare", "preprocessing"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_CROP_PCT = 0.875  # 224 / 256
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Input size and normalisation a model expects.
+
+    Attributes:
+        mean, std: per-channel normalisation, applied as ``(x - mean) / std`` to [0, 1] images.
+        input_size: (H, W) of the centre crop fed to the model.
+        resize_size: the shorter side is resized to this before the centre crop (256 for a 224 crop).
+        interpolation: ``"bilinear"`` or ``"bicubic"`` (or ``"nearest"``, ``"area"``).
+
+    >>> p = Preprocessing()
+    >>> p.input_size, p.resize_size
+    ((224, 224), 256)
+    """
+
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    input_size: tuple[int, int] = (224, 224)
+    resize_size: int = 256
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        if len(self.mean) != len(self.std):
+            raise InputError(f"mean and std must have the same length, got {len(self.mean)} and {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise InputError(f"std must be positive, got {self.std}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise InputError(f"unknown interpolation {self.interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
+        if self.resize_size < max(self.input_size):
+            raise InputError(f"resize_size {self.resize_size} is smaller than input_size {self.input_size}")
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` per channel, for images in [0, 1].
+
+        Shape:
+            Input: (B, C, H, W) floating, C = len(mean). Output: same shape and dtype.
+
+        >>> Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3).normalize(torch.ones(1, 3, 2, 2)).unique()
+        tensor([1.])
+        """
+        check_bchw(x, channels=len(self.mean))
+        check_float(x)
+        check_finite(x)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def prepare(self, image) -> torch.Tensor:
+        """Resize the shorter side to ``resize_size`` and centre-crop to ``input_size``, in pixel space.
+
+        Accepts what :func:`prepare` accepts. Shape: Output: (B, 3, H, W) float32 in [0, 1].
+        """
+        return prepare(image, self.input_size, self.resize_size, self.interpolation)
+
+    def __call__(self, image) -> torch.Tensor:
+        """``normalize(prepare(image))``: ready to feed the model."""
+        return self.normalize(self.prepare(image))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # a SelectOutput wrapper (shiftlab.models.loading) keeps the wrapped model as .model
+    while not hasattr(model, "pretrained_cfg") and hasattr(model, "model") and isinstance(model.model, nn.Module):
+        model = model.model
+    return model
+
+
+def preprocessing(model: nn.Module | None = None) -> Preprocessing:
+    """The input preprocessing ``model`` expects.
+
+    Read from a timm-style ``model.pretrained_cfg`` dict (``mean``, ``std``, ``input_size`` as (C, H, W),
+    ``crop_pct``, ``interpolation``) when the model has one; ImageNet defaults otherwise (mean
+    (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225), resize 256, centre crop 224, bilinear).
+    ``resize_size`` is ``floor(H / crop_pct)``, as timm computes it.
+
+    >>> preprocessing(nn.Identity()).mean
+    (0.485, 0.456, 0.406)
+    """
+    cfg = getattr(_unwrap(model), "pretrained_cfg", None) if model is not None else None
+    if not isinstance(cfg, dict):
+        return Preprocessing()
+    mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
+    size = tuple(int(v) for v in cfg.get("input_size", (3, 224, 224)))
+    input_size = size[-2:] if len(size) >= 2 else (size[0], size[0])
+    crop_pct = float(cfg.get("crop_pct") or DEFAULT_CROP_PCT)
+    resize_size = max(max(input_size), int(math.floor(max(input_size) / crop_pct)))
+    interpolation = cfg.get("interpolation", "bilinear")
+    if interpolation not in INTERPOLATIONS:
+        interpolation = "bicubic" if "cubic" in str(interpolation) else "bilinear"
+    return Preprocessing(mean=mean, std=std, input_size=input_size, resize_size=resize_size,
+                         interpolation=interpolation)
+
+
+def _as_batch(image) -> torch.Tensor:
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.ndim != 3:
+            raise ShapeError(f"an image array must be (H, W) or (H, W, C), got shape {array.shape}")
+        if array.dtype == np.uint8:
+            array = array.astype(np.float32) / 255.0
+        elif np.issubdtype(array.dtype, np.floating):
+            if not np.isfinite(array).all():
+                raise ShapeError("image contains NaN or Inf")
+            if array.size and array.max() > 1.0 + 1e-6:
+                raise ShapeError(f"float image arrays must be in [0, 1], got values up to {array.max():.3g}; "
+                                 f"pass uint8 0-255 or divide by 255")
+        x = torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32).permute(2, 0, 1)[None]
+    elif isinstance(image, torch.Tensor):
+        x = image
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4:
+            raise ShapeError(f"an image tensor must be (C, H, W) or (B, C, H, W), got shape {tuple(x.shape)}")
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+    else:
+        raise ShapeError(f"image must be a numpy array or a torch.Tensor, got {type(image).__name__}")
+    check_float(x, "image")
+    check_finite(x, "image")
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    elif x.shape[1] == 4:
+        x = x[:, :3]
+    if x.shape[1] != 3:
+        raise ShapeError(f"image must have 1, 3 or 4 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    return x
+
+
+def prepare(image, size=224, resize_size: int | None = None, interpolation: str = "bilinear") -> torch.Tensor:
+    """Resize the shorter side and centre-crop to ``size``, in pixel space [0, 1] (no normalisation).
+
+    ``image`` may be a numpy array (H, W) or (H, W, C) (uint8 0-255, or float in [0, 1]; becomes float32)
+    or a tensor (C, H, W) or (B, C, H, W) (uint8, or floating: its dtype is kept).
+    Grey images become 3 channels; an alpha channel is dropped.
+    ``resize_size`` defaults to ``floor(size / 0.875)`` (256 for 224). Images are upscaled when smaller.
+
+    Shape:
+        Output: (B, 3, h, w) with (h, w) = size.
+
+    >>> prepare(np.zeros((300, 451, 3))).shape
+    torch.Size([1, 3, 224, 224])
+    """
+    x = _as_batch(image)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if resize_size is None:
+        resize_size = int(math.floor(max(h, w) / DEFAULT_CROP_PCT))
+    return resize_and_crop(x, (h, w), resize_size=resize_size, interpolation=interpolation)
