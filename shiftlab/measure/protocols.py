@@ -1,0 +1,510 @@
+"""Measurement protocols: how the transformed copies of each image are made (the ``transform=`` of an audit).
+
+A protocol takes a batch of images in pixel space (B, C, H, W), already at its *source size*, with their
+dataset indices, and returns K copies of each (one forward pass sees all of them). Normalisation by the
+model's preprocessing happens afterwards. Random offsets depend only on (seed, dataset index), so any
+sharding of a dataset draws the same offsets.
+
+========================  ==========================================  =====================================
+spec string               protocol                                    metrics it supports
+========================  ==========================================  =====================================
+``circular:M[:P]``        :class:`CircularShiftPair` two rolls with    consistency, accuracy
+                          offsets uniform in [-M, M-1], P passes
+``crop:S:M[:P]``          :class:`CropShiftPair` two SxS crops at      consistency, accuracy
+                          offsets uniform in [0, M-1] of an
+                          (S+M)x(S+M) image (Zhang 2019)
+``diagonal:N[:MODE]``     :class:`DiagonalSweep` shifts (o, o),         top1_change, mean_abs_change,
+                          o = 0..N; MODE crop|circular|canvas           flip_probability, top5_distance,
+                          (Azulay & Weiss 2019)                         worst_case_stability, agreement,
+                                                                        accuracy
+``sequence:M[:MODE]``     :class:`ImageNetPSequence` horizontal         as diagonal
+                          shifts -M..M; MODE crop|circular
+``grid:N[:STEP[:MODE]]``  :class:`ShiftGrid` all (dy, dx) in            worst_case_stability, agreement,
+                          {0, STEP, ..}^2; MODE circular|crop           accuracy
+``rotate:A,B,..``         :class:`RotationSweep` angles in degrees      as diagonal (frames = the values)
+``scale:F,G,..``          :class:`ScaleSweep` zoom factors              as diagonal
+``brightness:F,G,..``     :class:`BrightnessSweep` brightness factors   as diagonal
+========================  ==========================================  =====================================
+
+Shifts are reported in the ``torch.roll`` convention (content moves down by dy, right by dx): a crop
+window at offset o shows the content displaced by -o.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from shiftlab.errors import InputError, ShiftlabError
+
+__all__ = [
+    "Copies",
+    "Protocol",
+    "CircularShiftPair",
+    "CropShiftPair",
+    "DiagonalSweep",
+    "ImageNetPSequence",
+    "ShiftGrid",
+    "RotationSweep",
+    "ScaleSweep",
+    "BrightnessSweep",
+    "parse_protocol",
+    "PROTOCOL_HELP",
+]
+
+PAIR_METRICS = ("consistency", "accuracy")
+ORDERED_METRICS = ("top1_change", "mean_abs_change", "flip_probability", "top5_distance", "worst_case_stability",
+                   "agreement", "accuracy")
+GRID_METRICS = ("worst_case_stability", "agreement", "accuracy")
+
+
+def _transforms():
+    import shiftlab.transforms as transforms
+
+    return transforms
+
+
+@dataclass(frozen=True)
+class Copies:
+    """K transformed copies of a batch of B images.
+
+    ``inputs`` is (K*B, C, h, w), copy-major: copy k of sample b is row ``k * B + b``. ``shifts`` is
+    (B, K, 2) int64, the content displacement of each copy in input pixels (roll convention), or ``None``
+    for protocols that are not shifts.
+    """
+
+    inputs: torch.Tensor
+    shifts: torch.Tensor | None
+    num_copies: int
+
+
+class Protocol:
+    """Base class of the protocols. Subclasses set the class attributes and implement :meth:`make`."""
+
+    kind: str = "ordered"  # "pair", "ordered" (a sequence of frames) or "grid"
+    circular: bool = False  # copies are exact group actions (circular shifts) of one another
+    size: int | None = None  # crop size; None: derived from the source images
+    shifts: bool = True  # copies differ by integer shifts (layer equivariance is defined)
+    spec_name: str = ""
+
+    @property
+    def num_copies(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def extent(self) -> tuple[int, int]:
+        """Pixels the source image needs beyond the model input, in (H, W)."""
+        return (0, 0)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return {"pair": PAIR_METRICS, "ordered": ORDERED_METRICS, "grid": GRID_METRICS}[self.kind]
+
+    @property
+    def default_metrics(self) -> tuple[str, ...]:
+        return self.metrics
+
+    @property
+    def parameters(self) -> list | None:
+        """A label per copy (for curves), or ``None`` when copies are random draws."""
+        return None
+
+    @property
+    def consistency_pairs(self) -> list[tuple[int, int]]:
+        return []
+
+    @property
+    def layer_pairs(self) -> list[tuple[int, int]]:
+        """Copy pairs (i, j) compared at each layer: copy j against copy i moved by their relative shift."""
+        return [(0, k) for k in range(1, self.num_copies)]
+
+    def params(self) -> dict:
+        raise NotImplementedError
+
+    def spec(self) -> str:
+        raise NotImplementedError
+
+    def make(self, images: torch.Tensor, indices: torch.Tensor, seed: int) -> Copies:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        return {"name": type(self).__name__, "spec": self.spec(), "circular": self.circular,
+                "shifts": self.shifts, "copies": self.num_copies, **self.params()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.params() == other.params()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, repr(self)))
+
+
+def _positive(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
+        raise ShiftlabError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _stack(copies: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(list(copies), dim=0)
+
+
+class _RandomPair(Protocol):
+    kind = "pair"
+
+    def __init__(self, passes: int = 1):
+        self.passes = _positive("passes", passes)
+
+    @property
+    def num_copies(self) -> int:
+        return 2 * self.passes
+
+    @property
+    def consistency_pairs(self) -> list[tuple[int, int]]:
+        return [(2 * p, 2 * p + 1) for p in range(self.passes)]
+
+    @property
+    def layer_pairs(self) -> list[tuple[int, int]]:
+        return self.consistency_pairs
+
+
+class CircularShiftPair(_RandomPair):
+    """Two circular shifts (``torch.roll``) per image with offsets uniform in [-max_shift, max_shift - 1].
+
+    The APS/LPS circular consistency protocol (ImageNet: max_shift=32; CIFAR-10: 3). ``passes`` pairs
+    per image.
+    """
+
+    circular = True
+
+    def __init__(self, max_shift: int = 32, passes: int = 1):
+        super().__init__(passes)
+        self.max_shift = _positive("max_shift", max_shift)
+
+    def params(self) -> dict:
+        return {"max_shift": self.max_shift, "passes": self.passes}
+
+    def spec(self) -> str:
+        return f"circular:{self.max_shift}" + (f":{self.passes}" if self.passes != 1 else "")
+
+    def make(self, images, indices, seed):
+        T = _transforms()
+        offsets = T.random_offsets(seed, indices, -self.max_shift, self.max_shift - 1, count=self.num_copies)
+        offsets = offsets.to(images.device)
+        copies = [T.circular_shift(images, offsets[:, k, 0], offsets[:, k, 1]) for k in range(self.num_copies)]
+        return Copies(_stack(copies), offsets, self.num_copies)
+
+
+class CropShiftPair(_RandomPair):
+    """Two ``size`` x ``size`` crops per image at offsets uniform in [0, max_offset - 1] (Zhang 2019).
+
+    The source image is (size + max_offset) square: the ImageNet protocol is ``CropShiftPair(224, 32)`` on
+    the 256 centre crop.
+    """
+
+    def __init__(self, size: int = 224, max_offset: int = 32, passes: int = 1):
+        super().__init__(passes)
+        self.size = _positive("size", size)
+        self.max_offset = _positive("max_offset", max_offset)
+
+    @property
+    def extent(self):
+        return (self.max_offset, self.max_offset)
+
+    def params(self) -> dict:
+        return {"size": self.size, "max_offset": self.max_offset, "passes": self.passes}
+
+    def spec(self) -> str:
+        return f"crop:{self.size}:{self.max_offset}" + (f":{self.passes}" if self.passes != 1 else "")
+
+    def make(self, images, indices, seed):
+        T = _transforms()
+        offsets = T.random_offsets(seed, indices, 0, self.max_offset - 1, count=self.num_copies).to(images.device)
+        size = (images.shape[-2] - self.max_offset, images.shape[-1] - self.max_offset)
+        copies = [T.crop_shift(images, offsets[:, k, 0], offsets[:, k, 1], size) for k in range(self.num_copies)]
+        return Copies(_stack(copies), -offsets, self.num_copies)
+
+
+_SHIFT_MODES = ("crop", "circular", "canvas")
+
+
+class _ShiftSequence(Protocol):
+    """Copies at a fixed list of content shifts (the same for every image)."""
+
+    modes: tuple[str, ...] = _SHIFT_MODES
+
+    def __init__(self, mode: str, size: int | None = None, object_size: int | None = None, fill: str = "black"):
+        if mode not in self.modes:
+            raise ShiftlabError(f"mode must be one of {', '.join(self.modes)}, got {mode!r}")
+        self.mode = mode
+        self.circular = mode == "circular"
+        self.size = None if size is None else _positive("size", size)
+        self.object_size = None if object_size is None else _positive("object_size", object_size)
+        self.fill = fill
+
+    def _offsets(self) -> torch.Tensor:
+        """(K, 2) offsets in the roll convention (content displacement)."""
+        raise NotImplementedError
+
+    @property
+    def num_copies(self) -> int:
+        return int(self._offsets().shape[0])
+
+    @property
+    def parameters(self):
+        return [tuple(int(v) for v in o) for o in self._offsets().tolist()]
+
+    @property
+    def extent(self):
+        if self.mode != "crop":
+            return (0, 0)
+        o = self._offsets()
+        return (int(o[:, 0].max() - o[:, 0].min()), int(o[:, 1].max() - o[:, 1].min()))
+
+    def _mode_params(self) -> dict:
+        p = {"mode": self.mode}
+        if self.size is not None:
+            p["size"] = self.size
+        if self.mode == "canvas":
+            p["object_size"] = self.object_size
+            p["fill"] = self.fill
+        return p
+
+    def make(self, images, indices, seed):
+        T = _transforms()
+        offsets = self._offsets().to(images.device)
+        B, _, H, W = images.shape
+        K = offsets.shape[0]
+        if self.mode == "circular":
+            copies = [T.circular_shift(images, int(dy), int(dx)) for dy, dx in offsets.tolist()]
+        elif self.mode == "crop":
+            # the window for content displacement d starts at (max d) - d, so all windows fit
+            top = int(offsets[:, 0].max())
+            left = int(offsets[:, 1].max())
+            size = (H - self.extent[0], W - self.extent[1])
+            copies = [T.crop_shift(images, top - int(dy), left - int(dx), size) for dy, dx in offsets.tolist()]
+        else:  # canvas: the image shrunk to object_size, pasted so the sweep stays inside the canvas
+            obj = self.object_size or max(1, round(min(H, W) * 100 / 224))
+            span_y = int(offsets[:, 0].max() - offsets[:, 0].min())
+            span_x = int(offsets[:, 1].max() - offsets[:, 1].min())
+            if obj + max(span_y, span_x) > min(H, W):
+                raise ShiftlabError(f"canvas sweep does not fit: object {obj} px + sweep {max(span_y, span_x)} px "
+                                    f"> canvas {min(H, W)} px")
+            top0 = (H - obj - span_y) // 2 - int(offsets[:, 0].min())
+            left0 = (W - obj - span_x) // 2 - int(offsets[:, 1].min())
+            copies = [T.canvas_embed(images, top0 + int(dy), left0 + int(dx), (H, W), object_size=obj, fill=self.fill)
+                      for dy, dx in offsets.tolist()]
+        shifts = offsets.unsqueeze(0).expand(B, K, 2).contiguous()
+        return Copies(_stack(copies), shifts, K)
+
+
+class DiagonalSweep(_ShiftSequence):
+    """Diagonal 1-px steps (o, o), o = 0..n (Azulay & Weiss 2019; the antialiased-cnns ``-ed`` sweep).
+
+    ``mode="crop"``: windows of the source image (content moves by -o); ``"circular"``: rolls by (o, o);
+    ``"canvas"``: the image shrunk to ``object_size`` (default about 100/224 of the canvas) and pasted
+    into a canvas of the model's input size at (o, o) plus a centring offset, with ``fill``.
+    """
+
+    def __init__(self, n: int = 8, mode: str = "crop", size: int | None = None, object_size: int | None = None,
+                 fill: str = "black"):
+        self.n = _positive("n", n)
+        super().__init__(mode, size, object_size, fill)
+
+    def _offsets(self):
+        o = torch.arange(self.n + 1, dtype=torch.long)
+        sign = -1 if self.mode == "crop" else 1
+        return torch.stack([sign * o, sign * o], dim=1)
+
+    @property
+    def default_metrics(self):
+        return ("top1_change", "mean_abs_change", "accuracy")
+
+    def params(self):
+        return {"n": self.n, **self._mode_params()}
+
+    def spec(self):
+        return f"diagonal:{self.n}:{self.mode}"
+
+
+class ImageNetPSequence(_ShiftSequence):
+    """Horizontal shifts -max_shift..max_shift, one pixel apart (the ImageNet-P translate sequence: 41 frames)."""
+
+    modes = ("crop", "circular")
+
+    def __init__(self, max_shift: int = 20, mode: str = "crop", size: int | None = None):
+        self.max_shift = _positive("max_shift", max_shift)
+        super().__init__(mode, size)
+
+    def _offsets(self):
+        dx = torch.arange(-self.max_shift, self.max_shift + 1, dtype=torch.long)
+        return torch.stack([torch.zeros_like(dx), dx], dim=1)
+
+    @property
+    def layer_pairs(self):
+        centre = self.max_shift
+        return [(centre, k) for k in range(self.num_copies) if k != centre]
+
+    @property
+    def default_metrics(self):
+        return ("flip_probability", "top5_distance", "accuracy")
+
+    def params(self):
+        return {"max_shift": self.max_shift, **self._mode_params()}
+
+    def spec(self):
+        return f"sequence:{self.max_shift}:{self.mode}"
+
+
+class ShiftGrid(_ShiftSequence):
+    """All shifts (dy, dx) in {0, step, .., (n-1)*step}^2 (worst case over a grid, Michaeli et al. 2023)."""
+
+    kind = "grid"
+    modes = ("circular", "crop")
+
+    def __init__(self, n: int = 8, step: int = 1, mode: str = "circular", size: int | None = None):
+        self.n = _positive("n", n)
+        self.step = _positive("step", step)
+        super().__init__(mode, size)
+
+    def _offsets(self):
+        g = torch.arange(self.n, dtype=torch.long) * self.step
+        yy, xx = torch.meshgrid(g, g, indexing="ij")
+        o = torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1)
+        return -o if self.mode == "crop" else o
+
+    def params(self):
+        return {"n": self.n, "step": self.step, **self._mode_params()}
+
+    def spec(self):
+        return f"grid:{self.n}:{self.step}:{self.mode}"
+
+
+class _ValueSweep(Protocol):
+    """Copies at a list of transformation parameters; the first value is the reference."""
+
+    label = "value"
+    shifts = False
+
+    def __init__(self, values: Sequence[float]):
+        values = [float(v) for v in values]
+        if len(values) < 2:
+            raise ShiftlabError(f"{type(self).__name__} needs at least two values, got {values}")
+        self.values = values
+
+    @property
+    def num_copies(self):
+        return len(self.values)
+
+    @property
+    def parameters(self):
+        return list(self.values)
+
+    @property
+    def default_metrics(self):
+        return ("agreement", "flip_probability", "accuracy")
+
+    def params(self):
+        return {self.label: self.values}
+
+    def spec(self):
+        return f"{self.spec_name}:" + ",".join(f"{v:g}" for v in self.values)
+
+    def _apply(self, T, images, value):
+        raise NotImplementedError
+
+    def make(self, images, indices, seed):
+        T = _transforms()
+        return Copies(_stack([self._apply(T, images, v) for v in self.values]), None, self.num_copies)
+
+
+class RotationSweep(_ValueSweep):
+    """Rotations by each angle (degrees, counter-clockwise) about the centre."""
+
+    spec_name, label = "rotate", "angles"
+
+    def __init__(self, angles: Sequence[float] = (0, 15, 30, 45, 90)):
+        super().__init__(angles)
+
+    def _apply(self, T, images, value):
+        return T.rotate(images, value)
+
+
+class ScaleSweep(_ValueSweep):
+    """Zoom about the centre by each factor (output the same size)."""
+
+    spec_name, label = "scale", "factors"
+
+    def __init__(self, factors: Sequence[float] = (1.0, 0.9, 0.8, 1.1, 1.25)):
+        super().__init__(factors)
+
+    def _apply(self, T, images, value):
+        return T.zoom(images, value)
+
+
+class BrightnessSweep(_ValueSweep):
+    """Brightness scaled by each factor."""
+
+    spec_name, label = "brightness", "factors"
+
+    def __init__(self, factors: Sequence[float] = (1.0, 0.8, 0.6, 1.2, 1.4)):
+        super().__init__(factors)
+
+    def _apply(self, T, images, value):
+        return T.adjust_brightness(images, value)
+
+
+PROTOCOL_HELP = (
+    "circular:M[:P] (two rolls, offsets in [-M, M-1], P passes) | crop:S:M[:P] (two SxS crops at offsets in "
+    "[0, M-1], Zhang) | diagonal:N[:crop|circular|canvas] (1-px diagonal steps 0..N, Azulay & Weiss) | "
+    "sequence:M[:crop|circular] (horizontal -M..M, ImageNet-P) | grid:N[:STEP[:circular|crop]] (worst case "
+    "over an NxN grid) | rotate:A,B,.. | scale:F,G,.. | brightness:F,G,.."
+)
+
+
+def _ints(parts: list[str], spec: str) -> list[int]:
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise InputError(f"bad transform spec {spec!r}: expected integers in {':'.join(parts)!r}") from None
+
+
+def parse_protocol(spec: str | Protocol) -> Protocol:
+    """A protocol from a spec string such as ``"circular:32"``, ``"crop:224:32"`` or ``"rotate:0,15,30"``."""
+    if isinstance(spec, Protocol):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise InputError(f"transform must be a protocol or a spec string, got {spec!r}")
+    name, *rest = spec.strip().split(":")
+    name = name.lower()
+    try:
+        if name == "circular":
+            return CircularShiftPair(*_ints(rest, spec)) if rest else CircularShiftPair()
+        if name == "crop":
+            return CropShiftPair(*_ints(rest, spec))
+        if name in ("diagonal", "sequence", "grid"):
+            mode = rest.pop() if rest and not rest[-1].lstrip("-").isdigit() else None
+            args = _ints(rest, spec)
+            kwargs = {} if mode is None else {"mode": mode}
+            cls = {"diagonal": DiagonalSweep, "sequence": ImageNetPSequence, "grid": ShiftGrid}[name]
+            return cls(*args, **kwargs)
+        if name in ("rotate", "scale", "brightness"):
+            if len(rest) != 1:
+                raise InputError(f"bad transform spec {spec!r}: expected {name}:V1,V2,...")
+            try:
+                values = [float(v) for v in rest[0].split(",")]
+            except ValueError:
+                raise InputError(f"bad transform spec {spec!r}: values must be numbers") from None
+            return {"rotate": RotationSweep, "scale": ScaleSweep, "brightness": BrightnessSweep}[name](values)
+    except TypeError:
+        raise InputError(f"bad transform spec {spec!r}: too many fields; use {PROTOCOL_HELP}") from None
+    except ShiftlabError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"bad transform spec {spec!r}: {exc}") from None
+    raise InputError(f"unknown transform {name!r} in {spec!r}; use {PROTOCOL_HELP}")
