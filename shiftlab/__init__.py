@@ -42,6 +42,13 @@ _EXPORTS = {
     # fix
     "antialias": "shiftlab.fix.antialias",
     "certify": "shiftlab.fix.certify",
+    "assert_certified": "shiftlab.fix.certify",
+    # layers
+    "BlurPool2d": "shiftlab.layers",
+    "MaxBlurPool2d": "shiftlab.layers",
+    "APSPool2d": "shiftlab.layers",
+    "blur_pool2d": "shiftlab.layers",
+    "aps_pool2d": "shiftlab.layers",
     # models
     "load_model": "shiftlab.models",
     "imagenet_class_names": "shiftlab.models",

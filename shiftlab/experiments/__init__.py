@@ -1,1 +1,37 @@
-"""Experiments that test the articles' claims by training small networks on CPU."""
+"""Experiments that test the articles' claims by training small networks on CPU.
+
+- :mod:`~shiftlab.experiments.digits`: scikit-learn's real handwritten digits placed on a canvas.
+- :mod:`~shiftlab.experiments.nets`: ``SmallCNN``, a small CNN family with downsampling/head/padding switches.
+- :mod:`~shiftlab.experiments.train`: deterministic CPU training, augmentations, float64/float32 evaluation.
+- ``run_architecture``, ``run_unseen_positions``, ``run_augmentation``, ``run_rotation``: the four experiments
+  (``shiftlab experiment NAME``); each returns a JSON-serialisable dict that records its seeds.
+
+Names are imported lazily, so importing this package does not load scikit-learn or the layers.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "run_architecture": "shiftlab.experiments.architecture",
+    "run_unseen_positions": "shiftlab.experiments.positions",
+    "run_augmentation": "shiftlab.experiments.augmentation",
+    "run_rotation": "shiftlab.experiments.rotation",
+    "SmallCNN": "shiftlab.experiments.nets",
+    "make_canvas_split": "shiftlab.experiments.digits",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'shiftlab.experiments' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,0 +1,81 @@
+"""``shiftlab inspect``: the aliasing map of a model, layer by layer, in the order data flows."""
+
+from __future__ import annotations
+
+HELP = "list every layer of a model that subsamples or breaks shift equivariance, with its cumulative stride"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, metavar="SPEC",
+                        help="timm:NAME, torchvision:NAME, pretrained:NAME or path/to/file.py:factory")
+    parser.add_argument("--input-size", required=True, nargs=2, type=int, metavar=("H", "W"),
+                        help="input height and width (use multiples of the total stride for exact strides)")
+    parser.add_argument("--weights", metavar="PATH", help="optional local checkpoint (read with weights_only=True)")
+    parser.add_argument("--json", metavar="PATH", help="also write the findings as JSON")
+    parser.add_argument("--force", action="store_true", help="overwrite the --json file if it exists")
+
+
+def render_table(headers, rows) -> str:
+    """A plain-text table with left-aligned columns separated by two spaces."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _hw(hw) -> str:
+    return "-" if hw is None else f"{hw[0]}x{hw[1]}"
+
+
+def render_inspection(result) -> str:
+    """The aliasing map as text: one row per layer call (its findings joined), then the total stride and a
+    legend of the kinds that occur."""
+    from shiftlab.measure.inspect import KINDS
+
+    groups = []  # consecutive findings of one layer call share a row
+    for f in result:
+        if groups and groups[-1][0].name == f.name and groups[-1][0].input_hw == f.input_hw:
+            groups[-1].append(f)
+        else:
+            groups.append([f])
+    rows = []
+    for i, group in enumerate(groups, 1):
+        first = group[0]
+        mark = "!" if any(f.breaks_equivariance for f in group) else "ok"
+        rows.append([i, first.name, first.module_type, ", ".join(f.kind for f in group), mark,
+                     _hw(first.cumulative_stride), f"{_hw(first.input_hw)} -> {_hw(first.output_hw)}",
+                     "; ".join(f.detail for f in group)])
+    headers = ["#", "layer", "type", "finding", "", "cum. stride", "map", "detail"]
+    h, w = result.input_size
+    lines = [f"aliasing map of {result.model_type} at {h}x{w} (layers in data-flow order)", ""]
+    lines.append(render_table(headers, rows) if rows else "no layer subsamples or breaks shift equivariance")
+    sy, sx = result.total_stride
+    lines += ["", f"total stride {sy}x{sx}: circular shifts by multiples of it commute with every subsampling layer"]
+    counts = {}
+    for f in result:
+        counts[f.kind] = counts.get(f.kind, 0) + 1
+    if counts:
+        lines += ["", "kinds (count):"]
+        width = max(len(k) for k in counts)
+        lines += [f"  {k.ljust(width)}  {n:3d}  {KINDS[k]}" for k, n in counts.items()]
+    lines.append("" if not result.breaks_equivariance else
+                 "\n'!' marks layers that break exact equivariance to circular shifts on their own")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def run(args) -> int:
+    from shiftlab._io import check_writable, write_json
+    from shiftlab.measure.inspect import inspect
+    from shiftlab.models import load_model
+
+    if args.json:
+        check_writable(args.json, args.force)
+    model = load_model(args.model, weights=args.weights)
+    result = inspect(model, tuple(args.input_size))
+    print(render_inspection(result), end="")
+    if args.json:
+        write_json(args.json, {"model": args.model, **result.to_dict()}, force=args.force)
+        print(f"wrote {args.json}")
+    return 0

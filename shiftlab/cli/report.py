@@ -1,0 +1,103 @@
+"""``shiftlab report``: the main job. Measure a real pretrained network on real photos and write a web page."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "measure the pretrained network on the bundled photos (or yours) and write an HTML report"
+
+DEFAULT_MODEL = "pretrained:efficientnet_lite0"
+DEFAULT_OUT = "shiftlab-report"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
+                        help=f"model to measure (default {DEFAULT_MODEL}; also timm:NAME, torchvision:NAME, "
+                             "file.py:factory)")
+    parser.add_argument("--data", default=None, metavar="SPEC",
+                        help="images: a folder, a .npz, a CIFAR-10 folder (default: the bundled photos)")
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"report folder (default {DEFAULT_OUT}/)")
+    parser.add_argument("--quick", action="store_true", help="fewer photos and views: a preview in under 2 minutes")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random crops and shifts (default 0)")
+    parser.add_argument("--experiments", default=None, metavar="DIR",
+                        help="also render the training-experiment results (JSON) found in DIR")
+    parser.add_argument("--device", default=None, help="torch device (default: where the model is, cpu)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty folder that does not hold a previous report")
+    parser.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    import time
+    from pathlib import Path
+
+    from shiftlab.report.html import check_output_folder
+
+    out = check_output_folder(args.out, force=args.force)  # refuse before spending minutes
+    training = load_experiment_results(args.experiments) if args.experiments is not None else None
+
+    from shiftlab.experiments.pretrained import run_report_experiments
+    from shiftlab.report.html import write_report
+
+    started = time.perf_counter()
+    progress = not args.no_progress
+    if progress:
+        print(f"shiftlab: loading {args.model} and {args.data or 'the bundled photos'}", file=sys.stderr)
+    results = run_report_experiments(args.model, args.data, quick=args.quick, seed=args.seed, progress=progress,
+                                     device=args.device)
+    results["classic"], classic_figures = classic_demonstrations(progress)
+    if training:
+        results["training_experiments"] = training
+    page = write_report(results, out, force=True, extra_figures=classic_figures, progress=progress)
+    seconds = time.perf_counter() - started
+    print(f"shiftlab: report written to {page} ({seconds:.0f} s); open it in a browser: "
+          f"{Path(page).resolve().as_uri()}", file=sys.stderr)
+    return 0
+
+
+def classic_demonstrations(progress: bool = False) -> tuple[dict, dict]:
+    """The articles' demonstrations (issue 2): their numbers, and their figures (key -> matplotlib figure)."""
+    from shiftlab import classic
+    from shiftlab._progress import track
+    from shiftlab.report import classic_plots
+
+    runs = {
+        "pixel": (classic.pixel_experiment, classic_plots.plot_pixel_experiment),
+        "edges": (classic.edge_experiment, classic_plots.plot_edge_experiment),
+        "pooling": (classic.pooling_experiment, classic_plots.plot_pooling_experiment),
+        "tandem": (classic.tandem_experiment, classic_plots.plot_tandem_experiment),
+    }
+    numbers, figures = {}, {}
+    for name, (experiment, plot) in track(runs.items(), "the articles' demonstrations", total=len(runs),
+                                          enabled=progress):
+        result = experiment()
+        numbers[name] = result.to_dict()
+        figures[f"classic_{name}"] = plot(result)
+    return numbers, figures
+
+
+def load_experiment_results(folder) -> dict:
+    """The training-experiment results (``shiftlab experiment`` JSON files) in ``folder``: name -> result.
+
+    Files that are not experiment results are left out; a folder with none raises InputError.
+    """
+    import json
+    from pathlib import Path
+
+    from shiftlab.errors import InputError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--experiments: {folder} is not a folder")
+    found = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("experiment"), str) and "variants" in data:
+            found[path.stem] = data
+    if not found:
+        raise InputError(f"--experiments: no experiment results (JSON written by shiftlab experiment) in {folder}")
+    return found

@@ -1,0 +1,300 @@
+"""Convert a trained CNN to an anti-aliased (BlurPool) or adaptive-polyphase (APS) one, keeping its weights.
+
+``antialias(model, method="blur")`` applies Zhang's rules (2019) to every strided layer:
+
+- ``Conv2d(stride s)`` -> the same conv at stride 1, then ``BlurPool2d(stride s)`` after the nonlinearity
+  that follows it (conv -> norm -> activation is found by tracing the model with torch.fx; see *Placement*);
+- a 1x1 strided conv without padding (a residual shortcut) -> ``BlurPool2d`` first, then the conv at
+  stride 1 on the smaller map (the two commute; antialiased-cnns does the same, timm leaves shortcuts alone);
+- ``MaxPool2d(k, s)`` -> ``MaxPool2d(k, 1)`` + ``BlurPool2d(s)``; ``AvgPool2d(k, s)`` -> ``AvgPool2d(k, 1)`` +
+  ``BlurPool2d(s)`` (for ``AvgPool2d(2, 2)`` the two blurs compose to the binomial filter one size larger);
+- timm's ``Conv2dSame`` (TensorFlow 'SAME' padding computed at run time) -> a conv that pads as the strided
+  layer did and runs at stride 1.
+
+Each stride-1 layer pads exactly as its strided original, so its sample ``s * i`` is the original's sample
+``i``: with ``filter_size=1`` the converted model computes the original function (up to float rounding).
+
+``method="aps"`` moves every stride into an :class:`~shiftlab.layers.APSPool2d` at the same places, and
+makes all subsampling inside a residual block keep the one phase chosen from the block's input
+(:class:`~shiftlab.layers.SharedPhase`), so the main branch and the shortcut stay aligned. A residual block
+is a module with a child named ``downsample``, ``shortcut``, ``skip``, ``proj``, ``projection`` or
+``conv_shortcut`` that subsamples (torchvision ResNet/ResNeXt/RegNet, timm ResNet family including
+avg-pool shortcuts, timm RegNet). When the model can be traced, any two strided layers that run in
+parallel outside such a block (an Inception module, say) are refused with an :class:`InputError`.
+
+``circular=True`` turns every padding into circular padding of the same amounts (``padding_mode`` of
+convolutions, pools' padding, explicit padding layers; for the dense versions of strided pools and 'SAME'
+convolutions, the amount that keeps the size). With APS and global average pooling the model is then
+exactly invariant to circular shifts of inputs whose size is a multiple of the total stride.
+
+Parameters. Nothing is added, removed or reshaped: strided convs keep their weights under the same name
+(the stride is changed in place), the subsampling layers hold only non-persistent buffers, and pools have no
+state. The original ``state_dict`` loads into the converted model with ``strict=True``.
+
+Placement. The subsampling after a strided conv goes after the activation that follows it: on the
+activation module if it is used once; on the norm layer (the conv if there is none) with a copy of the
+activation applied first if the activation is a shared ReLU or ReLU6 (torchvision's blocks reuse one
+``relu``; applying it again to the blurred, non-negative map changes nothing); otherwise right after the
+norm layer. The report says which. Models that torch.fx cannot trace get the subsampling right after each
+strided layer. Layers are attached through forward hooks, so the converted model runs eagerly (not under
+``torch.jit.script``).
+
+Not supported (refused with an :class:`InputError`): non-square strides, ``LPPool2d``,
+``FractionalMaxPool2d``, ``PixelUnshuffle``, timm's ``*Same`` pools and 'SAME' conv variants other than
+``Conv2dSame``; paddings done inside a custom forward are not made circular.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from torch import nn
+
+from shiftlab.errors import InputError
+from shiftlab.fix._graph import Flow, Link, trace
+from shiftlab.fix._ops import DensePool2d, RunAfter, RunBefore, SamePaddedConv2d
+from shiftlab.layers import APSPool2d, BlurPool2d, SharedPhase
+from shiftlab.layers.blur_pool import MAX_FILTER_SIZE
+
+__all__ = ["antialias", "Replacement", "METHODS", "SHORTCUT_NAMES"]
+
+METHODS = ("blur", "aps")
+#: child names that mark a module as a residual block whose branches must keep one APS phase
+SHORTCUT_NAMES = ("downsample", "shortcut", "skip", "proj", "projection", "conv_shortcut")
+_UNSUPPORTED = (nn.LPPool2d, nn.FractionalMaxPool2d, nn.PixelUnshuffle)
+_PADDING_LAYERS = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """One change made by :func:`antialias`: module ``name``, what it was and what it became."""
+
+    name: str
+    before: str
+    after: str
+
+
+def _stride(module: nn.Module) -> int:
+    stride = module.stride if module.stride is not None else module.kernel_size
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    return int(sh) if sh == sw else -1
+
+
+def _is_same_conv(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv2dSame"
+
+
+def _is_strided(module: nn.Module) -> bool:
+    if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        return _stride(module) != 1
+    return False
+
+
+def _refuse_unsupported(modules: dict[str, nn.Module], method: str, circular: bool) -> None:
+    for name, m in modules.items():
+        kind = type(m).__name__
+        if isinstance(m, _UNSUPPORTED):
+            raise InputError(f"antialias does not support {kind} ({name})")
+        if kind.endswith("Same") and kind != "Conv2dSame" and (_is_strided(m) or circular):
+            raise InputError(f"antialias does not support {kind} ({name}): only timm's Conv2dSame among 'SAME' layers")
+        if _is_strided(m) and _stride(m) < 0:
+            raise InputError(f"antialias needs square strides, {name} has stride {m.stride}")
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and type(m).forward not in (nn.MaxPool2d.forward,
+                                                                                    nn.AvgPool2d.forward):
+            if _is_strided(m) or circular:
+                raise InputError(f"antialias does not support the pool {kind} ({name}), which has its own forward")
+
+
+def _describe(module: nn.Module) -> str:
+    text = repr(module)
+    return text if "\n" not in text else type(module).__name__
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _find_blocks(model: nn.Module, strided: dict[str, nn.Module], flow: Flow | None) -> dict[str, list[str]]:
+    """Residual blocks (name -> strided layers inside) whose layers must share one APS phase."""
+    blocks: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        shortcuts = [f"{prefix}{child}" for child, _ in module.named_children() if child.lower() in SHORTCUT_NAMES]
+        inside = [s for s in strided if s.startswith(prefix) and s != name]
+        in_shortcut = [s for s in inside if any(s == c or s.startswith(f"{c}.") for c in shortcuts)]
+        if not in_shortcut or any(s.startswith(f"{b}.") for b in blocks for s in inside):
+            continue
+        if len({_stride(strided[s]) for s in inside}) != 1:
+            raise InputError(f"the residual block {name} subsamples by different strides; APS cannot share a phase")
+        blocks[name] = inside
+    if flow is None:
+        return blocks
+    upstream = flow.strided_ancestors(set(strided))
+    block_of = {s: b for b, members in blocks.items() for s in members}
+    traced = [s for s in strided if s in upstream]
+    for i, a in enumerate(traced):
+        for b in traced[i + 1:]:
+            parallel = a not in upstream[b] and b not in upstream[a]
+            if parallel and (block_of.get(a) is None or block_of.get(a) != block_of.get(b)):
+                raise InputError(f"{a} and {b} subsample in parallel outside a recognised residual block (a child "
+                                 f"named one of {', '.join(SHORTCUT_NAMES)}); APS cannot keep them aligned")
+            if not parallel and block_of.get(a) is not None and block_of.get(a) == block_of.get(b):
+                raise InputError(f"the residual block {block_of[a]} subsamples twice on one path ({a}, {b}); "
+                                 "APS cannot share one phase there")
+    return blocks
+
+
+class _Converter:
+    def __init__(self, model: nn.Module, method: str, filter_size: int, circular: bool) -> None:
+        self.model = model
+        self.method = method
+        self.filter_size = filter_size
+        self.circular = circular
+        self.mode = "circular" if circular else "reflect"
+        self.report: list[Replacement] = []
+        self.shared: dict[str, SharedPhase] = {}
+
+    def subsampler(self, name: str, stride: int) -> nn.Module:
+        if self.method == "blur":
+            return BlurPool2d(filter_size=self.filter_size, stride=stride, padding_mode=self.mode)
+        return APSPool2d(stride=stride, filter_size=self.filter_size, padding_mode=self.mode,
+                         shared=self.shared.get(name))
+
+    def conv(self, name: str, conv: nn.Conv2d, link: Link) -> None:
+        stride = _stride(conv)
+        before = _describe(conv)
+        pointwise = conv.kernel_size == (1, 1) and conv.padding in ((0, 0), "valid") and not _is_same_conv(conv)
+        if _is_same_conv(conv):
+            keep_phase = self.method == "blur" and not self.circular
+            new = SamePaddedConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=1, padding=0,
+                                   dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                                   pad_stride=conv.stride if keep_phase else (1, 1),
+                                   pad_mode="circular" if self.circular else "zeros",
+                                   device=conv.weight.device, dtype=conv.weight.dtype)
+            new.weight, new.bias = conv.weight, conv.bias
+            new.train(conv.training)
+            _set(self.model, name, new)
+            conv = new
+        else:
+            conv.stride = (1, 1)
+        sub = self.subsampler(name, stride)
+        if pointwise:  # a 1x1 conv commutes with the blur: subsample first, convolve the smaller map
+            after = f"{_describe(sub)} first, then {_describe(conv)}"
+            RunBefore(sub).attach(conv)
+        else:
+            target = self.model.get_submodule(link.module)
+            ops = [link.activation, sub] if link.activation is not None else [sub]
+            RunAfter(*ops).attach(target)
+            after = f"{_describe(conv)}; {_describe(sub)} {link.position}"
+        self.report.append(Replacement(name, before, after))
+
+    def pool(self, name: str, pool: nn.Module) -> None:
+        stride = _stride(pool)
+        sub = self.subsampler(name, stride)
+        new = nn.Sequential(DensePool2d(pool, circular=self.circular), sub)
+        new.train(pool.training)
+        _set(self.model, name, new)
+        self.report.append(Replacement(name, _describe(pool), f"{_describe(new[0])}; {_describe(sub)}"))
+
+    def share(self, block: str, members: list[str]) -> None:
+        shared = SharedPhase(stride=_stride(self.model.get_submodule(members[0])))
+        shared.attach(self.model.get_submodule(block))
+        for member in members:
+            self.shared[member] = shared
+        self.report.append(Replacement(block, type(self.model.get_submodule(block)).__name__,
+                                       f"one APS phase per sample, chosen from the block's input, shared by "
+                                       f"{', '.join(members)}"))
+
+    def circular_padding(self) -> None:
+        for name, m in list(self.model.named_modules()):
+            before = _describe(m)
+            if isinstance(m, SamePaddedConv2d) or isinstance(m, DensePool2d):
+                continue
+            if _is_same_conv(m):
+                new = SamePaddedConv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=0,
+                                       dilation=m.dilation, groups=m.groups, bias=m.bias is not None,
+                                       pad_stride=m.stride, pad_mode="circular", device=m.weight.device,
+                                       dtype=m.weight.dtype)
+                new.weight, new.bias = m.weight, m.bias
+                _set(self.model, name, new)
+            elif isinstance(m, nn.Conv2d):
+                if m.padding in ((0, 0), "valid") or m.padding_mode == "circular":
+                    continue
+                if type(m).forward is nn.Conv2d.forward:
+                    m.padding_mode = "circular"  # nn.Conv2d then pads itself by the same amounts, circularly
+                else:  # a conv subclass with its own forward: pad in a pre-hook and let it pad nothing
+                    ph, pw = m.padding
+                    RunBefore(nn.CircularPad2d((pw, pw, ph, ph))).attach(m, "circular_padding")
+                    m.padding = (0, 0)
+            elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+                ph, pw = (m.padding, m.padding) if isinstance(m.padding, int) else m.padding
+                if not (ph or pw):
+                    continue
+                RunBefore(nn.CircularPad2d((pw, pw, ph, ph))).attach(m, "circular_padding")
+                m.padding = 0
+            elif isinstance(m, _PADDING_LAYERS):
+                _set(self.model, name, nn.CircularPad2d(tuple(m.padding)))
+            else:
+                continue
+            self.report.append(Replacement(name, before, f"{_describe(self.model.get_submodule(name))} "
+                                                         "with circular padding"))
+
+
+def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circular: bool = False,
+              inplace: bool = False, *, exclude: tuple[str, ...] = ()) -> tuple[nn.Module, list[Replacement]]:
+    """Convert every strided layer of ``model`` to anti-aliased (``"blur"``) or adaptive (``"aps"``) subsampling.
+
+    Args:
+        model: a CNN built from standard modules (``Conv2d``, ``MaxPool2d``, ``AvgPool2d``, timm's
+            ``Conv2dSame``), e.g. torchvision ResNet/ResNeXt/RegNet/MobileNetV2, timm ResNet/EfficientNet.
+        method: ``"blur"`` (BlurPool, Zhang 2019) or ``"aps"`` (adaptive polyphase sampling).
+        filter_size: binomial filter size 1..7 (with ``"aps"``: a blur before choosing; 1 = none).
+        circular: make every padding circular (blur layers too); needed for exact circular-shift invariance.
+        inplace: modify ``model`` itself instead of a deep copy.
+        exclude: names of strided layers to leave as they are (e.g. ``("conv1",)`` for a ResNet's stem).
+
+    Returns:
+        ``(converted_model, report)``, the report a list of :class:`Replacement`, one per changed module.
+
+    Raises:
+        InputError: unknown method, bad filter size, or a model with layers the conversion cannot handle.
+
+    >>> import torchvision
+    >>> net, report = antialias(torchvision.models.resnet18(), "blur", filter_size=1)
+    >>> report[0].name, report[0].after.startswith("Conv2d(3, 64")
+    ('conv1', True)
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if isinstance(filter_size, bool) or not isinstance(filter_size, int) or not 1 <= filter_size <= MAX_FILTER_SIZE:
+        raise InputError(f"filter_size must be an int in 1..{MAX_FILTER_SIZE}, got {filter_size!r}")
+    if not isinstance(circular, bool):
+        raise InputError(f"circular must be True or False, got {circular!r}")
+    modules = dict(model.named_modules())
+    unknown = [name for name in exclude if name not in modules]
+    if unknown:
+        raise InputError(f"exclude names modules that do not exist: {', '.join(unknown)}")
+    _refuse_unsupported(modules, method, circular)
+    if not inplace:
+        model = copy.deepcopy(model)
+        modules = dict(model.named_modules())
+    strided = {name: m for name, m in modules.items() if _is_strided(m) and name not in exclude}
+    flow = trace(model)
+    links = {name: flow.link_after(name) if flow is not None else Link(name, None, f"after {name}")
+             for name, m in strided.items() if isinstance(m, nn.Conv2d)}
+    converter = _Converter(model, method, filter_size, circular)
+    if method == "aps":
+        for block, members in _find_blocks(model, strided, flow).items():
+            converter.share(block, members)
+    for name, m in strided.items():
+        if isinstance(m, nn.Conv2d):
+            converter.conv(name, m, links[name])
+        else:
+            converter.pool(name, m)
+    if circular:
+        converter.circular_padding()
+    return model, converter.report

@@ -1,0 +1,249 @@
+"""Certify exact invariance to circular shifts: the proof that a conversion worked.
+
+A network whose every subsampling is adaptive (APS) and whose every padding is circular, ending in global
+pooling, is exactly invariant to circular integer shifts of its input: f(roll(x, (dy, dx))) = f(x). Because
+the shifts of one period of the total stride s, (dy, dx) in [0, s)^2, include the generators (1, 0) and (0, 1)
+of all circular shifts, checking them on random inputs is the strongest finite test of that claim; any
+non-adaptive subsampling fails it at the odd shifts.
+
+:func:`certify` measures the largest deviation; :func:`assert_certified` applies the dtype's tolerance
+(1e-10 relative in float64, 1e-5 in float32).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from shiftlab._checks import FLOAT_DTYPES, tolerance
+from shiftlab._progress import track
+from shiftlab.errors import InputError, ShapeError
+from shiftlab.measure.inspect import _check_size, _input_channels, inspect
+
+__all__ = ["CertifyResult", "certify", "assert_certified", "period_shifts"]
+
+
+@dataclass(frozen=True)
+class CertifyResult:
+    """How far a model's output moves under circular shifts of its input.
+
+    Attributes:
+        max_abs_deviation: max over inputs, shifts and outputs of ``|f(roll(x, s)) - f(x)|``.
+        max_rel_deviation: max over inputs and shifts of ``max|f(roll(x, s)) - f(x)| / max|f(x)|``.
+        worst_shift: the ``(dy, dx)`` giving ``max_rel_deviation`` (``None`` if no shift was checked).
+        shifts_checked: how many shifts were checked (the zero shift is the reference, not counted).
+        total_stride: ``(sy, sx)``, the model's total stride found by :func:`shiftlab.inspect`.
+        input_size: ``(H, W)`` of the random inputs.
+        n_inputs: how many random inputs each shift was applied to.
+        dtype: the dtype the model and inputs were cast to (``"float64"``).
+        tolerance: the relative tolerance of that dtype (1e-10 for float64, 1e-5 for float32).
+        full_period: whether every shift of one period was checked.
+    """
+
+    max_abs_deviation: float
+    max_rel_deviation: float
+    worst_shift: tuple[int, int] | None
+    shifts_checked: int
+    total_stride: tuple[int, int]
+    input_size: tuple[int, int]
+    n_inputs: int
+    dtype: str
+    tolerance: float
+    full_period: bool
+
+    @property
+    def passed(self) -> bool:
+        """Whether ``max_rel_deviation`` is within the dtype's tolerance."""
+        return self.max_rel_deviation <= self.tolerance
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["passed"] = self.passed
+        for key in ("worst_shift", "total_stride", "input_size"):
+            if d[key] is not None:
+                d[key] = list(d[key])
+        return d
+
+
+def period_shifts(total_stride, include_zero: bool = False) -> torch.Tensor:
+    """Every shift of one period of the total stride: all ``(dy, dx)`` in ``[0, sy) x [0, sx)``.
+
+    A stride of 1 along an axis (no subsampling) counts as 2 there, so every axis gets a shift of 1: a network
+    without subsampling is checked at (0, 1), (1, 0) and (1, 1).
+
+    Returns:
+        int64 tensor (N, 2), row-major, without ``(0, 0)`` unless ``include_zero``.
+    """
+    sy, sx = (total_stride, total_stride) if isinstance(total_stride, int) else total_stride
+    sy, sx = max(int(sy), 2), max(int(sx), 2)
+    grid = torch.stack(torch.meshgrid(torch.arange(sy), torch.arange(sx), indexing="ij"), dim=-1).reshape(-1, 2)
+    return grid if include_zero else grid[1:]
+
+
+def _parse_shifts(shifts, total_stride, seed: int) -> tuple[torch.Tensor, bool]:
+    period = period_shifts(total_stride)
+    if isinstance(shifts, str):
+        if shifts != "period":
+            raise InputError(f"shifts must be 'period', an int sample size or a list of (dy, dx); got {shifts!r}")
+        return period, True
+    if isinstance(shifts, bool):
+        raise InputError("shifts must be 'period', an int sample size or a list of (dy, dx), not a bool")
+    if isinstance(shifts, int):
+        if shifts < 1:
+            raise InputError(f"the number of sampled shifts must be at least 1, got {shifts}")
+        if shifts >= len(period):
+            return period, True
+        # the odd shift (1, 1) always, then a seeded uniform sample of the rest of the period
+        is_one_one = (period == torch.tensor([1, 1])).all(dim=1)
+        rest = period[~is_one_one]
+        order = torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed))[: shifts - 1]
+        return torch.cat([period[is_one_one], rest[order.sort().values]]), False
+    try:
+        table = torch.as_tensor(shifts)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"shifts must be a list of (dy, dx) integer pairs, got {shifts!r}") from None
+    if table.ndim != 2 or table.shape[1] != 2 or table.shape[0] == 0 or table.is_floating_point():
+        raise InputError(f"shifts must be a non-empty list of (dy, dx) integer pairs, got shape {tuple(table.shape)}")
+    return table.to(torch.int64), False
+
+
+def _roll_per_sample(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """``torch.roll(x[b], (dy[b], dx[b]), (-2, -1))`` for every sample b at once."""
+    B, C, H, W = x.shape
+    rows = (torch.arange(H, device=x.device)[None, :] - dy[:, None]) % H
+    cols = (torch.arange(W, device=x.device)[None, :] - dx[:, None]) % W
+    x = x.gather(2, rows[:, None, :, None].expand(B, C, H, W))
+    return x.gather(3, cols[:, None, None, :].expand(B, C, H, W))
+
+
+def _as_output(out) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise InputError(f"certify needs a model that returns one tensor, got {type(out).__name__}")
+    return out
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def certify(
+    model: nn.Module,
+    input_size,
+    shifts="period",
+    *,
+    n_inputs: int = 2,
+    batch: int = 16,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    channels: int | None = None,
+    device=None,
+    progress: bool = False,
+) -> CertifyResult:
+    """Measure how far a model's output moves under circular shifts of random inputs.
+
+    The model is deep-copied, cast to ``dtype``, put in eval mode and run under ``torch.inference_mode``;
+    the caller's model is not changed. ``n_inputs`` standard-normal inputs (seeded) are each rolled by every
+    shift and the outputs compared with the unshifted outputs.
+
+    Args:
+        model: a module returning one tensor (logits (B, K) for a classifier).
+        input_size: ``H`` or ``(H, W)``; use a multiple of the total stride (APS needs it).
+        shifts: ``"period"`` (every ``(dy, dx)`` in ``[0, s)^2``, s the total stride: 1023 shifts for s = 32),
+            an int n (the odd shift (1, 1) and n - 1 others drawn from that period with ``seed``), or an
+            explicit list of ``(dy, dx)``.
+        n_inputs: random inputs per shift.
+        batch: images per forward pass (shifts are batched).
+        dtype: float64 to test exactness; float32 to see what deployment gets.
+        seed: seeds the inputs and the shift sample.
+        channels: input channels; by default the first ``Conv2d``'s ``in_channels``.
+        device: where to run; by default where the model is.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        :class:`CertifyResult`; ``result.passed`` applies the dtype's tolerance.
+
+    Shape:
+        - Random inputs: (n_inputs, C, H, W); shifted batches: (batch, C, H, W).
+        - Output: any shape with batch first; deviations are taken over all non-batch entries.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
+        ...                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> result = certify(net, (8, 8))
+        >>> result.shifts_checked, result.passed
+        (3, True)
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if dtype not in FLOAT_DTYPES:
+        raise ShapeError(f"dtype must be a floating dtype, got {dtype}")
+    if int(n_inputs) < 1 or int(batch) < 1:
+        raise InputError(f"n_inputs and batch must be at least 1, got {n_inputs} and {batch}")
+    size = _check_size(input_size)
+    channels = _input_channels(model) if channels is None else int(channels)
+    device = _model_device(model) if device is None else torch.device(device)
+
+    net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    total_stride = inspect(net, size, channels=channels).total_stride
+    table, full_period = _parse_shifts(shifts, total_stride, seed)
+
+    generator = torch.Generator().manual_seed(int(seed))
+    x = torch.randn(int(n_inputs), channels, *size, generator=generator, dtype=torch.float64).to(device, dtype)
+    n = x.shape[0]
+    per_pass = max(1, int(batch) // n)
+
+    worst_abs, worst_rel, worst_shift = 0.0, -1.0, None
+    with torch.inference_mode():
+        reference = _as_output(net(x)).reshape(n, -1).to(torch.float64)
+        scale = reference.abs().amax(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
+        chunks = list(torch.split(table, per_pass))
+        for chunk in track(chunks, "certifying shifts", total=len(chunks), enabled=progress):
+            k = chunk.shape[0]
+            dy = chunk[:, 0].repeat_interleave(n).to(device)
+            dx = chunk[:, 1].repeat_interleave(n).to(device)
+            shifted = _roll_per_sample(x.repeat(k, 1, 1, 1), dy, dx)
+            out = _as_output(net(shifted)).reshape(k, n, -1).to(torch.float64)
+            deviation = (out - reference[None]).abs().amax(dim=2)  # (k, n)
+            relative = (deviation / scale[None]).amax(dim=1)  # (k,)
+            worst_abs = max(worst_abs, float(deviation.max()))
+            i = int(relative.argmax())
+            if float(relative[i]) > worst_rel:
+                worst_rel, worst_shift = float(relative[i]), (int(chunk[i, 0]), int(chunk[i, 1]))
+    return CertifyResult(
+        max_abs_deviation=worst_abs,
+        max_rel_deviation=max(worst_rel, 0.0),
+        worst_shift=worst_shift,
+        shifts_checked=int(table.shape[0]),
+        total_stride=tuple(int(s) for s in total_stride),
+        input_size=size,
+        n_inputs=n,
+        dtype=str(dtype).removeprefix("torch."),
+        tolerance=tolerance(dtype),
+        full_period=full_period,
+    )
+
+
+def assert_certified(model: nn.Module, input_size, shifts="period", *, rtol: float | None = None,
+                     **kwargs) -> CertifyResult:
+    """Raise ``AssertionError`` unless ``model`` is invariant to circular shifts within ``rtol``.
+
+    ``rtol`` defaults to the dtype's tolerance (1e-10 relative in float64). Other keyword arguments go to
+    :func:`certify`. Returns the :class:`CertifyResult` when it passes.
+
+    Shape:
+        - As :func:`certify`.
+    """
+    result = certify(model, input_size, shifts, **kwargs)
+    limit = result.tolerance if rtol is None else float(rtol)
+    if not result.max_rel_deviation <= limit:
+        raise AssertionError(
+            f"not invariant to circular shifts: relative deviation {result.max_rel_deviation:.3g} > {limit:.3g} "
+            f"at shift {result.worst_shift} ({result.shifts_checked} shifts, {result.dtype}, "
+            f"total stride {result.total_stride[0]}x{result.total_stride[1]})")
+    return result

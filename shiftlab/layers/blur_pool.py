@@ -1,0 +1,269 @@
+"""Anti-aliased subsampling (Zhang 2019): blur with a binomial filter, then keep every ``stride``-th sample.
+
+The filter of size ``k`` is the outer product of the binomial row ``C(k-1, i) / 2**(k-1)``; it sums to 1.
+Odd sizes pad ``(k-1)/2`` on each side; even sizes pad ``floor((k-1)/2)`` before and ``ceil((k-1)/2)`` after,
+as Zhang 2019 does, so an input of length ``n`` gives ``ceil(n / stride)`` outputs whatever the size.
+
+Implementation: the filter is separable, so the blur runs as two 1-D passes (rows, then columns), each computed
+only at the kept positions, from strided views of the input: no padded copy and no convolution. The few
+output rows and columns whose window reaches past the border are computed from the padding mode's index
+map. On CPU this is about 1.4-2x faster than the padded depthwise ``conv2d`` of timm and antialiased-cnns
+(``benchmarks/bench_blurpool.py``; a single-channel conv2d on (B*C, 1, H, W) is slower still) and equal
+to it to float rounding. With autograd enabled the pieces are concatenated instead of written in place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from shiftlab._checks import check_bchw, check_float
+from shiftlab.errors import ShapeError
+
+__all__ = ["PADDING_MODES", "binomial_filter", "blur_pool2d", "BlurPool2d", "max_blur_pool2d", "MaxBlurPool2d"]
+
+#: Padding modes understood by the blur layers (``"zeros"`` pads with 0).
+PADDING_MODES = ("reflect", "replicate", "zeros", "circular")
+MAX_FILTER_SIZE = 7
+
+
+def _check_filter_size(filter_size: int) -> int:
+    if isinstance(filter_size, bool) or not isinstance(filter_size, int) or not 1 <= filter_size <= MAX_FILTER_SIZE:
+        raise ShapeError(f"filter_size must be an int in 1..{MAX_FILTER_SIZE}, got {filter_size!r}")
+    return filter_size
+
+
+def _check_stride(stride: int) -> int:
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ShapeError(f"stride must be a positive int, got {stride!r}")
+    return stride
+
+
+def _check_padding_mode(padding_mode: str) -> str:
+    if padding_mode not in PADDING_MODES:
+        raise ShapeError(f"padding_mode must be one of {', '.join(PADDING_MODES)}; got {padding_mode!r}")
+    return padding_mode
+
+
+def _binomial_row(size: int) -> list[int]:
+    return [math.comb(size - 1, i) for i in range(size)]
+
+
+def filter_padding(filter_size: int) -> tuple[int, int]:
+    """Padding (before, after) of a blur of ``filter_size`` taps: floor and ceil of ``(filter_size - 1) / 2``."""
+    return (filter_size - 1) // 2, filter_size // 2
+
+
+def binomial_filter(size: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The (size, size) binomial blur filter, the outer product of ``C(size-1, i)``, normalised to sum 1.
+
+    Shape:
+        Output: (size, size).
+
+    >>> binomial_filter(3) * 16
+    tensor([[1., 2., 1.],
+            [2., 4., 2.],
+            [1., 2., 1.]])
+    """
+    _check_filter_size(size)
+    row = torch.tensor(_binomial_row(size), dtype=torch.float64)
+    return (torch.outer(row, row) / row.sum() ** 2).to(dtype)
+
+
+def _source_index(positions: Tensor, n: int, padding_mode: str) -> tuple[Tensor, Tensor]:
+    """Map (possibly out of range) positions of a padded axis to input indices and a validity mask."""
+    inside = (positions >= 0) & (positions < n)
+    if padding_mode == "circular":
+        return positions.remainder(n), torch.ones_like(inside)
+    if padding_mode == "replicate":
+        return positions.clamp(0, n - 1), torch.ones_like(inside)
+    if padding_mode == "reflect":
+        period = 2 * (n - 1)
+        folded = positions.remainder(period) if period > 0 else torch.zeros_like(positions)
+        return torch.where(folded < n, folded, period - folded), torch.ones_like(inside)
+    return positions.clamp(0, n - 1), inside  # zeros
+
+
+def _blur_axis(x: Tensor, dim: int, taps: list[int], stride: int, pad_before: int, padding_mode: str) -> Tensor:
+    """Unnormalised 1-D blur of ``x`` along ``dim`` with integer ``taps``, kept at every ``stride``-th position.
+
+    Output i is ``sum_t taps[t] * x_padded[stride * i + t]`` with ``x_padded[j] = x[j - pad_before]``.
+    """
+    d = dim % x.ndim
+    n = x.shape[d]
+    k = len(taps)
+    count = (n - 1) // stride + 1
+    # outputs whose whole window lies inside the input: 0 <= stride * i - pad_before <= n - k
+    first = -(-pad_before // stride)
+    last = min((n - k + pad_before) // stride, count - 1) if n >= k else first - 1
+    border_before = list(range(0, min(first, count)))
+    border_after = list(range(max(last + 1, first), count))
+    if last >= first:
+        inner = last - first + 1
+        start = stride * first - pad_before
+        views = [_every(x.narrow(d, start + t, stride * (inner - 1) + 1), d, stride) for t in range(k)]
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        # fast path: write every piece into one preallocated output
+        shape = list(x.shape)
+        shape[d] = count
+        out = x.new_empty(shape)
+        if last >= first:
+            _weighted_sum(views, taps, out.narrow(d, first, inner))
+        for rows in (border_before, border_after):
+            if rows:
+                out.narrow(d, rows[0], len(rows)).copy_(_border(x, d, rows, taps, stride, pad_before, padding_mode))
+        return out
+    pieces = []
+    if border_before:
+        pieces.append(_border(x, d, border_before, taps, stride, pad_before, padding_mode))
+    if last >= first:
+        pieces.append(_weighted_sum(views, taps))
+    if border_after:
+        pieces.append(_border(x, d, border_after, taps, stride, pad_before, padding_mode))
+    return torch.cat(pieces, d) if len(pieces) > 1 else pieces[0]
+
+
+def _border(x: Tensor, d: int, rows: list[int], taps: list[int], stride: int, pad_before: int,
+            padding_mode: str) -> Tensor:
+    """Outputs ``rows`` (consecutive) of :func:`_blur_axis`, through the padding mode's index map."""
+    n, k = x.shape[d], len(taps)
+    rows_t = torch.tensor(rows, device=x.device)
+    positions = stride * rows_t[:, None] - pad_before + torch.arange(k, device=x.device)
+    index, valid = _source_index(positions, n, padding_mode)
+    weights = torch.tensor(taps, dtype=x.dtype, device=x.device) * valid.to(x.dtype)  # (rows, k)
+    gathered = x.index_select(d, index.reshape(-1)).unflatten(d, (len(rows), k))
+    weights = weights.reshape([1] * d + [len(rows), k] + [1] * (x.ndim - 1 - d))
+    return (gathered * weights).sum(d + 1)
+
+
+def _every(v: Tensor, dim: int, stride: int) -> Tensor:
+    if stride == 1:
+        return v
+    index = [slice(None)] * v.ndim
+    index[dim] = slice(None, None, stride)
+    return v[tuple(index)]
+
+
+def _weighted_sum(views: list[Tensor], taps: list[int], out: Tensor | None = None) -> Tensor:
+    """sum_t taps[t] * views[t] in k - 1 passes (binomial rows start and end with 1), into ``out`` if given."""
+    if len(taps) == 1:
+        return views[0].clone() if out is None else out.copy_(views[0])
+    if out is None:
+        out = torch.add(views[0], views[-1], alpha=taps[-1])
+    else:
+        torch.add(views[0], views[-1], alpha=taps[-1], out=out)
+    for view, tap in zip(views[1:-1], taps[1:-1]):
+        out.add_(view, alpha=tap)
+    return out
+
+
+def blur_pool2d(x: Tensor, filter_size: int = 3, stride: int = 2, padding_mode: str = "reflect") -> Tensor:
+    """Blur ``x`` with the binomial filter of ``filter_size`` taps, then keep every ``stride``-th sample.
+
+    Channels are blurred independently (depthwise). ``filter_size=1`` is plain subsampling
+    ``x[..., ::stride, ::stride]``; ``stride=1`` is a blur that keeps the size.
+
+    Args:
+        x: input batch.
+        filter_size: taps of the binomial filter, 1..7 (1 = [1], 3 = [1, 2, 1], 5 = [1, 4, 6, 4, 1], ...).
+        stride: subsampling factor (any positive int).
+        padding_mode: ``"reflect"`` (Zhang 2019), ``"replicate"``, ``"zeros"`` or ``"circular"``.
+
+    Shape:
+        Input: (B, C, H, W). Output: (B, C, ceil(H / stride), ceil(W / stride)).
+
+    Raises:
+        ShapeError: bad input, or ``"reflect"`` padding of a map no larger than the padding
+            (reflection needs ``H, W > filter_size // 2``); use another padding mode for tiny maps.
+
+    >>> x = torch.zeros(1, 1, 4, 4); x[..., 1, 1] = 16.0
+    >>> blur_pool2d(x)[0, 0]
+    tensor([[4., 2.],
+            [2., 1.]])
+    """
+    check_float(check_bchw(x))
+    _check_filter_size(filter_size)
+    _check_stride(stride)
+    _check_padding_mode(padding_mode)
+    before, after = filter_padding(filter_size)
+    if padding_mode == "reflect" and min(x.shape[-2:]) <= max(before, after):
+        raise ShapeError(
+            f"reflect padding of {max(before, after)} needs a map larger than that, got {x.shape[-2]}x{x.shape[-1]}"
+            " (use padding_mode='replicate' or 'zeros', or a smaller filter)")
+    taps = _binomial_row(filter_size)
+    scale = 1.0 / float(sum(taps)) ** 2
+    y = _blur_axis(x, -2, taps, stride, before, padding_mode)
+    y = _blur_axis(y, -1, taps, stride, before, padding_mode)
+    return y.mul_(scale) if filter_size > 1 else y
+
+
+class BlurPool2d(nn.Module):
+    """Module form of :func:`blur_pool2d`; the filter is a non-persistent buffer (state_dicts are unchanged).
+
+    Args:
+        channels: if given, inputs must have this many channels (checked); the blur is depthwise either way.
+        filter_size, stride, padding_mode: as in :func:`blur_pool2d`.
+
+    Shape:
+        Input: (B, C, H, W). Output: (B, C, ceil(H / stride), ceil(W / stride)).
+
+    >>> BlurPool2d(filter_size=3, stride=2)(torch.ones(2, 3, 5, 5)).shape
+    torch.Size([2, 3, 3, 3])
+    """
+
+    def __init__(self, channels: int | None = None, filter_size: int = 3, stride: int = 2,
+                 padding_mode: str = "reflect") -> None:
+        super().__init__()
+        self.channels = channels
+        self.filter_size = _check_filter_size(filter_size)
+        self.stride = _check_stride(stride)
+        self.padding_mode = _check_padding_mode(padding_mode)
+        # The filter this layer applies, for inspection and export; the forward pass uses its separable factors.
+        self.register_buffer("filter", binomial_filter(filter_size), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channels is not None:
+            check_bchw(x, channels=self.channels)
+        return blur_pool2d(x, self.filter_size, self.stride, self.padding_mode)
+
+    def extra_repr(self) -> str:
+        channels = f"channels={self.channels}, " if self.channels is not None else ""
+        return f"{channels}filter_size={self.filter_size}, stride={self.stride}, padding_mode={self.padding_mode!r}"
+
+
+def max_blur_pool2d(x: Tensor, kernel_size: int = 2, filter_size: int = 3, stride: int = 2,
+                    padding_mode: str = "reflect") -> Tensor:
+    """Max-pool at stride 1 (``kernel_size``, no padding), then :func:`blur_pool2d` (Zhang's MaxBlurPool).
+
+    Shape:
+        Input: (B, C, H, W). Output: (B, C, ceil((H - kernel_size + 1) / stride), ceil((W - kernel_size + 1) / stride)).
+    """
+    check_float(check_bchw(x))
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+        raise ShapeError(f"kernel_size must be a positive int, got {kernel_size!r}")
+    if min(x.shape[-2:]) < kernel_size:
+        raise ShapeError(f"max-pool kernel {kernel_size} is larger than the map {x.shape[-2]}x{x.shape[-1]}")
+    return blur_pool2d(F.max_pool2d(x, kernel_size, stride=1), filter_size, stride, padding_mode)
+
+
+class MaxBlurPool2d(nn.Module):
+    """Module form of :func:`max_blur_pool2d`: MaxPool(kernel_size, stride 1), then BlurPool2d.
+
+    Shape:
+        Input: (B, C, H, W). Output: (B, C, ceil((H - kernel_size + 1) / stride), ceil((W - kernel_size + 1) / stride)).
+    """
+
+    def __init__(self, kernel_size: int = 2, filter_size: int = 3, stride: int = 2,
+                 padding_mode: str = "reflect") -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.blur = BlurPool2d(filter_size=filter_size, stride=stride, padding_mode=padding_mode)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return max_blur_pool2d(x, self.kernel_size, self.blur.filter_size, self.blur.stride, self.blur.padding_mode)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}"

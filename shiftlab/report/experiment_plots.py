@@ -1,0 +1,248 @@
+"""Figures for the training experiments (``shiftlab experiment``): architecture, unseen-positions,
+augmentation, rotation.
+
+Each function takes the saved result dict of one experiment (as written to ``NAME.json``) and an optional
+matplotlib ``ax`` (or ``axes``), imports matplotlib inside (Agg backend) and returns the figure. Nothing here
+recomputes a measurement. Spread across seeds is drawn as error bars or bands of +-1 standard deviation.
+:func:`plot_experiment` draws the overview figure of any of the four; :func:`experiment_figures` all of them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "plot_architecture",
+    "plot_shift_sweep",
+    "plot_position_heatmaps",
+    "plot_augmentation",
+    "plot_rotation",
+    "plot_experiment",
+    "experiment_figures",
+    "experiment_title",
+    "experiment_caption",
+]
+
+_COLORS = ["#2458a6", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d5a97", "#30343f", "#e07a5f", "#3d405b",
+           "#81b29a"]
+
+TITLES = {
+    "architecture": "Architecture: which designs keep the prediction under shifts",
+    "unseen-positions": "Unseen positions: trained in one quadrant, tested everywhere",
+    "augmentation": "Augmentation against architecture",
+    "rotation": "Rotation, scale and brightness, with and without augmentation",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _axes(plt, axes, n, figsize, **kw):
+    if axes is None:
+        fig, grid = plt.subplots(1, n, figsize=figsize, squeeze=False, **kw)
+        return fig, list(grid[0])
+    axes = list(axes) if isinstance(axes, (list, tuple)) else [axes]
+    return axes[0].figure, axes
+
+
+def _mean_std(summary: dict, key: str) -> tuple[float, float]:
+    entry = summary[key]
+    return entry["mean"], entry["std"]
+
+
+def _seeds_note(result: dict, spread: bool = True) -> str:
+    n = len(result.get("seeds", []))
+    quick = " (quick)" if result.get("quick") else ""
+    what = "bars/bands: +-1 s.d. over seeds" if spread else "mean over seeds"
+    return f"{n} seed{'s' if n != 1 else ''}{quick}; {what}"
+
+
+def plot_architecture(result: dict, ax=None):
+    """Grouped bars per variant: accuracy, circular consistency, crop consistency, 1 - P(top-1 change)."""
+    plt = _pyplot()
+    fig, (ax,) = _axes(plt, ax, 1, (10, 4))
+    variants = list(result["variants"])
+    metrics = [("accuracy", "accuracy", False), ("circular_consistency", "circular consistency", False),
+               ("crop_consistency", "crop consistency", False), ("top1_change", "1 - P(top-1 change)", True)]
+    width = 0.8 / len(metrics)
+    for m, (key, label, flip) in enumerate(metrics):
+        means, stds = [], []
+        for v in variants:
+            mean, std = _mean_std(result["variants"][v]["summary"], key)
+            means.append(1.0 - mean if flip else mean)
+            stds.append(std)
+        xs = [i + (m - (len(metrics) - 1) / 2) * width for i in range(len(variants))]
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=label, color=_COLORS[m])
+    ax.set_xticks(range(len(variants)))
+    ax.set_xticklabels(variants, rotation=20, ha="right")
+    low = min(min(1 - result["variants"][v]["summary"]["top1_change"]["mean"],
+                  result["variants"][v]["summary"]["accuracy"]["mean"]) for v in variants)
+    ax.set_ylim(max(0.0, low - 0.15), 1.01)
+    ax.set_ylabel("fraction of test digits")
+    ax.set_title(f"{TITLES['architecture']} ({_seeds_note(result)})", fontsize=9)
+    ax.legend(fontsize=8, ncol=4, loc="lower left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_shift_sweep(result: dict, ax=None):
+    """Agreement with the unshifted top-1 against the diagonal shift (crop protocol), one line per variant."""
+    plt = _pyplot()
+    fig, (ax,) = _axes(plt, ax, 1, (6, 4))
+    for i, (name, entry) in enumerate(result["variants"].items()):
+        shifts = entry["sweep_shift"]
+        mean, std = entry["sweep_agreement"]["mean"], entry["sweep_agreement"]["std"]
+        color = _COLORS[i % len(_COLORS)]
+        ax.plot(shifts, mean, marker="o", ms=3, color=color, label=name)
+        ax.fill_between(shifts, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color=color, alpha=0.15)
+    ax.set_xlabel("diagonal shift (px; black enters at the border)")
+    ax.set_ylabel("P(top-1 = unshifted top-1)")
+    ax.set_title(f"Local or global invariance? ({_seeds_note(result)})", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_position_heatmaps(result: dict, axes=None):
+    """Accuracy at each position of the canvas, one heatmap per variant (mean over seeds); the training
+    region is outlined."""
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    variants = list(result["variants"])
+    fig, axes = _axes(plt, axes, len(variants), (2.7 * len(variants) + 0.8, 3.3))
+    grid = result["grid"]
+    step = grid[1] - grid[0] if len(grid) > 1 else 1
+    (y0, y1), (x0, x1) = result["data"]["train_positions"]
+    image = None
+    for ax, name in zip(axes, variants):
+        entry = result["variants"][name]
+        extent = (grid[0] - step / 2, grid[-1] + step / 2, grid[-1] + step / 2, grid[0] - step / 2)
+        image = ax.imshow(entry["heatmap_mean"], vmin=0.0, vmax=1.0, cmap="viridis", extent=extent)
+        ax.add_patch(Rectangle((x0 - step / 2, y0 - step / 2), x1 - x0 + step, y1 - y0 + step, fill=False,
+                               edgecolor="white", lw=1.5, ls="--"))
+        s = entry["summary"]
+        ax.set_title(f"{name}\ninside {s['inside']['mean']:.2f}, far {s['far']['mean']:.2f}", fontsize=8)
+        ax.set_xlabel("left (px)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("top (px)", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="accuracy")
+    fig.suptitle(f"{TITLES['unseen-positions']} (dashed: training positions; {_seeds_note(result, spread=False)})", fontsize=9)
+    return fig
+
+
+def plot_augmentation(result: dict, axes=None):
+    """Left: accuracy on centred digits (what each choice costs) and anywhere on the canvas (what it buys).
+    Right: consistency and stability under shifts."""
+    plt = _pyplot()
+    fig, axes = _axes(plt, axes, 2, (12, 4.2))
+    names = list(result["variants"])
+    panels = [
+        [("accuracy", "accuracy, centred (as trained)"), ("accuracy_anywhere", "accuracy, anywhere on the canvas")],
+        [("circular_consistency", "circular consistency"), ("crop_consistency", "crop consistency"),
+         ("top1_change", "1 - P(top-1 change)")],
+    ]
+    for ax, metrics, first_color in zip(axes, panels, (0, 2)):
+        width = 0.8 / len(metrics)
+        for m, (key, label) in enumerate(metrics):
+            means, stds = [], []
+            for n in names:
+                mean, std = _mean_std(result["variants"][n]["summary"], key)
+                means.append(1.0 - mean if key == "top1_change" else mean)
+                stds.append(std)
+            xs = [i + (m - (len(metrics) - 1) / 2) * width for i in range(len(names))]
+            ax.bar(xs, means, width, yerr=stds, capsize=2, label=label, color=_COLORS[m + first_color])
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=25, ha="right", fontsize=7)
+        ax.set_ylim(0.0, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0].set_ylabel("fraction of test digits")
+    fig.suptitle(f"{TITLES['augmentation']} ({_seeds_note(result)})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rotation(result: dict, axes=None):
+    """Accuracy against rotation angle, zoom factor and brightness factor, one line per training condition."""
+    plt = _pyplot()
+    fig, axes = _axes(plt, axes, 3, (13, 3.8), sharey=True)
+    labels = {"angles": "rotation (degrees)", "scales": "zoom factor", "brightness": "brightness factor"}
+    for ax, sweep in zip(axes, ("angles", "scales", "brightness")):
+        xs = result["sweeps"][sweep]
+        for i, (name, entry) in enumerate(result["variants"].items()):
+            mean, std = entry["curves"][sweep]["mean"], entry["curves"][sweep]["std"]
+            color = _COLORS[i % len(_COLORS)]
+            ax.plot(xs, mean, marker="o", ms=3, color=color, label=f"trained with: {entry['config']['augmentation']}")
+            ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=color, alpha=0.15)
+        ax.set_xlabel(labels[sweep])
+        ax.grid(alpha=0.3)
+        ax.set_ylim(0.0, 1.02)
+    axes[0].set_ylabel("test accuracy")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{TITLES['rotation']} ({_seeds_note(result)})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+_OVERVIEW = {"architecture": plot_architecture, "unseen-positions": plot_position_heatmaps,
+             "augmentation": plot_augmentation, "rotation": plot_rotation}
+
+
+def _name(result) -> str:
+    if not isinstance(result, dict) or result.get("experiment") not in _OVERVIEW:
+        from shiftlab.errors import InputError
+
+        got = result.get("experiment") if isinstance(result, dict) else type(result).__name__
+        raise InputError(f"not a shiftlab experiment result (experiment={got!r}); expected one of {list(_OVERVIEW)}")
+    return result["experiment"]
+
+
+def plot_experiment(result: dict):
+    """The overview figure of any experiment result (dispatch on ``result["experiment"]``)."""
+    return _OVERVIEW[_name(result)](result)
+
+
+def experiment_figures(result: dict) -> dict:
+    """All figures of one experiment result: ``{suffix: figure}``, the overview under ``""``."""
+    name = _name(result)
+    figures = {"": plot_experiment(result)}
+    if name == "architecture":
+        figures["_sweep"] = plot_shift_sweep(result)
+    return figures
+
+
+def experiment_title(result: dict) -> str:
+    return TITLES[_name(result)]
+
+
+def experiment_caption(result: dict) -> str:
+    """One plain-text sentence of the headline numbers (mean over seeds)."""
+    name = _name(result)
+    v = result["variants"]
+    n = len(result.get("seeds", []))
+
+    def m(entry, key):
+        return entry["summary"][key]["mean"]
+
+    if name == "architecture":
+        parts = [f"{k}: accuracy {m(e, 'accuracy'):.3f}, circular consistency {m(e, 'circular_consistency'):.3f}"
+                 for k, e in v.items()]
+    elif name == "unseen-positions":
+        parts = [f"{k}: inside {m(e, 'inside'):.3f}, far {m(e, 'far'):.3f}" for k, e in v.items()]
+    elif name == "augmentation":
+        parts = [f"{k}: centred {m(e, 'accuracy'):.3f}, anywhere {m(e, 'accuracy_anywhere'):.3f}" for k, e in v.items()]
+    else:
+        angles = result["sweeps"]["angles"]
+        parts = [f"trained with {k}: " + ", ".join(f"{a:g} deg {acc:.3f}" for a, acc in
+                                                    zip(angles, e["curves"]["angles"]["mean"])) for k, e in v.items()]
+    return f"Mean over {n} seed(s){' (quick run)' if result.get('quick') else ''}. " + "; ".join(parts) + "."

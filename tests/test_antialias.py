@@ -1,0 +1,260 @@
+"""shiftlab.fix.antialias: the one-call conversion to BlurPool or APS, keeping every trained parameter."""
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from shiftlab.errors import InputError
+from shiftlab.fix.antialias import Replacement, antialias
+from shiftlab.layers import APSPool2d, BlurPool2d, aps_phase, blur_pool2d
+
+F64 = torch.float64
+timm = pytest.importorskip("timm")
+
+
+def make(name):
+    makers = {
+        "tv_resnet18": lambda: torchvision.models.resnet18(),
+        "tv_mobilenet_v2": lambda: torchvision.models.mobilenet_v2(),
+        "timm_resnet26d": lambda: timm.create_model("resnet26d", pretrained=False),  # avg-pool shortcuts
+        "timm_lite0": lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False),  # Conv2dSame
+        "timm_regnetx_002": lambda: timm.create_model("regnetx_002", pretrained=False),
+    }
+    torch.manual_seed(0)
+    model = makers[name]().eval()
+    for m in model.modules():  # non-trivial running statistics, so eval-mode BN is not the identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def relative_gap(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def circular_invariance_gap(model, x, shifts):
+    with torch.no_grad():
+        y = model(x)
+        return max(relative_gap(model(torch.roll(x, s, (-2, -1))), y) for s in shifts)
+
+
+SHIFTS = [(1, 0), (0, 1), (5, 3), (31, 17)]
+
+
+# --- blur ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["tv_resnet18", "tv_mobilenet_v2", "timm_resnet26d", "timm_lite0"])
+def test_blur_with_filter_size_one_computes_the_original_function(name):
+    model = make(name).double()
+    converted, report = antialias(model, "blur", filter_size=1)
+    assert report and all(isinstance(r, Replacement) for r in report)
+    for size in (64, 49):  # odd sizes too: the stride-1 layers pad as their strided originals did
+        x = torch.randn(2, 3, size, size, dtype=F64)
+        with torch.no_grad():
+            assert relative_gap(converted(x), model(x)) < 1e-12
+    # negative control: a real blur changes the function
+    blurred, _ = antialias(model, "blur", filter_size=3)
+    with torch.no_grad():
+        assert relative_gap(blurred(x), model(x)) > 1e-6  # far above the 1e-12 asserted above
+
+
+@pytest.mark.parametrize("method", ["blur", "aps"])
+def test_parameters_are_kept_and_the_original_state_dict_loads_strictly(method):
+    model = make("timm_resnet26d")
+    converted, _ = antialias(model, method, filter_size=3, circular=True)
+    original = model.state_dict()
+    assert list(converted.state_dict()) == list(original)
+    for key, value in converted.state_dict().items():
+        assert value.shape == original[key].shape and torch.equal(value, original[key])
+    converted.load_state_dict(original, strict=True)
+    assert sum(p.numel() for p in converted.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_original_model_is_untouched_unless_inplace():
+    model = make("tv_resnet18")
+    converted, _ = antialias(model, "blur")
+    assert model.conv1.stride == (2, 2) and isinstance(model.maxpool, nn.MaxPool2d)
+    assert converted.conv1.stride == (1, 1)
+    same, _ = antialias(model, "blur", inplace=True)
+    assert same is model and model.conv1.stride == (1, 1)
+    assert same.layer2[0].conv1.weight is model.layer2[0].conv1.weight
+
+
+def test_blur_report_names_every_strided_layer_and_the_placement():
+    model = make("tv_resnet18")
+    _, report = antialias(model, "blur", filter_size=3)
+    names = [r.name for r in report]
+    strided = [n for n, m in model.named_modules()
+               if isinstance(m, (nn.Conv2d, nn.MaxPool2d)) and m.stride not in (1, (1, 1))]
+    assert names == strided
+    by_name = {r.name: r for r in report}
+    assert "stride=(2, 2)" in by_name["layer2.0.conv1"].before
+    assert "after layer2.0.bn1, with layer2.0.relu applied first" in by_name["layer2.0.conv1"].after
+    assert by_name["layer2.0.downsample.0"].after.startswith("BlurPool2d")  # shortcut: blurred first
+    assert "after relu" in by_name["conv1"].after
+
+
+def test_blur_goes_after_the_activation():
+    """Block-level check: BasicBlock's conv1 -> bn1 -> relu -> blur, computed by hand."""
+    model = make("tv_resnet18").double()
+    converted, _ = antialias(model, "blur", filter_size=3)
+    block, original = converted.layer2[0], model.layer2[0]
+    x = torch.randn(1, 64, 16, 16, dtype=F64)
+    with torch.no_grad():
+        hidden = torch.relu(original.bn1(nn.functional.conv2d(x, original.conv1.weight, padding=1)))
+        main = original.bn2(original.conv2(blur_pool2d(hidden, 3, 2, "reflect")))
+        shortcut = original.downsample[1](nn.functional.conv2d(blur_pool2d(x, 3, 2, "reflect"),
+                                                               original.downsample[0].weight))
+        want = torch.relu(main + shortcut)
+        torch.testing.assert_close(block(x), want, rtol=1e-12, atol=1e-12)
+
+
+def test_blur_raises_shift_consistency_of_a_network():
+    """Outputs of a blur-converted network change less under 1-pixel circular shifts than the original's."""
+    model = make("tv_resnet18")
+    blurred, _ = antialias(model, "blur", filter_size=5)
+    torch.manual_seed(1)
+    x = nn.functional.avg_pool2d(torch.randn(4, 3, 68, 68), 5, 1)  # smooth, image-like inputs
+
+    def mean_change(net):
+        with torch.no_grad():
+            y = net(x)
+            return sum(relative_gap(net(torch.roll(x, s, (-2, -1))), y) for s in [(0, 1), (1, 0), (1, 1), (0, 3)])
+
+    assert mean_change(blurred) < 0.5 * mean_change(model)
+
+
+@pytest.mark.parametrize("method", ["blur", "aps"])
+def test_converted_models_still_train(method):
+    model = make("tv_resnet18")
+    converted, _ = antialias(model, method, filter_size=3)
+    converted.train()
+    torch.manual_seed(2)
+    x, labels = torch.randn(4, 3, 32, 32), torch.tensor([1, 2, 3, 4])
+    optimizer = torch.optim.SGD(converted.parameters(), lr=0.01)
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(converted(x), labels)
+        loss.backward()
+        losses.append(loss.item())
+        optimizer.step()
+    assert converted.conv1.weight.grad.abs().sum() > 0 and converted.layer4[0].downsample[0].weight.grad.abs().sum() > 0
+    assert losses[-1] < losses[0]
+
+
+def test_converted_model_survives_deepcopy_and_pickling():
+    model = make("tv_resnet18")
+    converted, _ = antialias(model, "aps", filter_size=3, circular=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        y = converted(x)
+        for clone in (copy.deepcopy(converted), pickle.loads(pickle.dumps(converted))):
+            assert torch.equal(clone(x), y)
+            assert clone.layer2[0].conv1.weight is not converted.layer2[0].conv1.weight
+    buffer = io.BytesIO()
+    torch.save(converted.state_dict(), buffer)
+    buffer.seek(0)
+    fresh, _ = antialias(make("tv_resnet18"), "aps", filter_size=3, circular=True)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), y)
+
+
+def test_exclude_leaves_named_layers_strided():
+    model = make("tv_resnet18")
+    converted, report = antialias(model, "blur", exclude=("conv1",))
+    assert converted.conv1.stride == (2, 2) and "conv1" not in [r.name for r in report]
+    with pytest.raises(InputError):
+        antialias(model, "blur", exclude=("no_such_layer",))
+
+
+# --- APS -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["tv_resnet18", "timm_resnet26d", "timm_regnetx_002", "timm_lite0"])
+def test_aps_circular_is_exactly_invariant_to_circular_shifts(name):
+    model = make(name)
+    converted, _ = antialias(model, "aps", filter_size=1, circular=True)
+    x = torch.randn(2, 3, 64, 64)
+    assert circular_invariance_gap(converted, x, SHIFTS) < 1e-5
+    assert circular_invariance_gap(converted.double(), x.double(), SHIFTS) < 1e-10
+    # negative control: the original model is not invariant
+    assert circular_invariance_gap(model.double(), x.double(), SHIFTS[:2]) > 1e-4
+
+
+def test_aps_negative_controls_without_circular_padding_or_without_phase_sharing(monkeypatch):
+    model = make("tv_resnet18").double()
+    x = torch.randn(2, 3, 64, 64, dtype=F64)
+    not_circular, _ = antialias(model, "aps", filter_size=3, circular=False)
+    assert circular_invariance_gap(not_circular, x, SHIFTS[:2]) > 1e-4
+    shared, _ = antialias(model, "aps", filter_size=3, circular=True)
+    assert circular_invariance_gap(shared, x, SHIFTS[:2]) < 1e-10
+    import shiftlab.fix.antialias as module
+    monkeypatch.setattr(module, "_find_blocks", lambda *args: {})
+    # (with filter_size=1 the branches of these random-weight blocks happen to pick the same phases anyway)
+    unshared, report = antialias(model, "aps", filter_size=3, circular=True)
+    assert not any("phase" in r.after for r in report)
+    assert circular_invariance_gap(unshared, x, SHIFTS + [(3, 0), (0, 7), (2, 2), (6, 6)]) > 1e-4
+
+
+def test_aps_main_branch_and_shortcut_use_the_phase_of_the_block_input():
+    converted, report = antialias(make("timm_resnet26d"), "aps", filter_size=1, circular=True)
+    block = converted.layer3[0]
+    assert any(r.name == "layer3.0" and "layer3.0.conv2" in r.after and "layer3.0.downsample.0" in r.after
+               for r in report)
+    layers = [m for m in block.modules() if isinstance(m, APSPool2d)]
+    assert len(layers) == 2 and layers[0].shared is layers[1].shared is not None
+    seen, inputs = [], []
+    block.register_forward_pre_hook(lambda m, a: inputs.append(a[0]))
+    for layer in layers:
+        layer.register_forward_hook(lambda m, a, o: seen.append(m.shared.current().clone()))
+    with torch.no_grad():
+        converted(torch.randn(3, 3, 64, 64))
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1]) and torch.equal(seen[0], aps_phase(inputs[0]))
+
+
+def test_aps_moves_every_stride_and_circular_pads_everything():
+    converted, report = antialias(make("tv_mobilenet_v2"), "aps", filter_size=3, circular=True)
+    strided = [n for n, m in converted.named_modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)]
+    assert strided == []
+    assert sum(isinstance(m, APSPool2d) for m in converted.modules()) == 5
+    padded = [m for m in converted.modules() if isinstance(m, nn.Conv2d) and m.padding != (0, 0)]
+    assert padded and all(m.padding_mode == "circular" for m in padded)
+    assert all(not isinstance(m, BlurPool2d) for m in converted.modules())
+    assert any(r.after.endswith("with circular padding") for r in report)
+
+
+class Inception(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.b = nn.MaxPool2d(3, 2, 1)
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], 1)
+
+
+@pytest.mark.parametrize("model, method, match", [
+    (Inception(), "aps", "in parallel"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3, stride=(2, 1))), "blur", "square"),
+    (nn.Sequential(nn.LPPool2d(2, 2)), "blur", "LPPool2d"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3)), "lanczos", "method"),
+    ("resnet18", "blur", "nn.Module"),
+])
+def test_antialias_exception_on_unsupported_models_and_arguments(model, method, match):
+    with pytest.raises(InputError, match=match):
+        antialias(model, method)
+    with pytest.raises(InputError, match="filter_size"):
+        antialias(nn.Sequential(nn.Conv2d(3, 4, 3)), "blur", filter_size=8)
+
+
+def test_inception_blur_is_fine():
+    converted, report = antialias(Inception(), "blur")
+    assert [r.name for r in report] == ["a", "b"]
+    assert converted(torch.randn(1, 3, 16, 16)).shape == (1, 7, 8, 8)

@@ -1,0 +1,83 @@
+"""``shiftlab fix``: converts, saves a weights_only-loadable state_dict atomically, prints the replacements."""
+
+import pytest
+import torch
+
+from shiftlab.cli import main
+
+antialias_module = pytest.importorskip("shiftlab.fix.antialias")
+antialias = antialias_module.antialias
+
+
+def _fresh(method, circular=False):
+    from shiftlab.models import load_model
+
+    return antialias(load_model("torchvision:resnet18"), method=method, circular=circular)
+
+
+@pytest.mark.parametrize("method,circular", [("aps", True), ("blur", False)])
+def test_feature_saved_weights_load_strictly_into_a_fresh_conversion(tmp_path, capsys, method, circular):
+    out = tmp_path / "fixed.pt"
+    argv = ["fix", "--model", "torchvision:resnet18", "--method", method, "--out", str(out)]
+    assert main(argv + (["--circular"] if circular else [])) == 0
+    text = capsys.readouterr().out
+    state = torch.load(out, weights_only=True)
+    model, report = _fresh(method, circular)
+    model.load_state_dict(state, strict=True)
+    # the table names every replaced layer, and says how to load the file
+    assert report and all(r.name in text for r in report)
+    assert f"{len(report)} layer(s) replaced" in text
+    assert "weights_only=True" in text and str(out) in text
+    # the saved weights are the converted model's: same keys, and the conversion changed the architecture
+    original = torch.load(out, weights_only=True)
+    assert set(original) == set(model.state_dict())
+
+
+def test_feature_converted_weights_reproduce_the_converted_model(tmp_path, capsys):
+    # with --weights, the saved file carries those weights into the converted model
+    from shiftlab.models import load_model
+
+    torch.manual_seed(3)
+    source = load_model("torchvision:resnet18")
+    weights = tmp_path / "source.pt"
+    torch.save(source.state_dict(), weights)
+    out = tmp_path / "fixed.pt"
+    assert main(["fix", "--model", "torchvision:resnet18", "--weights", str(weights), "--method", "blur",
+                 "--out", str(out)]) == 0
+    reference, _ = antialias(source, method="blur")
+    loaded, _ = _fresh("blur")
+    loaded.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), reference.eval()(x))
+
+
+def test_feature_certify_option_reports_exact_invariance(tmp_path, capsys):
+    out = tmp_path / "fixed.pt"
+    assert main(["fix", "--model", "torchvision:resnet18", "--method", "aps", "--circular", "--out", str(out),
+                 "--certify", "64", "64", "--shifts", "2"]) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("certify")][0]
+    assert ": invariant" in line and "2 shifts" in line
+
+
+def test_exception_refuses_to_overwrite_without_force(tmp_path, capsys):
+    out = tmp_path / "fixed.pt"
+    out.write_bytes(b"precious")
+    argv = ["fix", "--model", "torchvision:resnet18", "--method", "blur", "--out", str(out)]
+    assert main(argv) == 2
+    assert out.read_bytes() == b"precious" and "exists" in capsys.readouterr().err
+    assert main(argv + ["--force"]) == 0
+    assert set(torch.load(out, weights_only=True)) == set(_fresh("blur")[0].state_dict())
+    assert [p.name for p in tmp_path.iterdir()] == ["fixed.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "torchvision:no_such_net", "--method", "aps"], "no_such_net"),
+    (["--model", "torchvision:resnet18", "--method", "aps", "--filter-size", "0"], "filter-size"),
+])
+def test_exception_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    out = tmp_path / "fixed.pt"
+    assert main(["fix", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()

@@ -1,0 +1,363 @@
+"""shiftlab.layers: BlurPool2d, MaxBlurPool2d, APSPool2d and SharedPhase, tested under shifts."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shiftlab.errors import ShapeError
+from shiftlab.layers import (
+    PADDING_MODES,
+    APSPool2d,
+    BlurPool2d,
+    MaxBlurPool2d,
+    SharedPhase,
+    aps_phase,
+    aps_pool2d,
+    binomial_filter,
+    blur_pool2d,
+    max_blur_pool2d,
+    polyphase_energies,
+    polyphase_norms,
+)
+
+F64 = torch.float64
+
+
+def reference_blur_pool(x, filter_size, stride, padding_mode):
+    """Independent reference: pad as Zhang 2019 (floor before, ceil after), depthwise conv2d."""
+    before, after = (filter_size - 1) // 2, filter_size // 2
+    row = torch.tensor([math.comb(filter_size - 1, i) for i in range(filter_size)], dtype=x.dtype)
+    kernel = torch.outer(row, row) / row.sum() ** 2
+    mode = "constant" if padding_mode == "zeros" else padding_mode
+    padded = F.pad(x, (before, after, before, after), mode=mode)
+    return F.conv2d(padded, kernel.expand(x.shape[1], 1, filter_size, filter_size), stride=stride,
+                    groups=x.shape[1])
+
+
+# --- binomial_filter ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", range(1, 8))
+def test_binomial_filter_is_the_outer_product_of_binomial_rows(size):
+    f = binomial_filter(size, F64)
+    row = torch.tensor([math.comb(size - 1, i) for i in range(size)], dtype=F64)
+    assert f.shape == (size, size)
+    assert torch.allclose(f * row.sum() ** 2, torch.outer(row, row), rtol=0, atol=1e-12)
+    assert f.sum().item() == pytest.approx(1.0, abs=1e-15)
+
+
+@pytest.mark.parametrize("size", [0, 8, 2.0, True])
+def test_binomial_filter_exception_on_bad_size(size):
+    with pytest.raises(ShapeError):
+        binomial_filter(size)
+
+
+# --- blur_pool2d -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("padding_mode", PADDING_MODES)
+@pytest.mark.parametrize("filter_size", range(1, 8))
+def test_blur_pool2d_matches_padded_depthwise_conv(filter_size, padding_mode):
+    torch.manual_seed(filter_size)
+    for stride, (h, w) in [(2, (12, 9)), (1, (7, 8)), (3, (10, 11))]:
+        x = torch.randn(2, 3, h, w, dtype=F64)
+        got = blur_pool2d(x, filter_size, stride, padding_mode)
+        want = reference_blur_pool(x, filter_size, stride, padding_mode)
+        assert got.shape == (2, 3, math.ceil(h / stride), math.ceil(w / stride))
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("padding_mode", PADDING_MODES)
+def test_blur_pool2d_gradcheck(padding_mode):
+    x = torch.randn(1, 2, 7, 6, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: blur_pool2d(t, 4, 2, padding_mode), (x,))
+    # the autograd path and the no-grad path compute the same values
+    with torch.no_grad():
+        fast = blur_pool2d(x, 4, 2, padding_mode)
+    torch.testing.assert_close(blur_pool2d(x, 4, 2, padding_mode), fast, rtol=0, atol=1e-14)
+
+
+def test_blur_pool2d_filter_size_one_is_plain_subsampling():
+    x = torch.randn(2, 3, 9, 10)
+    assert torch.equal(blur_pool2d(x, 1, 2), x[..., ::2, ::2])
+    assert torch.equal(blur_pool2d(x, 1, 3), x[..., ::3, ::3])
+
+
+def test_blur_pool2d_removes_the_nyquist_checkerboard():
+    i = torch.arange(16)
+    board = ((-1.0) ** (i[:, None] + i[None, :])).expand(1, 2, 16, 16).to(F64)
+    assert board[..., ::2, ::2].abs().min() == 1  # plain subsampling aliases it to a constant 1
+    assert blur_pool2d(board, 3, 2).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
+def test_blur_pool2d_keeps_constants(padding_mode):
+    x = torch.full((1, 2, 9, 7), 3.5, dtype=F64)
+    torch.testing.assert_close(blur_pool2d(x, 5, 2, padding_mode), torch.full((1, 2, 5, 4), 3.5, dtype=F64))
+
+
+@settings(max_examples=25, deadline=None)
+@given(filter_size=st.integers(1, 7), stride=st.integers(1, 3), cells=st.integers(3, 6),
+       dy=st.integers(-6, 6), dx=st.integers(-6, 6), seed=st.integers(0, 2**16))
+def test_blur_pool2d_circular_is_equivariant_to_shifts_by_multiples_of_the_stride(filter_size, stride, cells, dy, dx,
+                                                                                 seed):
+    torch.manual_seed(seed)
+    x = torch.randn(2, 3, stride * cells, stride * (cells + 1), dtype=F64)
+    shifted = blur_pool2d(torch.roll(x, (stride * dy, stride * dx), (-2, -1)), filter_size, stride, "circular")
+    torch.testing.assert_close(shifted, torch.roll(blur_pool2d(x, filter_size, stride, "circular"), (dy, dx), (-2, -1)),
+                               rtol=0, atol=1e-12)
+
+
+def test_blur_pool2d_negative_control_odd_shift_is_not_equivariant():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16, dtype=F64)
+    y = blur_pool2d(x, 3, 2, "circular")
+    shifted = blur_pool2d(torch.roll(x, 1, -1), 3, 2, "circular")
+    assert all((shifted - torch.roll(y, k, -1)).abs().max() > 1e-3 for k in range(8))
+
+
+def test_blur_pool2d_blur_shrinks_the_change_caused_by_a_one_pixel_shift():
+    torch.manual_seed(1)
+    x = torch.randn(1, 4, 32, 32, dtype=F64)
+    xs = torch.roll(x, 1, -1)
+
+    def change(filter_size):
+        a, b = blur_pool2d(x, filter_size, 2, "circular"), blur_pool2d(xs, filter_size, 2, "circular")
+        return ((a.mean((2, 3)) - b.mean((2, 3))).norm() + (a.norm() - b.norm()).abs()).item()
+
+    assert change(5) < 0.5 * change(1)
+
+
+def test_blur_pool2d_exception_on_reflect_map_smaller_than_padding():
+    with pytest.raises(ShapeError, match="reflect"):
+        blur_pool2d(torch.randn(1, 1, 3, 3), 7, 2, "reflect")
+    assert blur_pool2d(torch.randn(1, 1, 3, 3), 7, 2, "replicate").shape == (1, 1, 2, 2)
+    assert blur_pool2d(torch.randn(1, 1, 1, 1), 7, 2, "zeros").shape == (1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("kwargs", [dict(filter_size=0), dict(stride=0), dict(padding_mode="constant"),
+                                    dict(filter_size=9)])
+def test_blur_pool2d_exception_on_bad_arguments(kwargs):
+    with pytest.raises(ShapeError):
+        blur_pool2d(torch.randn(1, 1, 8, 8), **kwargs)
+
+
+@pytest.mark.parametrize("x", [torch.randn(3, 8, 8), torch.randint(0, 9, (1, 1, 8, 8)), [[1.0]]])
+def test_blur_pool2d_exception_on_bad_input(x):
+    with pytest.raises(ShapeError):
+        blur_pool2d(x)
+
+
+def test_blur_pool_module_agrees_with_function_and_keeps_state_dict_empty():
+    x = torch.randn(2, 5, 11, 10)
+    layer = BlurPool2d(5, filter_size=4, stride=2, padding_mode="replicate")
+    assert torch.equal(layer(x), blur_pool2d(x, 4, 2, "replicate"))
+    assert torch.equal(layer.filter, binomial_filter(4))
+    assert layer.state_dict() == {}  # the filter is a non-persistent buffer
+    assert layer.to(F64).filter.dtype == F64
+    with pytest.raises(ShapeError):
+        layer(torch.randn(2, 4, 11, 10))  # wrong channel count
+
+
+def test_blur_pool2d_equals_timm_blurpool_for_odd_filters():
+    timm_layers = pytest.importorskip("timm.layers")
+    x = torch.randn(2, 6, 14, 15)
+    for size in (3, 5):
+        peer = timm_layers.BlurPool2d(6, filt_size=size, stride=2, pad_mode="reflect")
+        torch.testing.assert_close(blur_pool2d(x, size, 2, "reflect"), peer(x), rtol=1e-6, atol=1e-6)
+
+
+def test_max_blur_pool2d_is_max_pool_then_blur_pool():
+    x = torch.randn(2, 3, 12, 13)
+    want = blur_pool2d(F.max_pool2d(x, 2, 1), 3, 2, "reflect")
+    assert torch.equal(max_blur_pool2d(x), want)
+    assert torch.equal(MaxBlurPool2d(kernel_size=2, filter_size=3, stride=2)(x), want)
+    assert max_blur_pool2d(x, 3, 5, 2, "circular").shape == (2, 3, 5, 6)
+    with pytest.raises(ShapeError):
+        max_blur_pool2d(torch.randn(1, 1, 2, 2), kernel_size=3)
+
+
+# --- APS ---------------------------------------------------------------------------------------------------
+
+def expected_aps_after_shift(x, stride, dy, dx):
+    """APS of a shifted input is the shifted component: phase moves by (dy, dx) mod s, rolled on the grid."""
+    y, phase = aps_pool2d(x, stride, return_phase=True)
+    out = []
+    for b in range(x.shape[0]):
+        i, j = divmod(int(phase[b]), stride)
+        out.append(torch.roll(y[b], ((i + dy) // stride, (j + dx) // stride), (-2, -1)))
+    return torch.stack(out)
+
+
+@settings(max_examples=30, deadline=None)
+@given(stride=st.integers(2, 3), cells=st.integers(2, 5), dy=st.integers(-7, 7), dx=st.integers(-7, 7),
+       seed=st.integers(0, 2**16), dtype=st.sampled_from([torch.float32, F64]))
+def test_aps_pool2d_output_moves_with_any_circular_shift(stride, cells, dy, dx, seed, dtype):
+    torch.manual_seed(seed)
+    x = torch.randn(3, 4, stride * cells, stride * (cells + 1), dtype=dtype)
+    got = aps_pool2d(torch.roll(x, (dy, dx), (-2, -1)), stride)
+    assert torch.equal(got, expected_aps_after_shift(x, stride, dy, dx))  # a selection: bit-exact
+
+
+def test_aps_negative_control_fixed_subsampling_is_not_invariant():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8, dtype=F64)
+    xs = torch.roll(x, 1, -1)
+    pooled = lambda t: t[..., ::2, ::2].mean((2, 3))  # noqa: E731
+    assert (pooled(xs) - pooled(x)).abs().max() > 1e-3
+    torch.testing.assert_close(aps_pool2d(xs).mean((2, 3)), aps_pool2d(x).mean((2, 3)), rtol=0, atol=1e-12)
+
+
+def test_aps_keeps_the_component_of_largest_norm_per_sample():
+    torch.manual_seed(2)
+    x = torch.randn(5, 3, 6, 8)
+    y, phase = aps_pool2d(x, return_phase=True)
+    for b in range(5):
+        norms = [x[b, :, i::2, j::2].double().norm().item() for i in range(2) for j in range(2)]
+        assert int(phase[b]) == max(range(4), key=norms.__getitem__)
+        i, j = divmod(int(phase[b]), 2)
+        assert torch.equal(y[b], x[b, :, i::2, j::2])
+    explicit = torch.tensor([[x[b, :, i::2, j::2].double().norm().item() for i in range(2) for j in range(2)]
+                             for b in range(5)], dtype=F64)
+    torch.testing.assert_close(polyphase_norms(x), explicit, rtol=1e-12, atol=0)
+
+
+def test_aps_energies_depend_only_on_the_values_a_component_holds():
+    """Components holding the same values in another order tie exactly: summation order cannot decide."""
+    torch.manual_seed(3)
+    for dtype in (torch.float32, F64):
+        a = torch.randn(1, 2, 4, 4, dtype=dtype) * 1e3
+        x = torch.zeros(1, 2, 8, 8, dtype=dtype)
+        x[..., 0::2, 1::2] = a  # component 1
+        x[..., 1::2, 0::2] = a.flip(-1).flip(-2)  # component 2: the same values, rearranged
+        x[..., 0::2, 0::2] = 0.5 * a
+        energies = polyphase_energies(x)[0]
+        assert energies[1] == energies[2] and energies[1] > energies[0] > energies[3] == 0
+        assert int(aps_phase(x)) == 1  # exact tie: the lowest index
+        # a real gap wins, however small against float32 rounding of a plain sum
+        x[..., 1, 0] *= 1.001
+        assert int(aps_phase(x)) == 2
+    assert aps_phase(torch.zeros(2, 3, 4, 4)).tolist() == [0, 0]  # all equal: the first phase
+    for dtype in (torch.float32, F64):  # the energies are the squared norms to the quantisation step
+        x = torch.randn(3, 64, 10, 12, dtype=dtype)
+        energies, norms = polyphase_energies(x), polyphase_norms(x)
+        ratio = energies / norms**2
+        assert (ratio.max(1).values / ratio.min(1).values - 1).max() < 1e-4
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), batch=st.integers(1, 5), dy=st.integers(0, 7), dx=st.integers(0, 7))
+def test_aps_phase_is_bit_identical_under_shifts_and_batching(seed, batch, dy, dx):
+    torch.manual_seed(seed)
+    x = torch.randn(batch, 16, 8, 8)
+    x[..., ::2, :] *= 1 + 1e-7  # near-ties at float32 rounding level
+    energies = polyphase_energies(x)
+    shifted = polyphase_energies(torch.roll(x, (dy, dx), (-2, -1)))
+    # the energies are permuted exactly: phase (i, j) -> ((i + dy) % 2, (j + dx) % 2)
+    order = torch.tensor([((i + dy) % 2) * 2 + (j + dx) % 2 for i in range(2) for j in range(2)])
+    assert torch.equal(shifted[:, order], energies)
+    assert torch.equal(polyphase_energies(x[:1]), energies[:1])  # batch size does not matter
+
+
+def test_aps_pool2d_odd_sizes_are_padded_circularly():
+    x = torch.randn(2, 3, 7, 9)
+    y, phase = aps_pool2d(x, 2, return_phase=True)
+    assert y.shape == (2, 3, 4, 5)
+    wrapped = x[..., torch.arange(8) % 7, :][..., torch.arange(10) % 9]
+    for b in range(2):
+        i, j = divmod(int(phase[b]), 2)
+        assert torch.equal(y[b], wrapped[b, :, i::2, j::2])
+
+
+def test_aps_pool2d_with_blur_is_blur_then_selection():
+    x = torch.randn(2, 3, 8, 8)
+    blurred = blur_pool2d(x, 3, 1, "circular")
+    y, phase = aps_pool2d(x, 2, filter_size=3, return_phase=True)
+    assert torch.equal(y, aps_pool2d(blurred, 2, phase=phase))
+    assert torch.equal(phase, aps_phase(blurred))
+
+
+def test_aps_pool2d_given_phase_and_exceptions():
+    x = torch.randn(2, 1, 4, 4)
+    y = aps_pool2d(x, phase=torch.tensor([3, 0]))
+    assert torch.equal(y[0], x[0, :, 1::2, 1::2]) and torch.equal(y[1], x[1, :, ::2, ::2])
+    for bad in (torch.tensor([4, 0]), torch.tensor([0]), torch.tensor([0.0, 1.0]), [0, 1]):
+        with pytest.raises(ShapeError):
+            aps_pool2d(x, phase=bad)
+
+
+def test_aps_pool2d_gradient_flows_to_the_kept_component():
+    x = torch.randn(1, 2, 4, 4, dtype=F64, requires_grad=True)
+    y, phase = aps_pool2d(x, return_phase=True)
+    y.sum().backward()
+    i, j = divmod(int(phase), 2)
+    mask = torch.zeros_like(x)
+    mask[..., i::2, j::2] = 1
+    assert torch.equal(x.grad, mask)
+
+
+def test_aps_module_agrees_with_function():
+    x = torch.randn(3, 2, 6, 6)
+    assert torch.equal(APSPool2d(3, filter_size=2, padding_mode="reflect")(x),
+                       aps_pool2d(x, 3, filter_size=2, padding_mode="reflect"))
+    assert APSPool2d().state_dict() == {}
+
+
+class TwoBranches(torch.nn.Module):
+    """A residual block: both branches subsample, sharing one phase chosen from the block's input."""
+
+    def __init__(self, shared):
+        super().__init__()
+        self.main = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular"),
+                                        APSPool2d(shared=shared))
+        self.shortcut = APSPool2d(shared=shared)
+
+    def forward(self, x):
+        return torch.relu(self.main(x) + self.shortcut(x))  # misaligned branches would change this
+
+
+def test_shared_phase_is_chosen_from_the_block_input_and_used_by_every_layer():
+    shared = SharedPhase(2)
+    block = TwoBranches(shared)
+    shared.attach(block)
+    seen = []
+    for layer in (block.main[1], block.shortcut):
+        layer.register_forward_hook(lambda m, a, o: seen.append(shared.current().clone()))
+    x = torch.randn(4, 2, 8, 8)
+    block(x)
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1]) and torch.equal(seen[0], aps_phase(x))
+    assert shared.current() is None  # forgotten after the forward pass
+
+
+def test_shared_phase_makes_a_residual_block_equivariant_and_its_absence_breaks_it():
+    torch.manual_seed(4)
+    x = torch.randn(3, 2, 8, 8, dtype=F64)
+
+    def invariance_gap(block):
+        block = block.double()
+        return max((block(torch.roll(x, (dy, dx), (-2, -1))).mean((2, 3)) - block(x).mean((2, 3))).abs().max().item()
+                   for dy in range(2) for dx in range(2))
+
+    shared = SharedPhase(2)
+    block = TwoBranches(shared)
+    shared.attach(block)
+    assert invariance_gap(block) < 1e-12
+    unshared = TwoBranches(None)
+    unshared.load_state_dict(block.state_dict())
+    assert invariance_gap(unshared) > 1e-3
+
+
+def test_shared_phase_is_released_after_an_exception():
+    shared = SharedPhase(2)
+    block = TwoBranches(shared)
+    shared.attach(block)
+    with pytest.raises(RuntimeError):
+        block(torch.randn(1, 3, 8, 8))  # wrong channel count inside the block
+    assert shared.current() is None
+
+
+def test_shared_phase_exception_on_mismatched_stride():
+    with pytest.raises(ShapeError):
+        APSPool2d(stride=3, shared=SharedPhase(2))

@@ -1,0 +1,99 @@
+"""The report page in a real browser: headless Debian chromium opens the generated --quick report from disk.
+
+Never skipped in CI: .ci/run installs chromium and sets SHIFTLAB_REQUIRE_BROWSER=1, which turns a missing
+browser into a failure. Elsewhere the test is skipped only when chromium is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM_OPTIONS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--no-first-run", "--disable-sync")
+
+
+def _find(*names: str) -> str | None:
+    for name in names:
+        path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, driver_path = _find("chromium", "chromium-browser"), _find("chromedriver")
+    if chromium is None or driver_path is None:
+        if os.environ.get("SHIFTLAB_REQUIRE_BROWSER"):
+            pytest.fail("SHIFTLAB_REQUIRE_BROWSER is set but chromium/chromedriver are not installed "
+                        "(apt-get install chromium chromium-driver)")
+        pytest.skip("chromium and chromedriver are not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    profile = tempfile.mkdtemp(prefix="shiftlab-chromium-")
+    for arg in (*CHROMIUM_OPTIONS, f"--user-data-dir={profile}", "--window-size=1200,900"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def opened(browser, report_dir):
+    """The report page loaded in the browser, and its saved results."""
+    browser.get((report_dir / "index.html").resolve().as_uri())
+    browser.execute_script("return document.readyState")
+    results = json.loads((report_dir / "results.json").read_text())
+    return browser, results
+
+
+def test_every_image_loaded(opened):
+    driver, results = opened
+    images = driver.execute_script(
+        "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+    assert len(images) >= 8, images  # classic demos, five experiments, shift map
+    broken = [src for src, complete, width in images if not complete or width == 0]
+    assert not broken, f"images that did not load: {broken}"
+    assert {src for src, _, _ in images} == {f for f in results["figures"].values()}
+
+
+def test_headline_numbers_are_on_the_page(opened):
+    driver, results = opened
+    text = driver.find_element("tag name", "body").text
+    sc = results["shift_consistency"]
+    crop = results["jaggedness"]["protocols"]["crop"]
+    for metric in (sc["crop_consistency"], sc["circular_consistency"], sc["worst_case"], crop["top1_change"],
+                   results["accuracy"]):
+        value = f"{100 * metric['value']:.1f}%"
+        interval = f"{100 * metric['ci'][0]:.1f}%–{100 * metric['ci'][1]:.1f}%"
+        assert value in text and interval in text and f"n = {metric['n']}" in text, (value, interval)
+    # the pretrained network's answers on the cat and the coffee are on the page
+    for p in results["predictions"]:
+        assert p["image"] in text and p["top1_name"] in text
+
+
+def test_console_has_no_errors(opened):
+    driver, _ = opened
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, errors
+
+
+def test_page_makes_no_network_request(opened):
+    driver, _ = opened
+    urls = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href])")
+    assert urls and all(u.startswith("file://") for u in urls), urls
