@@ -78,17 +78,17 @@ def test_parameters_are_kept_and_the_original_state_dict_loads_strictly(method):
 
 def test_original_model_is_untouched_unless_inplace():
     model = make("tv_resnet18")
-    converted, _ = antialias(model, "blur")
+    converted, _ = antialias(model, "blur", keep_stem=False)
     assert model.conv1.stride == (2, 2) and isinstance(model.maxpool, nn.MaxPool2d)
     assert converted.conv1.stride == (1, 1)
-    same, _ = antialias(model, "blur", inplace=True)
+    same, _ = antialias(model, "blur", inplace=True, keep_stem=False)
     assert same is model and model.conv1.stride == (1, 1)
     assert same.layer2[0].conv1.weight is model.layer2[0].conv1.weight
 
 
 def test_blur_report_names_every_strided_layer_and_the_placement():
     model = make("tv_resnet18")
-    _, report = antialias(model, "blur", filter_size=3)
+    _, report = antialias(model, "blur", filter_size=3, keep_stem=False)
     names = [r.name for r in report]
     strided = [n for n, m in model.named_modules()
                if isinstance(m, (nn.Conv2d, nn.MaxPool2d)) and m.stride not in (1, (1, 1))]
@@ -169,10 +169,25 @@ def test_converted_model_survives_deepcopy_and_pickling():
 
 def test_exclude_leaves_named_layers_strided():
     model = make("tv_resnet18")
-    converted, report = antialias(model, "blur", exclude=("conv1",))
-    assert converted.conv1.stride == (2, 2) and "conv1" not in [r.name for r in report]
+    converted, report = antialias(model, "blur", exclude=("layer2.0.conv1",))
+    assert converted.layer2[0].conv1.stride == (2, 2) and "layer2.0.conv1" not in [r.name for r in report]
+    assert converted.layer3[0].conv1.stride == (1, 1)
     with pytest.raises(InputError):
         antialias(model, "blur", exclude=("no_such_layer",))
+
+
+@pytest.mark.parametrize("key", ["tv_resnet18", "tv_mobilenet_v2"])
+def test_blur_keeps_the_stem_strided_by_default_and_aps_does_not(key):
+    """Zhang (2019) and timm leave the stem conv strided; APS must convert it for exact invariance."""
+    model = make(key)
+    stem = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    blurred, report = antialias(model, "blur")
+    assert blurred.get_submodule(stem).stride == (2, 2)
+    assert report[0].name == stem and report[0].after.startswith("kept strided")
+    converted, _ = antialias(model, "blur", keep_stem=False)
+    assert converted.get_submodule(stem).stride == (1, 1)
+    aps, report = antialias(model, "aps")
+    assert aps.get_submodule(stem).stride == (1, 1) and not report[0].after.startswith("kept strided")
 
 
 # --- APS -----------------------------------------------------------------------------------------------------

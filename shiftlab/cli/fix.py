@@ -15,6 +15,9 @@ def add_arguments(parser) -> None:
                         help="binomial filter size (default: shiftlab.antialias's default)")
     parser.add_argument("--circular", action="store_true",
                         help="make every padding circular (with --method aps: exact invariance to circular shifts)")
+    parser.add_argument("--stem", choices=("keep", "convert"), default=None,
+                        help="the first strided conv: kept strided by default with blur (as Zhang 2019 and timm "
+                             "do), converted by default with aps")
     parser.add_argument("--out", required=True, metavar="FILE", help="where to save the converted state_dict (.pt)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     parser.add_argument("--certify", nargs=2, type=int, metavar=("H", "W"), default=None,
@@ -27,6 +30,8 @@ def _conversion_kwargs(args) -> dict:
     kwargs = {"method": args.method, "circular": bool(args.circular)}
     if args.filter_size is not None:
         kwargs["filter_size"] = args.filter_size
+    if args.stem is not None:
+        kwargs["keep_stem"] = args.stem == "keep"
     return kwargs
 
 
