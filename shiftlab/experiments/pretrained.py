@@ -441,7 +441,8 @@ def fix_comparison(model: torch.nn.Module, preprocessing, base: torch.Tensor, cl
                    seed: int = 0, budget: Budget = DEFAULT_BUDGET, progress: bool = False, device=None) -> dict:
     """Experiment 4: the fixes applied to the pretrained network without retraining.
 
-    Converts the model with ``antialias(method="blur")`` and ``antialias(method="aps", circular=True)``,
+    Converts the model with ``antialias(method="blur")``, ``antialias(method="aps")`` (zero padding kept) and
+    ``antialias(method="aps", circular=True)``,
     re-measures the shift metrics on the same views (same seed), and counts how often the converted model's
     top-1 agrees with the original's on the very same views (the price of converting without fine-tuning).
     Certifies the APS model's invariance to circular shifts.
@@ -452,7 +453,9 @@ def fix_comparison(model: torch.nn.Module, preprocessing, base: torch.Tensor, cl
     from shiftlab.fix.antialias import antialias
 
     input_size = (base.shape[-2] - MARGIN, base.shape[-1] - MARGIN)
-    variants = [("antialias(blur)", {"method": "blur"}), ("antialias(aps, circular=True)", {"method": "aps", "circular": True})]
+    variants = [("antialias(blur)", {"method": "blur"}),
+                ("antialias(aps)", {"method": "aps"}),  # zero padding kept: closer to the original function
+                ("antialias(aps, circular=True)", {"method": "aps", "circular": True})]
     original = _fix_row("original", None, baseline_sweep, baseline_consistency, baseline_consistency, labels)
     if baseline_consistency["grid"] != budget.fix_grid:
         original["worst_case"] = _subgrid_stability(baseline_consistency, budget.fix_grid)
@@ -468,7 +471,7 @@ def fix_comparison(model: torch.nn.Module, preprocessing, base: torch.Tensor, cl
         consistency = shift_consistency(classifier, base, seed=seed, pairs_per_image=budget.pairs_per_image,
                                         grid=budget.fix_grid, progress=progress, label=f"{title}: ")
         rows.append(_fix_row(title, replacements, sweep, consistency, baseline_consistency, labels))
-        if kwargs["method"] == "aps":
+        if kwargs.get("circular"):
             aps_model = converted
     result = {"models": rows, "input_size": list(input_size)}
     if aps_model is not None:

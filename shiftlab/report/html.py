@@ -106,7 +106,7 @@ def headline_metrics(results: Mapping) -> list[tuple[str, dict, bool]]:
         g = sc.get("grid", "?")
         out.append((f"photos whose top-1 survives every shift of a {g}×{g} px grid", sc["worst_case"], True))
     for row in (results.get("fixes") or {}).get("models", []):
-        if str(row.get("name", "")).startswith("antialias(aps") and row.get("circular_consistency"):
+        if row.get("name") == "antialias(aps, circular=True)" and row.get("circular_consistency"):
             out.append(("circular consistency after antialias(aps, circular=True), no retraining",
                         row["circular_consistency"], True))
             if row.get("agreement"):
@@ -203,7 +203,7 @@ def _consistency(results: Mapping, figures: Mapping[str, str]) -> str:
     worst, _ = format_metric(sc.get("worst_case"))
     g = sc.get("grid")
     sentence = (f"Two random crops of the same photo get the same top-1 class {crop} of the time, two random "
-                f"circular shifts {circ}; only {worst} of the photos keep their top-1 class over all "
+                f"circular shifts {circ}; {worst} of the photos keep their top-1 class over all "
                 f"{_e(g)}×{_e(g)} one-pixel shifts. Bars show 95% intervals; pairs from one photo are not "
                 f"independent, so read the intervals as a lower bound on the uncertainty.")
     body = _figure(figures, "shift_metrics", "shift metrics with 95% intervals", _e(sentence))
