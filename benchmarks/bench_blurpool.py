@@ -17,27 +17,16 @@ Run: ``python benchmarks/bench_blurpool.py [--rounds 25] [--threads N]``
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from shiftlab.layers import BlurPool2d, binomial_filter
 
-
-def interleaved(candidates: dict, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each candidate; one call of each per round, order rotated every round."""
-    names = list(candidates)
-    times = {name: [] for name in names}
-    for fn in candidates.values():  # warm-up
-        fn()
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            candidates[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved  # noqa: E402
 
 
 def main() -> None:

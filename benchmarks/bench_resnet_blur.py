@@ -18,8 +18,8 @@ Run: ``python benchmarks/bench_resnet_blur.py [--rounds 7] [--batch 16] [--threa
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import timm
 import torch
@@ -27,19 +27,8 @@ import torchvision
 
 from shiftlab.fix.antialias import antialias
 
-
-def interleaved(candidates: dict, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each candidate; one call of each per round, order rotated every round."""
-    names = list(candidates)
-    times = {name: [] for name in names}
-    for fn in candidates.values():  # warm-up
-        fn()
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            candidates[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved  # noqa: E402
 
 
 def main() -> None:
