@@ -495,7 +495,7 @@ def _fix_row(title, replacements, sweep, consistency, baseline, labels) -> dict:
     crop = sweep["protocols"].get("crop", {})
     row = {
         "name": title,
-        "replacements": None if replacements is None else len(replacements),
+        "replacements": None if replacements is None else sum(not r.after.startswith("kept") for r in replacements),
         "crop_consistency": consistency["crop_consistency"],
         "circular_consistency": consistency["circular_consistency"],
         "worst_case": consistency["worst_case"],
