@@ -104,7 +104,7 @@ def plot_shift_sweep(result: dict, ax=None):
     ax.set_xlabel("diagonal shift (px; black enters at the border)")
     ax.set_ylabel("P(top-1 = unshifted top-1)")
     ax.set_title(f"Local or global invariance? ({_seeds_note(result)})", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
