@@ -262,3 +262,12 @@ def test_cli_writes_json_and_figures_from_any_result(tmp_path, capsys, monkeypat
 def test_cli_rejects_bad_seeds(tmp_path, capsys):
     assert main(["experiment", "architecture", "--out", str(tmp_path), "--seeds", "0"]) == 2
     assert "seeds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("run", ["run_augmentation", "run_rotation"])
+def test_exception_unknown_condition_is_a_one_line_input_error(run):
+    from shiftlab.errors import InputError
+    from shiftlab import experiments
+
+    with pytest.raises(InputError, match="unknown conditions"):
+        getattr(experiments, run)(quick=True, conditions=["no-such-condition"])

@@ -25,6 +25,15 @@ def parse_variant(name: str) -> dict:
     return {"downsample": parts[0], "head": parts[1], "padding": parts[2]}
 
 
+def check_conditions(conditions, default, known) -> tuple[str, ...]:
+    """The training conditions to run (``default`` when none are given); unknown names raise InputError."""
+    conditions = tuple(conditions or default)
+    unknown = [c for c in conditions if c not in known]
+    if unknown:
+        raise InputError(f"unknown conditions {unknown}; choose from {list(known)}")
+    return conditions
+
+
 def seed_list(seeds: int) -> list[int]:
     if not isinstance(seeds, int) or seeds < 1:
         raise InputError(f"seeds must be a positive integer, got {seeds!r}")

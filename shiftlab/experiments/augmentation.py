@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from shiftlab.experiments._common import (Timer, environment, parse_variant, seed_list, shift_metrics,
+from shiftlab.experiments._common import (Timer, check_conditions, environment, parse_variant, seed_list, shift_metrics,
                                           summarise, summarise_curves, train_variant)
 from shiftlab.experiments.digits import draw_positions, make_canvas_split
 from shiftlab.experiments.train import ShiftAugment, TrainConfig, predict
@@ -48,12 +48,7 @@ def run_augmentation(out_dir=None, seeds: int = 3, quick: bool = False, data: st
     """
     del out_dir
     p = QUICK if quick else FULL
-    conditions = tuple(conditions or p["conditions"])
-    unknown = [c for c in conditions if c not in CONDITIONS]
-    if unknown:
-        from shiftlab.errors import InputError
-
-        raise InputError(f"unknown conditions {unknown}; choose from {list(CONDITIONS)}")
+    conditions = check_conditions(conditions, p["conditions"], CONDITIONS)
     seeds_ = seed_list(seeds)
     with Timer() as total:
         split = make_canvas_split(data, canvas=p["canvas"], object_size=p["object_size"], train_region=p["region"],

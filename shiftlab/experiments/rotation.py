@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from shiftlab.experiments._common import Timer, environment, seed_list, summarise, summarise_curves, train_variant
+from shiftlab.experiments._common import (Timer, check_conditions, environment, seed_list, summarise, summarise_curves,
+                                          train_variant)
 from shiftlab.experiments.digits import make_canvas_split
 from shiftlab.experiments.train import (BrightnessAugment, RotationAugment, ScaleAugment, TrainConfig,
                                         evaluation_copy, predict)
@@ -62,12 +63,7 @@ def run_rotation(out_dir=None, seeds: int = 3, quick: bool = False, data: str | 
 
     del out_dir
     p = QUICK if quick else FULL
-    conditions = tuple(conditions or p["conditions"])
-    unknown = [c for c in conditions if c not in CONDITIONS]
-    if unknown:
-        from shiftlab.errors import InputError
-
-        raise InputError(f"unknown conditions {unknown}; choose from {list(CONDITIONS)}")
+    conditions = check_conditions(conditions, p["conditions"], CONDITIONS)
     seeds_ = seed_list(seeds)
     transforms = {"angles": rotate, "scales": zoom, "brightness": adjust_brightness}
     with Timer() as total:
