@@ -361,3 +361,22 @@ def test_shared_phase_is_released_after_an_exception():
 def test_shared_phase_exception_on_mismatched_stride():
     with pytest.raises(ShapeError):
         APSPool2d(stride=3, shared=SharedPhase(2))
+
+
+def test_feature_aps_fast_path_agrees_with_the_exact_rule_and_ties_go_to_it():
+    """Clear winners are chosen from the one-pass norms; ties (equal norms in exact arithmetic) by the exact rule."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 8, 16, 16)
+    norms = polyphase_norms(x)
+    top2 = norms.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-3 * top2[:, 0]
+    assert int(clear.sum()) > 48
+    assert torch.equal(aps_phase(x)[clear], polyphase_energies(x).argmax(1)[clear])
+    # components (0, 0) and (0, 1) hold the same values, placed differently: an exact tie whatever the rounding
+    base = torch.rand(3, 8, 8, 8) + 1.0
+    y = torch.zeros(3, 8, 16, 16)
+    y[..., 0::2, 0::2] = base
+    y[..., 0::2, 1::2] = torch.roll(base, (3, 5), (-2, -1))
+    assert aps_phase(y).tolist() == [0, 0, 0]  # the tie rule: lowest index
+    shifted = torch.roll(y, 1, -1)  # now the tied components are (0, 1) and (0, 0) again, swapped
+    assert torch.equal(aps_pool2d(shifted, phase=aps_phase(shifted)), aps_pool2d(shifted, phase=torch.zeros(3, dtype=torch.long)))

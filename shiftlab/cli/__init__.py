@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 
@@ -25,9 +24,7 @@ COMMANDS = ("demo", "audit", "inspect", "fix", "experiment", "report")
 
 def _command_modules():
     for name in COMMANDS:
-        module_name = f"shiftlab.cli.{name}"
-        if importlib.util.find_spec(module_name) is not None:
-            yield name, importlib.import_module(module_name)
+        yield name, importlib.import_module(f"shiftlab.cli.{name}")
 
 
 def build_parser() -> argparse.ArgumentParser:

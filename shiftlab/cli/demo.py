@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "Run the article's experiments (bright pixels, edges, pooling, tandem) and save figures and numbers."
+HELP = "run the article's experiments (bright pixels, edges, pooling, tandem) and save figures and numbers."
 
 DEMOS = ("pixel", "edges", "pooling", "tandem")
 
