@@ -39,14 +39,12 @@ QUICK = {"canvas": 32, "object_size": 16, "region": "all", "width": 8, "max_shif
 METRICS = ["accuracy", "circular_consistency", "crop_consistency", "top1_change"]
 
 
-def run_architecture(out_dir=None, seeds: int = 3, quick: bool = False, data: str | None = None,
+def run_architecture(seeds: int = 3, quick: bool = False, data: str | None = None,
                      progress: bool = False, variants=None, data_seed: int = 0) -> dict:
     """Train each variant once per seed and measure its shift stability; returns a JSON-serialisable dict.
 
-    ``out_dir`` is accepted for symmetry with the CLI and ignored here (the CLI writes the files).
     ``data``: None for the bundled digits, or a labelled data set spec for ``shiftlab.data.load_dataset``.
     """
-    del out_dir
     p = QUICK if quick else FULL
     seeds_ = seed_list(seeds)
     variants = tuple(variants or p["variants"])

@@ -40,13 +40,9 @@ QUICK = {"canvas": 32, "object_size": 16, "region": "centre", "width": 8, "max_s
 METRICS = ["accuracy", "accuracy_anywhere", "circular_consistency", "crop_consistency", "top1_change"]
 
 
-def run_augmentation(out_dir=None, seeds: int = 3, quick: bool = False, data: str | None = None,
+def run_augmentation(seeds: int = 3, quick: bool = False, data: str | None = None,
                      progress: bool = False, conditions=None, data_seed: int = 0) -> dict:
-    """Shift augmentation against architectural fixes; returns a JSON-serialisable dict.
-
-    ``out_dir`` is accepted for symmetry with the CLI and ignored here (the CLI writes the files).
-    """
-    del out_dir
+    """Shift augmentation against architectural fixes; returns a JSON-serialisable dict."""
     p = QUICK if quick else FULL
     conditions = check_conditions(conditions, p["conditions"], CONDITIONS)
     seeds_ = seed_list(seeds)

@@ -49,13 +49,9 @@ def position_heatmap(model, split, grid: list[int]) -> torch.Tensor:
     return heat
 
 
-def run_unseen_positions(out_dir=None, seeds: int = 3, quick: bool = False, data: str | None = None,
+def run_unseen_positions(seeds: int = 3, quick: bool = False, data: str | None = None,
                          progress: bool = False, variants=None, data_seed: int = 0) -> dict:
-    """Train each variant on one quadrant; accuracy heatmap over the whole canvas. JSON-serialisable dict.
-
-    ``out_dir`` is accepted for symmetry with the CLI and ignored here (the CLI writes the files).
-    """
-    del out_dir
+    """Train each variant on one quadrant; accuracy heatmap over the whole canvas. JSON-serialisable dict."""
     p = QUICK if quick else FULL
     variants = tuple(variants or p["variants"])
     for v in variants:

@@ -53,15 +53,11 @@ def _sweep(model, images, labels, transform, values) -> list[float]:
     return out
 
 
-def run_rotation(out_dir=None, seeds: int = 3, quick: bool = False, data: str | None = None,
+def run_rotation(seeds: int = 3, quick: bool = False, data: str | None = None,
                  progress: bool = False, conditions=None, data_seed: int = 0) -> dict:
-    """Accuracy against rotation, scale and brightness for each training condition; JSON-serialisable dict.
-
-    ``out_dir`` is accepted for symmetry with the CLI and ignored here (the CLI writes the files).
-    """
+    """Accuracy against rotation, scale and brightness for each training condition; JSON-serialisable dict."""
     from shiftlab.transforms import adjust_brightness, rotate, zoom
 
-    del out_dir
     p = QUICK if quick else FULL
     conditions = check_conditions(conditions, p["conditions"], CONDITIONS)
     seeds_ = seed_list(seeds)
