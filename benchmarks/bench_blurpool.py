@@ -7,16 +7,20 @@ in a rotating order (A and B interleaved); the script prints medians over the ro
     shiftlab / x.clone()     (the memory-bound floor; target <= 2.5)
 
 It also times the alternatives considered for the implementation (depthwise conv2d, single-channel conv2d
-on (B*C, 1, H, W)) and checks that all outputs agree. antialiased-cnns is not a dependency: install it
-for the benchmark only (``pip install --no-deps --target /tmp/aacnn antialiased-cnns`` and run with
-``PYTHONPATH=/tmp/aacnn``); without it that peer is skipped with a message.
+on (B*C, 1, H, W)) and checks that all outputs agree. The measurement is repeated in fresh processes
+(``--processes``): the speed of a strided copy depends on where the input was allocated, which changes
+from one process to the next (x.clone() alone by up to 5x here); printed are each process's times and the
+median of the ratios. antialiased-cnns is not a dependency: install it for the benchmark only
+(``pip install --no-deps --target /tmp/aacnn antialiased-cnns`` and run with ``PYTHONPATH=/tmp/aacnn``);
+without it that peer is skipped with a message.
 
-Run: ``python benchmarks/bench_blurpool.py [--rounds 25] [--threads N]``
+Run: ``python benchmarks/bench_blurpool.py [--rounds 25] [--processes 5] [--threads N]``
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -26,16 +30,21 @@ import torch.nn.functional as F
 from shiftlab.layers import BlurPool2d, binomial_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleaved  # noqa: E402
+from _timing import (  # noqa: E402
+    child_or_runs,
+    interleaved,
+    note_if_aacnn_missing,
+    process_options,
+    ratio_summary,
+)
+
+OURS = "shiftlab BlurPool2d"
+CLONE = "x.clone()"
+PEERS = ("timm BlurPool2d", "antialiased-cnns BlurPool")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=25)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def measure(rounds: int) -> dict[str, float]:
+    """Median seconds of each candidate in this process (outputs checked against shiftlab's first)."""
     torch.manual_seed(0)
     x = torch.randn(8, 64, 112, 112)
     channels = x.shape[1]
@@ -50,37 +59,49 @@ def main() -> None:
         y = F.pad(x.reshape(b * c, 1, h, w), (1, 1, 1, 1), mode="reflect")
         return F.conv2d(y, weight[:1], stride=2).reshape(b, c, (h + 1) // 2, (w + 1) // 2)
 
-    candidates = {"shiftlab BlurPool2d": lambda: ours(x), "x.clone()": x.clone,
+    candidates = {OURS: lambda: ours(x), CLONE: x.clone,
                   "alt: depthwise conv2d": depthwise_conv, "alt: single-channel conv2d": single_channel_conv}
-    peers = []
     from timm.layers import BlurPool2d as TimmBlurPool2d
     timm_layer = TimmBlurPool2d(channels, filt_size=3, stride=2, pad_mode="reflect")
-    candidates["timm BlurPool2d"] = lambda: timm_layer(x)
-    peers.append("timm BlurPool2d")
+    candidates[PEERS[0]] = lambda: timm_layer(x)
     try:
         from antialiased_cnns import BlurPool as AacnnBlurPool
     except ImportError:
-        print("antialiased-cnns not installed: skipping that peer "
-              "(pip install --no-deps --target /tmp/aacnn antialiased-cnns; PYTHONPATH=/tmp/aacnn)")
+        pass
     else:
         aacnn_layer = AacnnBlurPool(channels, filt_size=3, stride=2, pad_type="reflect")
-        candidates["antialiased-cnns BlurPool"] = lambda: aacnn_layer(x)
-        peers.append("antialiased-cnns BlurPool")
-
+        candidates[PEERS[1]] = lambda: aacnn_layer(x)
     with torch.no_grad():
         reference = ours(x)
         for name, fn in candidates.items():
-            if name != "x.clone()":
-                print(f"max |{name} - shiftlab| = {(fn() - reference).abs().max().item():.2e}")
-        medians = interleaved(candidates, args.rounds)
-    print(f"\ninput {tuple(x.shape)} float32, filter 3, stride 2, reflect; {torch.get_num_threads()} threads, "
-          f"{args.rounds} interleaved rounds (medians)")
-    for name, t in medians.items():
-        print(f"  {name:28s} {t * 1e3:8.2f} ms")
-    best_peer = min(peers, key=medians.get)
-    print(f"\nshiftlab / faster peer ({best_peer}): {medians['shiftlab BlurPool2d'] / medians[best_peer]:.2f}"
-          "  (target <= 0.8)")
-    print(f"shiftlab / x.clone():  {medians['shiftlab BlurPool2d'] / medians['x.clone()']:.2f}  (target <= 2.5)")
+            if name != CLONE:
+                difference = (fn() - reference).abs().max().item()
+                if difference > 1e-5:
+                    raise SystemExit(f"{name} differs from shiftlab by {difference:.2e}")
+        return interleaved(candidates, rounds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    process_options(parser, rounds=25, processes=5)
+    args = parser.parse_args()
+    if not args.child:
+        note_if_aacnn_missing()
+    runs = child_or_runs(args, __file__, measure)
+    if runs is None:
+        return
+    print(f"input (8, 64, 112, 112) float32, filter 3, stride 2, reflect; {torch.get_num_threads()} threads; "
+          f"{args.processes} processes x {args.rounds} interleaved rounds (medians per process); all outputs agree "
+          "with shiftlab's to 1e-5")
+    for name in runs[0]:
+        print(f"  {name:28s} ms: {' '.join(f'{run[name] * 1e3:6.2f}' for run in runs)}")
+    peers = [p for p in PEERS if p in runs[0]]
+    best_peer = min(peers, key=lambda p: statistics.median(run[p] for run in runs))
+    print(f"\nshiftlab / faster peer ({best_peer}): {ratio_summary(runs, OURS, best_peer)}  (target <= 0.8)")
+    print(f"shiftlab / x.clone():  {ratio_summary(runs, OURS, CLONE)}  (target <= 2.5)")
+    for peer in peers:
+        if peer != best_peer:
+            print(f"shiftlab / {peer}: {ratio_summary(runs, OURS, peer)}")
 
 
 if __name__ == "__main__":

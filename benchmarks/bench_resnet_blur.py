@@ -12,7 +12,11 @@ medians over the rounds. Printed ratios (each converted model over its own basel
 antialiased-cnns is optional (``pip install --no-deps --target /tmp/aacnn antialiased-cnns``, run with
 ``PYTHONPATH=/tmp/aacnn``); without it that peer is skipped with a message. No weights are downloaded.
 
-Run: ``python benchmarks/bench_resnet_blur.py [--rounds 7] [--batch 16] [--threads N]``
+The whole measurement is repeated in fresh processes (``--processes``, default 3), since the speed of the
+same model can differ between processes by more than the effect measured; printed: each process's ratio
+and their median.
+
+Run: ``python benchmarks/bench_resnet_blur.py [--rounds 7] [--processes 3] [--batch 16] [--threads N]``
 """
 
 from __future__ import annotations
@@ -28,35 +32,38 @@ import torchvision
 from shiftlab.fix.antialias import antialias
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleaved  # noqa: E402
+from _timing import (  # noqa: E402
+    child_or_runs,
+    interleaved,
+    note_if_aacnn_missing,
+    process_options,
+    ratio_summary,
+)
+
+BASELINE = "torchvision resnet18"
+OURS = "shiftlab blur resnet18"
+STEM = "shiftlab blur resnet18, stem converted too"
+AACNN = "antialiased-cnns resnet18 (filter 3)"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def measure(rounds: int, batch: int) -> dict[str, float]:
+    """Median seconds per forward of each model in this process."""
     torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, 224, 224)
+    x = torch.randn(batch, 3, 224, 224)
     tv = torchvision.models.resnet18().eval()
     models = {
-        "torchvision resnet18": tv,
-        "shiftlab blur resnet18": antialias(tv, "blur", filter_size=3)[0],
-        "shiftlab blur resnet18, stem converted too": antialias(tv, "blur", filter_size=3, keep_stem=False)[0],
+        BASELINE: tv,
+        OURS: antialias(tv, "blur", filter_size=3)[0],
+        STEM: antialias(tv, "blur", filter_size=3, keep_stem=False)[0],
         "timm resnet18": timm.create_model("resnet18", pretrained=False).eval(),
         "timm resnetblur18": timm.create_model("resnetblur18", pretrained=False).eval(),
     }
     try:
         import antialiased_cnns
     except ImportError:
-        print("antialiased-cnns not installed: skipping that peer "
-              "(pip install --no-deps --target /tmp/aacnn antialiased-cnns; PYTHONPATH=/tmp/aacnn)")
+        pass
     else:
-        models["antialiased-cnns resnet18 (filter 3)"] = antialiased_cnns.resnet18(pretrained=False,
-                                                                                 filter_size=3).eval()
+        models[AACNN] = antialiased_cnns.resnet18(pretrained=False, filter_size=3).eval()
 
     def runner(model):
         def run():
@@ -64,23 +71,32 @@ def main() -> None:
                 model(x)
         return run
 
-    medians = interleaved({name: runner(m) for name, m in models.items()}, args.rounds)
-    print(f"batch {args.batch} at 224x224, float32, {torch.get_num_threads()} threads, {args.rounds} interleaved "
-          "rounds (medians)")
-    for name, t in medians.items():
-        print(f"  {name:40s} {t * 1e3:9.1f} ms")
-    base = medians["torchvision resnet18"]
-    print()
-    print(f"shiftlab blur resnet18 / torchvision resnet18:             {medians['shiftlab blur resnet18'] / base:.2f}"
-          "  (target <= 1.35)")
-    print("shiftlab blur resnet18, stem converted too / torchvision:    "
-          f"{medians['shiftlab blur resnet18, stem converted too'] / base:.2f}")
-    print(f"timm resnetblur18 / timm resnet18:                         "
-          f"{medians['timm resnetblur18'] / medians['timm resnet18']:.2f}  (published about 1.56)")
-    if "antialiased-cnns resnet18 (filter 3)" in medians:
-        print(f"antialiased-cnns resnet18 (filter 3) / torchvision resnet18: "
-              f"{medians['antialiased-cnns resnet18 (filter 3)'] / base:.2f}  (published about 1.50)")
+    return interleaved({name: runner(m) for name, m in models.items()}, rounds)
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    process_options(parser, rounds=7, processes=3)
+    parser.add_argument("--batch", type=int, default=16)
+    args = parser.parse_args()
+    if not args.child:
+        note_if_aacnn_missing()
+    runs = child_or_runs(args, __file__, measure, batch=args.batch)
+    if runs is None:
+        return
+    print(f"batch {args.batch} at 224x224, float32, {torch.get_num_threads()} threads; {args.processes} processes x "
+          f"{args.rounds} interleaved rounds (medians per process)")
+    for name in runs[0]:
+        print(f"  {name:44s} ms: {' '.join(f'{run[name] * 1e3:7.1f}' for run in runs)}")
+    print()
+    print(f"shiftlab blur resnet18 / torchvision resnet18:              {ratio_summary(runs, OURS, BASELINE)}"
+          "  (target <= 1.35)")
+    print(f"shiftlab blur resnet18, stem converted too / torchvision:   {ratio_summary(runs, STEM, BASELINE)}")
+    print(f"timm resnetblur18 / timm resnet18:                          "
+          f"{ratio_summary(runs, 'timm resnetblur18', 'timm resnet18')}  (published about 1.56)")
+    if AACNN in runs[0]:
+        print(f"antialiased-cnns resnet18 (filter 3) / torchvision resnet18: {ratio_summary(runs, AACNN, BASELINE)}"
+              "  (published about 1.50)")
 
 if __name__ == "__main__":
     main()

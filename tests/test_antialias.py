@@ -64,6 +64,27 @@ def test_blur_with_filter_size_one_computes_the_original_function(name):
         assert relative_gap(blurred(x), model(x)) > 1e-6  # far above the 1e-12 asserted above
 
 
+@pytest.mark.parametrize("name", ["tv_resnet18", "timm_resnet26d"])
+def test_blur_with_filter_size_one_has_the_original_gradients(name):
+    """Same parameter gradients: the re-applied activations (in place) and the hooks do not disturb autograd.
+
+    Eval mode: in train mode batch norm after a stride-1 conv takes its statistics over every position,
+    not only the kept ones, so the converted function differs there by construction.
+    """
+    model = make(name).double()
+    converted, _ = antialias(model, "blur", filter_size=1, keep_stem=False)
+    x = torch.randn(3, 3, 48, 48, dtype=F64)
+    weights = torch.randn(3, 1000, dtype=F64)
+    grads = []
+    for net in (model, converted):
+        net.zero_grad()
+        (net(x) * weights).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in net.named_parameters()})
+    assert list(grads[0]) == list(grads[1])
+    for key in grads[0]:
+        torch.testing.assert_close(grads[1][key], grads[0][key], rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("method", ["blur", "aps"])
 def test_parameters_are_kept_and_the_original_state_dict_loads_strictly(method):
     model = make("timm_resnet26d")
@@ -273,3 +294,33 @@ def test_inception_blur_is_fine():
     converted, report = antialias(Inception(), "blur")
     assert [r.name for r in report] == ["a", "b"]
     assert converted(torch.randn(1, 3, 16, 16)).shape == (1, 7, 8, 8)
+
+
+# --- the dense pools the conversion uses ---------------------------------------------------------------------
+
+POOL_CONFIGS = [(k, s, p, d, ceil) for k in (1, 2, 3, 4) for s in (1, 2, 3) for p in range(k // 2 + 1)
+                for d in (1, 2) for ceil in (False, True) if not (k == 1 and d == 2)]
+
+
+@pytest.mark.parametrize("k, s, p, d, ceil", POOL_CONFIGS)
+def test_dense_pool_samples_are_the_pool_and_gradients_agree(k, s, p, d, ceil):
+    from shiftlab.fix._ops import DensePool2d
+
+    torch.manual_seed(k * 100 + s * 10 + p)
+    pools = [nn.MaxPool2d(k, s, p, dilation=d, ceil_mode=ceil)]
+    if d == 1:
+        pools += [nn.AvgPool2d(k, s, p, ceil_mode=ceil), nn.AvgPool2d(k, s, p, ceil_mode=ceil, count_include_pad=False)]
+    for pool in pools:
+        for size in ((9, 11), (8, 8)):
+            x = torch.randn(2, 3, *size, dtype=F64, requires_grad=True)
+            want = pool(x)
+            dense = DensePool2d(pool)(x)
+            got = dense[..., ::s, ::s]
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+            weights = torch.randn_like(want)
+            (grad_want,) = torch.autograd.grad((want * weights).sum(), x)
+            (grad_got,) = torch.autograd.grad((got * weights).sum(), x)
+            torch.testing.assert_close(grad_got, grad_want, rtol=1e-12, atol=1e-12)
+            with torch.no_grad():  # the in-place fast path gives the same numbers
+                assert torch.equal(DensePool2d(pool)(x), dense.detach())

@@ -193,7 +193,7 @@ def expected_aps_after_shift(x, stride, dy, dx):
 
 @settings(max_examples=30, deadline=None)
 @given(stride=st.integers(2, 3), cells=st.integers(2, 5), dy=st.integers(-7, 7), dx=st.integers(-7, 7),
-       seed=st.integers(0, 2**16), dtype=st.sampled_from([torch.float32, F64]))
+       seed=st.integers(0, 2**16), dtype=st.sampled_from([torch.float32, F64, torch.float16, torch.bfloat16]))
 def test_aps_pool2d_output_moves_with_any_circular_shift(stride, cells, dy, dx, seed, dtype):
     torch.manual_seed(seed)
     x = torch.randn(3, 4, stride * cells, stride * (cells + 1), dtype=dtype)
@@ -380,3 +380,53 @@ def test_feature_aps_fast_path_agrees_with_the_exact_rule_and_ties_go_to_it():
     assert aps_phase(y).tolist() == [0, 0, 0]  # the tie rule: lowest index
     shifted = torch.roll(y, 1, -1)  # now the tied components are (0, 1) and (0, 0) again, swapped
     assert torch.equal(aps_pool2d(shifted, phase=aps_phase(shifted)), aps_pool2d(shifted, phase=torch.zeros(3, dtype=torch.long)))
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3 * 8 * 16 * 16 * 4])
+def test_aps_blocked_energies_choose_as_one_block(monkeypatch, block_bytes):
+    """On CPU the energies run in blocks of samples; the blocking must not change any choice."""
+    import shiftlab.layers.aps as aps_module
+
+    torch.manual_seed(5)
+    x = torch.randn(10, 8, 16, 16)
+    x[3, :, 0::2, 1::2] = x[3, :, 0::2, 0::2].roll(1, -1)  # an exact tie between (0, 0) and (0, 1) ...
+    x[3, :, 1::2, :] *= 0.5  # ... for the largest energy
+    x[6, :, 1::2, :] = x[6, :, 0::2, :].roll(1, -2) * (1 + 1e-6)  # a near-tie: left to the exact rule
+    whole = aps_phase(x)
+    monkeypatch.setattr(aps_module, "_BLOCK_BYTES", block_bytes)
+    blocks = aps_module._plain_energies(x, 2)
+    monkeypatch.setattr(aps_module, "_BLOCK_BYTES", 1 << 40)
+    torch.testing.assert_close(blocks, aps_module._plain_energies(x, 2), rtol=1e-6, atol=0)
+    monkeypatch.setattr(aps_module, "_BLOCK_BYTES", block_bytes)
+    assert torch.equal(aps_phase(x), whole)
+    assert int(aps_phase(x)[3]) == 0  # the tie rule, also when decided inside a block
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (3, 2)):
+        got = aps_pool2d(torch.roll(x, (dy, dx), (-2, -1)))
+        assert torch.equal(got[[0, 1, 2, 4, 5, 6, 7, 8, 9]],
+                           expected_aps_after_shift(x, 2, dy, dx)[[0, 1, 2, 4, 5, 6, 7, 8, 9]])
+
+
+@pytest.mark.parametrize("padding_mode", PADDING_MODES)
+@pytest.mark.parametrize("filter_size", [2, 3, 5])
+def test_blur_in_blocks_of_planes_is_the_same_to_the_bit(monkeypatch, padding_mode, filter_size):
+    """Large stride-1 CPU blurs run in blocks of channel planes; blocking must not change a single value."""
+    import shiftlab.layers.blur_pool as blur_module
+
+    torch.manual_seed(6)
+    x = torch.randn(3, 5, 9, 12)
+    whole = blur_pool2d(x, filter_size, 1, padding_mode)
+    for block_bytes in (1, 9 * 12 * 4 * 4):  # one plane per block; four planes per block (blocks cross samples)
+        monkeypatch.setattr(blur_module, "_BLOCK_BYTES", block_bytes)
+        assert torch.equal(blur_pool2d(x, filter_size, 1, padding_mode), whole)
+    torch.testing.assert_close(whole.double(), reference_blur_pool(x.double(), filter_size, 1, padding_mode),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_blur_pool2d_works_with_autograd_after_inference_mode():
+    """Nothing made under torch.inference_mode may leak into a later differentiable call."""
+    x = torch.randn(1, 2, 7, 9)
+    with torch.inference_mode():
+        blur_pool2d(x, 3, 2, "reflect")
+    y = torch.randn(1, 2, 7, 9, requires_grad=True)
+    blur_pool2d(y, 3, 2, "reflect").sum().backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0

@@ -97,11 +97,13 @@ class Flow:
                 if module is not None and self.uses(user.target) == 1:
                     return Link(user.target, None, f"after {user.target} (the activation)")
                 if clamps:
+                    # in place: the chain's output has this single use, and no backward pass needs it
                     if module is not None:
-                        act, act_name = type(module)(), user.target
+                        act, act_name = type(module)(inplace=True), user.target
                     else:
                         six = user.target is torch.nn.functional.relu6
-                        act, act_name = (nn.ReLU6() if six else nn.ReLU()), getattr(user.target, "__name__", "relu")
+                        act = nn.ReLU6(inplace=True) if six else nn.ReLU(inplace=True)
+                        act_name = getattr(user.target, "__name__", "relu")
                     return Link(last, act, f"after {last}, with {act_name} applied first (the shared activation "
                                 "re-applies it, which changes nothing)")
                 return Link(last, None, f"after {last}, before the activation (shared, not idempotent)")

