@@ -12,7 +12,9 @@
   layer did and runs at stride 1.
 
 Each stride-1 layer pads exactly as its strided original, so its sample ``s * i`` is the original's sample
-``i``: with ``filter_size=1`` the converted model computes the original function (up to float rounding).
+``i``: with ``filter_size=1`` the converted model computes the original function (up to float rounding) and
+has the original's gradients, in eval mode. In train mode a batch norm after a stride-1 conv takes its batch
+statistics over every position rather than the kept ones only, so fine-tuning starts from nearby statistics.
 
 ``method="aps"`` moves every stride into an :class:`~shiftlab.layers.APSPool2d` at the same places, and
 makes all subsampling inside a residual block keep the one phase chosen from the block's input
