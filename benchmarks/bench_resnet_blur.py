@@ -98,5 +98,6 @@ def main() -> None:
         print(f"antialiased-cnns resnet18 (filter 3) / torchvision resnet18: {ratio_summary(runs, AACNN, BASELINE)}"
               "  (published about 1.50)")
 
+
 if __name__ == "__main__":
     main()

@@ -111,19 +111,19 @@ def _window_reduce(x: Tensor, kernel_size: tuple[int, int], dilation: tuple[int,
 
 
 def _max_of(views: list[Tensor], out: Tensor | None = None) -> Tensor:
-    """Element-wise maximum of equally shaped views, into ``out`` if given (not under autograd)."""
-    if len(views) == 1:
-        return views[0].clone() if out is None else out.copy_(views[0])
-    grad = torch.is_grad_enabled() and any(v.requires_grad for v in views)
-    if out is None or grad:
-        result = torch.maximum(views[0], views[1])
+    """Element-wise maximum of equally shaped views; written into ``out`` if given (never under autograd)."""
+    if out is not None:
+        out.copy_(views[0]) if len(views) == 1 else torch.maximum(views[0], views[1], out=out)
         for view in views[2:]:
-            result = torch.maximum(result, view) if grad else torch.maximum(result, view, out=result)
-        return result if out is None else out.copy_(result)
-    torch.maximum(views[0], views[1], out=out)
+            torch.maximum(out, view, out=out)
+        return out
+    if len(views) == 1:
+        return views[0]
+    grad = torch.is_grad_enabled() and any(v.requires_grad for v in views)
+    result = torch.maximum(views[0], views[1])
     for view in views[2:]:
-        torch.maximum(out, view, out=out)
-    return out
+        result = torch.maximum(result, view) if grad else torch.maximum(result, view, out=result)
+    return result
 
 
 def _sum_of(views: list[Tensor]) -> Tensor:
@@ -147,23 +147,25 @@ def _max_axis_unpadded(x: Tensor, dim: int, k: int, d: int, before: int, after: 
     if k == 1 and before == 0 and after == 0:
         return x
     lo, hi = before, min(length, n + before - d * (k - 1))  # outputs whose taps all lie in the map
-    windows = [(i, [i - before + t * d for t in range(k) if 0 <= i - before + t * d < n])
-               for i in (*range(min(lo, length)), *range(max(hi, lo), length))]
-    if any(not taps for _, taps in windows):
-        raise ShapeError(f"a pool window of {k} taps lies wholly in the padding of {before}/{after}")
+    head, tail = range(min(lo, length)), range(max(hi, lo), length)
+
+    def border(i: int) -> list[Tensor]:
+        taps = [i - before + t * d for t in range(k) if 0 <= i - before + t * d < n]
+        if not taps:
+            raise ShapeError(f"a pool window of {k} taps lies wholly in the padding of {before}/{after}")
+        return [x.narrow(dim, tap, 1) for tap in taps]
+
     inner = [x.narrow(dim, lo - before + t * d, hi - lo) for t in range(k)] if hi > lo else []
     if torch.is_grad_enabled() and x.requires_grad:
-        pieces = {i: _max_of([x.narrow(dim, tap, 1) for tap in taps]) for i, taps in windows}
-        if inner:
-            pieces[lo] = _max_of(inner)
-        return torch.cat([pieces[i] for i in sorted(pieces)], dim)
+        pieces = [_max_of(border(i)) for i in head] + ([_max_of(inner)] if inner else [])
+        return torch.cat(pieces + [_max_of(border(i)) for i in tail], dim)
     shape = list(x.shape)
     shape[dim] = length
     out = x.new_empty(shape)
     if inner:
         _max_of(inner, out.narrow(dim, lo, hi - lo))
-    for i, taps in windows:
-        _max_of([x.narrow(dim, tap, 1) for tap in taps], out.narrow(dim, i, 1))
+    for i in (*head, *tail):
+        _max_of(border(i), out.narrow(dim, i, 1))
     return out
 
 

@@ -53,7 +53,13 @@ from torch import Tensor, nn
 
 from shiftlab._checks import check_bchw, check_float
 from shiftlab.errors import ShapeError
-from shiftlab.layers.blur_pool import _check_filter_size, _check_padding_mode, _check_stride, blur_pool2d
+from shiftlab.layers.blur_pool import (
+    _BLOCK_BYTES,
+    _check_filter_size,
+    _check_padding_mode,
+    _check_stride,
+    blur_pool2d,
+)
 
 __all__ = ["polyphase_norms", "polyphase_energies", "aps_phase", "aps_pool2d", "APSPool2d", "SharedPhase"]
 
@@ -134,9 +140,8 @@ def _choose(energies: Tensor) -> Tensor:
 _CLEAR_MARGIN = 1e-4
 
 
-# On CPU the energies are computed in blocks of whole samples of about this many bytes, so that the squares
-# of a block stay in cache instead of filling a full-size temporary (benchmarks/bench_aps.py).
-_BLOCK_BYTES = 1 << 22
+# On CPU the energies are computed in blocks of whole samples of about _BLOCK_BYTES (the blur's block size),
+# so that the squares of a block stay in cache instead of filling a full-size temporary (benchmarks/bench_aps.py).
 
 
 def _plain_energies(x: Tensor, stride: int) -> Tensor:

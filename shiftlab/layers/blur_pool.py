@@ -31,7 +31,8 @@ __all__ = ["PADDING_MODES", "binomial_filter", "blur_pool2d", "BlurPool2d", "max
 #: Padding modes understood by the blur layers (``"zeros"`` pads with 0).
 PADDING_MODES = ("reflect", "replicate", "zeros", "circular")
 MAX_FILTER_SIZE = 7
-# Large maps blurred at stride 1 on CPU are processed in blocks of channel planes of about this many bytes.
+# CPU work on large maps runs in blocks of about this many bytes, small enough to stay in cache: stride-1
+# blurs in blocks of channel planes, APS energies in blocks of samples.
 _BLOCK_BYTES = 1 << 22
 
 
