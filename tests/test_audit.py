@@ -129,8 +129,8 @@ def test_protocol_shift_bookkeeping_is_exact_at_the_input(protocol):
 
 def test_protocol_bookkeeping_negative_control():
     class WrongSign(DiagonalSweep):
-        def make(self, images, indices, seed):
-            c = super().make(images, indices, seed)
+        def make(self, images, indices, seed, copies=None):
+            c = super().make(images, indices, seed, copies)
             return type(c)(c.inputs, -c.shifts, c.num_copies)
 
     x = torch.rand(3, 3, 16, 16, dtype=torch.float64)
@@ -197,7 +197,7 @@ def test_layer_statistics_do_not_grow_with_feature_size():
     sizes = []
     for side in (16, 48):
         r = audit(model, torch.rand(5, 3, side, side), transform="circular:4", normalize=False, layers="all")
-        sizes.append(sum(v.nbytes + i.nbytes for chunks in r.series.values() for i, v in chunks))
+        sizes.append(sum(v.nbytes + i.nbytes for chunks in r.series.values() for _, i, v in chunks))
         assert all(not m._forward_hooks for m in model.modules())
     assert sizes[0] == sizes[1]
 
@@ -283,7 +283,7 @@ def test_mixed_sizes_are_resized_and_json_is_valid(tmp_path):
     r = audit(model, images, transform="crop:24:8", image_size=24)
     assert r.n == 3 and r.protocol["spec"] == "crop:24:8"
     doc = json.loads(json.dumps(r.to_dict(), allow_nan=False))
-    assert doc["schema_version"] == 1 and doc["skipped"]["count"] == 0
+    assert doc["schema_version"] == 2 and doc["skipped"]["count"] == 0
     assert set(doc["metrics"]["consistency"]) >= {"value", "ci", "n", "protocol"}
     assert isinstance(shiftlab.audit, type(audit)) and shiftlab.AuditResult is AuditResult
 

@@ -126,8 +126,10 @@ def test_feature_select_output_wrapper_in_a_model():
 
 def test_feature_preprocessing_defaults_and_timm_cfg():
     default = preprocessing(nn.Identity())
-    assert default == Preprocessing() and default.mean == IMAGENET_MEAN and default.resize_size == 256
+    assert default.mean == IMAGENET_MEAN and default.resize_size == 256 and default.input_size == (224, 224)
+    assert not default.fixed_size  # defaults: the model declares no input size
     model = load_model("timm:resnet18")
+    assert preprocessing(model).fixed_size and preprocessing(model).source == "timm pretrained_cfg"
     cfg = model.pretrained_cfg
     prep = preprocessing(model)
     assert prep.input_size == tuple(cfg["input_size"][-2:])
@@ -278,5 +280,5 @@ def test_exception_file_model_source_is_user_code(tmp_path):
         def factory():
             raise RuntimeError("user bug")
     """))
-    with pytest.raises(RuntimeError, match="user bug"):  # user errors are not disguised
+    with pytest.raises(InputError, match="factory.. raised RuntimeError: user bug"):  # named, one line
         load_model(f"{path}:factory")

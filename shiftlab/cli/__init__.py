@@ -27,15 +27,23 @@ def _command_modules():
         yield name, importlib.import_module(f"shiftlab.cli.{name}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``shiftlab: error: ...``, exit code 2); --help has the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"shiftlab: error: {self.prog.removeprefix('shiftlab ')}: {message} (see --help)\n"
+                  if self.prog != "shiftlab" else f"shiftlab: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from shiftlab._version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="shiftlab",
         description="Measure, see and fix how convolutional networks respond to translation.",
     )
     parser.add_argument("--version", action="version", version=f"shiftlab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", parser_class=_Parser)
     for name, module in _command_modules():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
@@ -44,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from shiftlab._runtime import tune_allocator
+
+    tune_allocator()  # before torch allocates anything (see shiftlab._runtime)
     from shiftlab.errors import ShiftlabError
 
     parser = build_parser()

@@ -1,4 +1,8 @@
-"""``shiftlab audit``: the shift metrics of a model on a dataset, as a table and a versioned JSON file."""
+"""``shiftlab audit``: the shift metrics of a model on a dataset, as a table and a versioned JSON file.
+
+Under ``torchrun --nproc_per_node N -m shiftlab audit ...`` every process audits its share of the batches and
+rank 0 prints the table and writes the one JSON file, equal to the single-process one.
+"""
 
 from __future__ import annotations
 
@@ -9,94 +13,182 @@ HELP = "measure a model's shift consistency (and per-layer equivariance) on a da
 _TRANSFORM_HELP = (
     "measurement protocol (default: circular:32, or circular:3 for images under 64 px). "
     "circular:M[:P] two circular shifts per image, offsets uniform in [-M, M-1], P passes; "
-    "crop:S:M[:P] two SxS crops of the (S+M)-px image at offsets in [0, M-1] (Zhang 2019; ImageNet: crop:224:32); "
-    "diagonal:N[:crop|circular|canvas] 1-px diagonal steps 0..N (Azulay & Weiss 2019); "
+    "crop:S:M[:P] two SxS crops of the (S+M)-px image at offsets in [0, M-1] (Zhang 2019; ImageNet: crop:224:32:5); "
+    "diagonal:N[:crop|circular|canvas[:black|mean|inpaint]] 1-px diagonal steps 0..N (Azulay & Weiss 2019); "
     "sequence:M[:crop|circular] horizontal shifts -M..M (ImageNet-P: sequence:20); "
     "grid:N[:STEP[:circular|crop]] every shift of an NxN grid (worst case); "
     "rotate:A,B,.. (degrees) | scale:F,G,.. | brightness:F,G,.. (first value is the reference)"
 )
 _METRICS = ("consistency, top1_change, mean_abs_change, flip_probability, top5_distance, worst_case_stability, "
-            "agreement, accuracy, equivariance (dense outputs)")
+            "agreement, accuracy, reference_agreement, equivariance (dense outputs)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --weights, --seed: how every command names a model."""
+    parser.add_argument("--model", required=True, metavar="SPEC",
+                        help="timm:NAME, torchvision:NAME, pretrained:efficientnet_lite0 or path/to/file.py:factory")
+    parser.add_argument("--weights", metavar="PATH", help="local checkpoint (read with weights_only=True)")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the engine shared by audit and report: data, preprocessing, execution."""
+    parser.add_argument("--data", default="photos", metavar="SPEC",
+                        help="image folder (flat or one subfolder per class), a .txt list of image paths, a .npz, "
+                             "a CIFAR-10 python folder, or 'photos' (bundled; default)")
+    parser.add_argument("--limit", type=_positive_int, metavar="N", help="audit only the first N images")
+    parser.add_argument("--class-map", metavar="FILE",
+                        help="JSON {\"data class name or label\": model class index}, for accuracy when the data's "
+                             "labels are not the model's classes")
+    parser.add_argument("--image-size", type=_positive_int, metavar="PX",
+                        help="model input size (default: the model's own, from timm's pretrained_cfg or torchvision's "
+                             "weight metadata; the images' own size for a model that declares none)")
+    parser.add_argument("--mean", type=float, nargs="+", metavar="M", help="normalisation mean (1 or 3 numbers; "
+                        "default: the model's)")
+    parser.add_argument("--std", type=float, nargs="+", metavar="S", help="normalisation std (1 or 3 numbers)")
+    parser.add_argument("--interpolation", choices=("bilinear", "bicubic", "area", "nearest"),
+                        help="resampling used to resize images (default: the model's)")
+    parser.add_argument("--crop-pct", type=float, metavar="F",
+                        help="input size / resize size, e.g. 0.875 for a 224 crop of a 256 resize (default: the model's)")
+    parser.add_argument("--no-resize", action="store_true",
+                        help="centre-crop images without resizing them (images too small are skipped)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random offsets and of a random initialisation (default 0)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32,
+                        help="model inputs per forward pass, copies included (default 32)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision on CUDA (metrics stay float64)")
+    parser.add_argument("--workers", type=_non_negative_int, metavar="N",
+                        help="DataLoader worker processes (default: one per spare core, up to 4; 0 for data in memory)")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="intra-op threads of torch (default: torch's; 1 per process under torchrun)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "examples:\n"
-        "  shiftlab audit --model torchvision:resnet18 --data photos --transform crop:224:32\n"
-        "  shiftlab audit --model pretrained:efficientnet_lite0 --data ./images --transform diagonal:8 "
-        "--layers all --json audit.json\n\n"
-        "The JSON format (schema_version 1) is described in docs/audit-json.md. Exit code 2 on bad input."
+        "  shiftlab audit --model pretrained:efficientnet_lite0 --transform crop:224:32\n"
+        "  shiftlab audit --model timm:resnet50 --weights r50.pt --data ./val --transform diagonal:8 --json a.json\n"
+        "  shiftlab audit --model pretrained:efficientnet_lite0 --fix aps:circular --transform circular:32\n"
+        "  torchrun --nproc_per_node 8 -m shiftlab audit --model ... --data ./val --checkpoint ckpt/ --json a.json\n\n"
+        "The JSON format (schema_version 2) is described in docs/audit-json.md. Exit code 2 on bad input."
     )
-    parser.add_argument("--model", required=True, metavar="SPEC",
-                        help="timm:NAME, torchvision:NAME, pretrained:efficientnet_lite0 or path/to/file.py:factory")
-    parser.add_argument("--weights", metavar="PATH", help="local checkpoint (read with weights_only=True)")
-    parser.add_argument("--data", default="photos", metavar="SPEC",
-                        help="image folder, .npz file, CIFAR-10 python folder, or 'photos' (bundled; default)")
+    add_model_arguments(parser)
+    parser.add_argument("--fix", metavar="METHOD",
+                        help="audit a converted copy: blur, aps, aps:circular (adds agreement with the original)")
+    parser.add_argument("--reference", metavar="SPEC",
+                        help="a second model run on the same views: adds reference_agreement")
     parser.add_argument("--transform", metavar="SPEC", help=_TRANSFORM_HELP)
     parser.add_argument("--metrics", metavar="LIST", help=f"comma-separated, from: {_METRICS} "
-                        "(default: the protocol's own; accuracy when the data has labels)")
+                        "(default: the protocol's own; accuracy when the labels fit the model)")
     parser.add_argument("--layers", metavar="LIST",
-                        help="per-layer equivariance errors: 'all' (every leaf module), layer names (comma-separated) "
-                             "or a torch.nn type name such as Conv2d")
+                        help="per-layer equivariance errors: 'all' (every leaf module), 'stages' (blocks along the "
+                             "depth), layer names (comma-separated) or a torch.nn type name such as Conv2d")
+    parser.add_argument("--margin", type=_non_negative_int, help="border (input px) left out of layer errors for "
+                        "non-circular protocols (default 16)")
+    parser.add_argument("--output-key", metavar="KEY", help="element of a tuple (int) or dict (str) model output")
+    parser.add_argument("--predictions", action="store_true",
+                        help="also store every view's top-1 and the tracked class's probability in the JSON")
+    add_run_arguments(parser)
+    parser.add_argument("--checkpoint", metavar="DIR",
+                        help="write partial results to DIR every --checkpoint-every batches; rerun the same command "
+                             "to resume after a kill")
+    parser.add_argument("--checkpoint-every", type=_positive_int, default=20, metavar="N",
+                        help="batches between checkpoints (default 20)")
     parser.add_argument("--json", metavar="PATH",
                         help="write the results as JSON (refuses to overwrite without --force)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
-    parser.add_argument("--batch-size", type=int, default=32, help="model inputs per forward pass (default 32)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random offsets (default 0)")
-    parser.add_argument("--limit", type=int, metavar="N", help="audit only the first N images")
-    parser.add_argument("--output-key", metavar="KEY", help="element of a tuple (int) or dict (str) model output")
-    parser.add_argument("--margin", type=int, help="border (input px) left out of layer errors for non-circular "
-                        "protocols (default 16)")
-    parser.add_argument("--resize", action="store_true",
-                        help="resize every image to the protocol's size (default: only when sizes differ)")
-    parser.add_argument("--image-size", type=int, metavar="PX", help="model input size when resizing "
-                        "(default: the model's preprocessing)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
-def _layers_arg(text: str | None, model):
+def _metrics_arg(text: str | None):
+    from shiftlab.errors import InputError
+
     if text is None:
         return None
-    if text.strip() == "all":
-        return "all"
-    import torch.nn as nn
-
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    module_names = {n for n, _ in model.named_modules()}
-    types = [getattr(nn, n) for n in names if n not in module_names and isinstance(getattr(nn, n, None), type)]
-    if types and len(types) == len(names):
-        return tuple(types)
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not names:
+        raise InputError(f"--metrics {text!r} names no metric; choose from: {_METRICS}")
     return names
 
 
-def _output_key(text: str | None):
-    if text is None:
-        return None
-    return int(text) if text.lstrip("-").isdigit() else text
+def run_from_args(args: argparse.Namespace):
+    """The :class:`~shiftlab.runs.AuditRun` the flags describe (checked)."""
+    import shlex
+    import sys
+
+    from shiftlab.runs import AuditRun
+
+    run = AuditRun(
+        model=args.model, data=args.data, transform=args.transform, weights=args.weights, fix=args.fix,
+        reference=args.reference, metrics=_metrics_arg(args.metrics), layers=args.layers, seed=args.seed,
+        limit=args.limit, batch_size=args.batch_size, output_key=args.output_key, margin=args.margin,
+        no_resize=args.no_resize, image_size=args.image_size, mean=tuple(args.mean) if args.mean else None,
+        std=tuple(args.std) if args.std else None, interpolation=args.interpolation, crop_pct=args.crop_pct,
+        class_map=args.class_map, predictions=args.predictions, threads=args.threads, device=args.device,
+        workers=args.workers, amp=args.amp, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+        extra={"command": shlex.join(["shiftlab", *sys.argv[1:]]) if sys.argv[1:2] == ["audit"] else None})
+    run.check()
+    return run
 
 
-def _table(result) -> None:
+def print_result(result, console=None) -> None:
+    """The terminal table of an audit: metrics, left-out metrics, warnings, layers, skipped files.
+
+    Every outside string (paths, specs, layer names) is shown literally: no rich markup is interpreted.
+    """
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console(soft_wrap=False)
+    from shiftlab.measure.audit import _fmt
+
+    console = console or Console(soft_wrap=False)
     proto = result.protocol
     title = f"shiftlab audit: {result.model} on {result.data}, {proto['spec']}, {result.n} images"
     if result.skipped:
         title += f" ({len(result.skipped)} unreadable files skipped)"
-    table = Table(title=title)
-    for col in ("metric", "value", "95% interval", "n"):
+    table = Table(title=Text(title))
+    for col in ("metric", "value", "95% interval", "n", "images"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for row in result.summary_rows():
-        table.add_row(*row)
+        table.add_row(*(Text(c) for c in row))
     console.print(table)
+
+    def say(text: str) -> None:
+        console.file.write(text + "\n")  # plain text: no markup, no wrapping
+
+    for name, why in result.omitted.items():
+        say(f"{name}: left out: {why}")
+    for warning in result.warnings:
+        say(f"warning: {warning}")
+    if any(mv.extra.get("flag") for mv in result.metrics.values()):
+        say("values marked ! are good by construction for this model (see the warning) and do not measure invariance")
+    for note in result.notes:
+        say(f"note: {note}")
     layers = result.layers
     if layers:
-        from shiftlab.measure.audit import _fmt
-
-        lt = Table(title="layers: relative error ||phi(Tx) - T'phi(x)|| / ||phi(x)|| (mean, n compared pairs)")
+        lt = Table(title=Text("layers: relative error ||phi(Tx) - T'phi(x)|| / ||phi(x)|| (mean, n compared pairs)"))
         for col in ("layer", "stride", "equivariance", "n", "not representable", "pooled invariance"):
             lt.add_column(col, justify="left" if col == "layer" else "right")
         for name, entry in layers.items():
@@ -104,50 +196,35 @@ def _table(result) -> None:
             eq = entry.get("equivariance")
             inv = entry["pooled_invariance"]
             stride = "-" if info.get("stride") is None else "x".join(map(str, info["stride"]))
-            lt.add_row(name, stride, "-" if eq is None else _fmt(eq.value), "-" if eq is None else str(eq.n),
-                       "-" if eq is None else str(eq.extra.get("unrepresentable", 0)), _fmt(inv.value))
+            cells = [name, stride, "-" if eq is None else _fmt(eq.value), "-" if eq is None else str(eq.n),
+                     "-" if eq is None else str(eq.extra.get("unrepresentable", 0)), _fmt(inv.value)]
+            lt.add_row(*(Text(c) for c in cells))
         console.print(lt)
         if any(e.get("equivariance") is not None and e["equivariance"].n == 0
                and e["equivariance"].extra.get("unrepresentable", 0) > 0 for e in layers.values()):
-            console.print("layers with n = 0: no pair's shift was a multiple of their stride; for deep layers use a "
-                          "protocol with such shifts, e.g. --transform grid:2:32 or diagonal:32:circular",
-                          markup=False, highlight=False)
+            say("layers with n = 0: no pair's shift was a multiple of their stride; for deep layers use a protocol "
+                "with such shifts, e.g. --transform grid:2:32 or diagonal:32:circular")
     for path, reason in result.skipped[:10]:
-        console.print(f"skipped {path}: {reason}", markup=False, highlight=False)
-    if len(result.skipped) > 10:
-        console.print(f"... and {len(result.skipped) - 10} more skipped files (all listed in the JSON)")
+        say(f"skipped {path}: {reason}")
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
-    from shiftlab._io import check_writable, write_json
-    from shiftlab.data import load_dataset
-    from shiftlab.errors import InputError
-    from shiftlab.measure.audit import audit
-    from shiftlab.models import load_model
+    from shiftlab._io import check_output_path, write_json
+    from shiftlab.measure import distributed
 
-    if args.json:
-        check_writable(args.json, args.force)  # fail before the (long) audit, not after it
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit must be at least 1, got {args.limit}")
-    model = load_model(args.model, weights=args.weights, device=args.device, output_key=_output_key(args.output_key))
-    dataset = load_dataset(args.data, limit=args.limit)
-    if len(dataset) == 0:
-        raise InputError(f"no readable images in {args.data}")
-    metrics = None if args.metrics is None else [m.strip() for m in args.metrics.split(",") if m.strip()]
-    result = audit(model, dataset, transform=args.transform, metrics=metrics, batch_size=args.batch_size,
-                   device=args.device, layers=_layers_arg(args.layers, model), seed=args.seed,
-                   margin=args.margin, resize=True if args.resize else None, image_size=args.image_size,
-                   progress=not args.no_progress)
-    result.model, result.data = args.model, args.data
-    _table(result)
-    if args.json:
+    out = check_output_path(args.json, args.force, "--json") if args.json is not None else None
+    audit_run = run_from_args(args)
+    world = distributed.init_from_environment()
+    result = audit_run.execute(progress=not args.no_progress and world.is_main)
+    if not world.is_main:
+        return 0
+    print_result(result)
+    if len(result.skipped) > 10:
+        more = len(result.skipped) - 10
+        print(f"... and {more} more skipped files" + (f" (all listed in {out})" if out else " (--json lists them all)"))
+    if out is not None:
         doc = result.to_dict()
-        doc["command"] = {"model": args.model, "weights": args.weights, "data": args.data,
-                          "transform": result.protocol["spec"], "metrics": list(result.metric_names),
-                          "layers": args.layers, "seed": args.seed, "limit": args.limit, "batch_size": args.batch_size,
-                          "output_key": args.output_key, "margin": args.margin, "resize": args.resize,
-                          "image_size": args.image_size}
-        write_json(args.json, doc, force=args.force)
+        doc["command"] = audit_run.command()
+        write_json(out, doc, force=args.force)
     return 0

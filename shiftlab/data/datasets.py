@@ -154,36 +154,18 @@ def _array_to_nchw(images: np.ndarray, what: str) -> torch.Tensor:
 
 
 def _labels_tensor(labels, n: int, what: str) -> torch.Tensor:
-    if labels is None:
-        return torch.full((n,), -1, dtype=torch.int64)
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.shape[0] != n:
-        raise ShapeError(f"{what} must be a 1-d array of {n} labels, got shape {labels.shape}")
-    if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-            raise ShapeError(f"{what} must be integers, got dtype {labels.dtype}")
-    return torch.as_tensor(labels.astype(np.int64))
+    from shiftlab.data.sources import _integer_labels
+
+    return torch.as_tensor(_integer_labels(labels, n, what))
 
 
 def _load_npz(path: Path, image_size, limit, upscale, interpolation) -> ImageDataset:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.keys())
-            if "images" not in keys:
-                raise InputError(f"{path} has no 'images' array (it has: {', '.join(keys) or 'nothing'})")
-            images = archive["images"]
-            labels = archive["labels"] if "labels" in keys else None
-            class_names = [str(c) for c in archive["class_names"]] if "class_names" in keys else None
-    except (ValueError, OSError, EOFError) as exc:  # object arrays, truncated or non-zip files
-        raise InputError(f"cannot read {path}: {str(exc).splitlines()[0][:200]}") from None
-    if limit is not None:
-        images = images[:limit]
-        labels = labels[:limit] if labels is not None else None
-    x = _array_to_nchw(images, f"the images in {path.name}")
-    y = _labels_tensor(labels, x.shape[0], f"the labels in {path.name}")
+    from shiftlab.data.sources import _open_npz
+
+    source = _open_npz(path, limit)
+    x = _array_to_nchw(source.array, f"the images in {path.name}")
     x = _fit(x, image_size, upscale, interpolation, f"the images in {path.name}")
-    names = [f"{path.name}[{i}]" for i in range(x.shape[0])]
-    return ImageDataset(x, y, names, class_names, [], str(path))
+    return ImageDataset(x, source.labels, source.names, source.class_names, [], str(path))
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR-10
@@ -229,7 +211,8 @@ def _cifar_root(path: Path) -> Path | None:
     return None
 
 
-def _load_cifar(root: Path, split, image_size, limit, upscale, interpolation) -> ImageDataset:
+def _cifar_arrays(root: Path, split, limit) -> tuple[np.ndarray, np.ndarray, list[str], list[str] | None]:
+    """The uint8 (N, 3, 32, 32) images, labels, names and class names of a CIFAR-10 python folder's split."""
     if split is None:
         split = "test" if (root / "test_batch").is_file() else "train"
     if split == "test":
@@ -248,8 +231,9 @@ def _load_cifar(root: Path, split, image_size, limit, upscale, interpolation) ->
         data = np.asarray(batch["data"])
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
             raise ShapeError(f"{file}: CIFAR-10 data must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+        file_labels = _labels_tensor(batch["labels"], data.shape[0], f"the labels in {file.name}").numpy()
         arrays.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        labels.append(file_labels)
         file_names = batch.get("filenames")
         names += ([n.decode() if isinstance(n, bytes) else str(n) for n in file_names]
                   if file_names is not None and len(file_names) == data.shape[0]
@@ -259,55 +243,44 @@ def _load_cifar(root: Path, split, image_size, limit, upscale, interpolation) ->
     images, y = np.concatenate(arrays), np.concatenate(labels)
     if limit is not None:
         images, y, names = images[:limit], y[:limit], names[:limit]
-    x = _fit(_array_to_nchw(images, "CIFAR-10 images"), image_size, upscale, interpolation, "CIFAR-10 images")
     class_names = None
     if (root / "batches.meta").is_file():
         meta = _unpickle(root / "batches.meta")
         if "label_names" in meta:
             class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+    return images, y, names, class_names
+
+
+def _load_cifar(root: Path, split, image_size, limit, upscale, interpolation) -> ImageDataset:
+    images, y, names, class_names = _cifar_arrays(root, split, limit)
+    x = _fit(_array_to_nchw(images, "CIFAR-10 images"), image_size, upscale, interpolation, "CIFAR-10 images")
     return ImageDataset(x, _labels_tensor(y, x.shape[0], "CIFAR-10 labels"), names, class_names, [], str(root))
 
 
 # ---------------------------------------------------------------------------------------------- folders
-def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")
-
-
-def _load_folder(root: Path, image_size, limit, upscale, interpolation) -> ImageDataset:
+def _load_files(source, image_size, upscale, interpolation) -> ImageDataset:
+    """Decode every image of a file source (a folder or a list) into one tensor; skip and list the unusable."""
     size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
-    entries = sorted(p for p in root.iterdir() if _visible(p))
-    class_dirs = [p for p in entries if p.is_dir()]
-    skipped: list[tuple[str, str]] = []
-    if class_dirs:  # one subfolder per class; labels by sorted folder name
-        class_names = [p.name for p in class_dirs]
-        files = [(p, label) for label, d in enumerate(class_dirs) for p in sorted(d.rglob("*"))
-                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(d).parts)]
-        skipped += [(str(p), "not inside a class subfolder") for p in entries if p.is_file()]
-    else:
-        class_names = None
-        files = [(p, -1) for p in entries if p.is_file()]
+    skipped: list[tuple[str, str]] = list(source.skipped)
     images, labels, names = [], [], []
-    for path, label in files:
-        if limit is not None and len(images) >= limit:
-            break
+    for i in range(len(source)):
         try:
-            image = load_image(path)
+            image = source.load(i)
         except InputError as exc:
-            skipped.append((str(path), str(exc)))
+            skipped.append((source.path(i), str(exc)))
             continue
-        h, w = image.shape[:2]
+        h, w = image.shape[-2:]
         if min(h, w) < size and not upscale:
-            skipped.append((str(path), f"{h}x{w} is smaller than image_size {size} (pass upscale=True)"))
+            skipped.append((source.path(i), f"{h}x{w} is smaller than image_size {size} (pass upscale=True)"))
             continue
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-        images.append(resize_and_crop(x, size, resize_size=size, interpolation=interpolation))
-        labels.append(label)
-        names.append(str(path.relative_to(root)))
+        images.append(resize_and_crop(image[None], size, resize_size=size, interpolation=interpolation))
+        labels.append(int(source.labels[i]))
+        names.append(source.names[i])
     if not images:
         detail = f"; {len(skipped)} skipped, e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
-        raise InputError(f"no readable images in folder {root}{detail}")
-    return ImageDataset(torch.cat(images), torch.tensor(labels, dtype=torch.int64), names, class_names, skipped,
-                        str(root))
+        raise InputError(f"no readable images in {source.description}{detail}")
+    return ImageDataset(torch.cat(images), torch.tensor(labels, dtype=torch.int64), names, source.class_names,
+                        skipped, source.description)
 
 
 def _load_photos(image_size, limit, interpolation) -> ImageDataset:
@@ -355,18 +328,14 @@ def load_dataset(spec=None, image_size: int | None = None, limit: int | None = N
     _check_interpolation(interpolation)
     if spec is None or (isinstance(spec, str) and spec == "photos"):
         return _load_photos(image_size, limit, interpolation)
-    if not isinstance(spec, (str, os.PathLike)):
-        raise InputError(f"a dataset must be 'photos' or a path, got {type(spec).__name__}")
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise InputError(f"dataset not found: {path} (use 'photos', a folder of images, a .npz or a CIFAR-10 folder)")
-    if path.is_file():
-        if path.suffix.lower() != ".npz":
-            raise InputError(f"a dataset file must be a .npz, got {path.name}; for images, name their folder")
+    from shiftlab.data.sources import ImageArrays, open_images
+
+    path = Path(spec).expanduser() if isinstance(spec, (str, os.PathLike)) else None
+    if path is not None and path.is_dir() and _cifar_root(path) is not None:
+        return _load_cifar(_cifar_root(path), split, image_size, limit, upscale, interpolation)
+    if path is not None and path.is_file() and path.suffix.lower() == ".npz":
         return _load_npz(path, image_size, limit, upscale, interpolation)
-    cifar = _cifar_root(path)
-    if cifar is not None:
-        return _load_cifar(cifar, split, image_size, limit, upscale, interpolation)
-    if split is not None:
-        raise InputError(f"split is for CIFAR-10 folders; {path} is not one")
-    return _load_folder(path, image_size, limit, upscale, interpolation)
+    source = open_images(spec, limit=limit, split=split)
+    if isinstance(source, ImageArrays):  # pragma: no cover - .npz and CIFAR-10 are handled above
+        raise InputError(f"unexpected array source {spec}")
+    return _load_files(source, image_size, upscale, interpolation)

@@ -90,13 +90,14 @@ def bundled_photo(name: str, mode: str = "RGB") -> np.ndarray:
 def load_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
     """Read an image file (any format PIL reads) as float64 in [0, 1].
 
-    Raises :class:`~shiftlab.errors.InputError` with a one-line message if the file is missing
+    16-bit images are scaled by 65535 and float images must lie in [0, 1]
+    (:func:`shiftlab.data.sources.decode_image`). Raises :class:`~shiftlab.errors.InputError` with a one-line message if the file is missing
     or not a readable image.
 
     Shape:
         Output: (H, W, 3) for ``mode="RGB"``, (H, W) for ``mode="L"``.
     """
-    from PIL import Image, UnidentifiedImageError
+    from shiftlab.data.sources import decode_image
 
     path = Path(path)
     if not path.exists():
@@ -104,11 +105,9 @@ def load_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
     if path.is_dir():
         raise InputError(f"expected an image file, got a directory: {path}")
     try:
-        with Image.open(path) as im:
-            im.load()
-            image = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"cannot read image {path}: {exc.__class__.__name__}") from None
+        image = decode_image(path)
+    except InputError as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
     return _as_float(image, mode)
 
 

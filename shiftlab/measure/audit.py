@@ -1,20 +1,37 @@
 """Audit any model: the shift metrics of its outputs and, optionally, the equivariance error of its layers.
 
+This is shiftlab's one measurement engine: ``shiftlab audit``, the report, the experiments and fine-tuning all
+call :func:`audit` and render what it returns.
+
 >>> import torch, shiftlab
->>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
-...                             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+>>> model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())  # class = brightest channel
 >>> images = torch.rand(6, 3, 16, 16)                       # pixel space, [0, 1]
 >>> result = shiftlab.audit(model, images, transform="circular:4", normalize=False)
->>> result.metrics["consistency"].value
-1.0
+>>> result.metrics["consistency"].value, result.warnings
+(1.0, [])
 
-How it works. Images are taken in batches; the protocol (``transform=``) makes K copies of each on the
-model's device; the copies are normalised and go through ONE forward pass under ``torch.inference_mode``.
-Only per-sample statistics leave the batch (integer successes, float64 values), keyed by dataset index.
-Layer errors are computed inside forward hooks, on the current batch only: no feature map outlives its
-forward pass. Final values sum the per-sample statistics in index order (``math.fsum``), so
-``audit(indices=A).merge(audit(indices=B)) == audit(indices=A + B)`` exactly, as long as the model gives
-the same outputs for a sample in either run (same batches, or a batch-independent model).
+How it works. The images stream through a ``torch.utils.data.DataLoader`` (:mod:`shiftlab.measure.loader`):
+workers decode each image and size it for the protocol (shorter side resized, centre crop). The protocol
+(``transform=``) makes K copies of each image on the model's device; the copies are normalised and go through
+the model under ``torch.inference_mode``, at most ``batch_size`` inputs per forward pass (the K copies of one
+image are split over several passes when K is larger). Only per-image statistics leave a batch (integer
+successes, float64 values), tagged with the image's index and its batch; no image or feature map outlives
+its batch, so memory does not grow with the data set. Layer errors are computed inside forward hooks.
+
+Final values reduce the per-image statistics in index order (``math.fsum``), so any split of the work gives
+the unsplit result exactly: shards (``audit(indices=A).merge(audit(indices=B)) == audit(indices=A + B)``),
+the processes of a ``torchrun`` launch (each takes the batches ``b % world_size == rank``; the statistics are
+gathered with torch.distributed), and a run resumed from ``checkpoint=`` after a kill. Exact equality needs
+the model to give an image the same outputs in either run: the same batches (guaranteed within one run's
+layout) and the same number of intra-op threads.
+
+Intervals are image-level: trials that come from one image are not treated as independent
+(:mod:`shiftlab.measure.metrics`). Every metric gives ``n`` (trials) and ``images``.
+
+Guards. A result carries ``warnings``: the model's weights are random (``timm:``/``torchvision:`` without
+weights), or its predictions are (nearly) constant over the data, in which case consistency, stability and
+P(top-1 change) are good by construction; those metrics are then flagged. Accuracy is computed only where the
+data's labels live in the model's label space (:mod:`shiftlab.measure.labels`); otherwise ``omitted`` says why.
 
 Layer errors. For each selected layer with a 4-D output whose size divides the input size, the stride
 s = input size / map size. For each copy pair (i, j) of the protocol (``Protocol.layer_pairs``) with
@@ -28,6 +45,8 @@ invariance error of the spatially averaged features (``pooled_invariance``) is c
 from __future__ import annotations
 
 import math
+import platform
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -38,43 +57,64 @@ from shiftlab._checks import check_finite
 from shiftlab._progress import track
 from shiftlab.errors import InputError, ShapeError, ShiftlabError
 from shiftlab.measure import metrics as M
-from shiftlab.models import preprocessing, select_output
 from shiftlab.measure.protocols import CircularShiftPair, Protocol, parse_protocol
+from shiftlab.models import preprocessing as model_preprocessing
+from shiftlab.models import select_output
+from shiftlab.models.preprocessing import Preprocessing
 
-__all__ = ["audit", "AuditResult", "merge", "SCHEMA_VERSION", "METRIC_NAMES"]
+__all__ = ["audit", "AuditResult", "merge", "SCHEMA_VERSION", "METRIC_NAMES", "LAYER_SETS", "stage_layers"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 METRIC_NAMES = ("consistency", "top1_change", "mean_abs_change", "flip_probability", "top5_distance",
-                "worst_case_stability", "agreement", "accuracy", "equivariance")
-_PROPORTIONS = {"consistency", "top1_change", "flip_probability", "worst_case_stability", "agreement", "accuracy"}
+                "worst_case_stability", "agreement", "accuracy", "reference_agreement", "equivariance")
+_PROPORTIONS = {"consistency", "top1_change", "flip_probability", "worst_case_stability", "agreement", "accuracy",
+                "reference_agreement"}
 _CURVES = {"agreement", "accuracy"}
+_BOUNDS = {"mean_abs_change": (0.0, 1.0), "top5_distance": M.TOP5_RANGE}
+#: metrics that a constant predictor makes look perfect
+_TRIVIAL_FOR_CONSTANT = ("consistency", "top1_change", "mean_abs_change", "flip_probability", "top5_distance",
+                         "worst_case_stability", "agreement")
+#: layer selections by keyword (besides names and module types)
+LAYER_SETS = ("all", "stages")
 DEFAULT_MARGIN = 16  # input pixels left out at the border for layer errors under non-circular protocols
+CONSTANT_SHARE = 0.95  # a model giving one class to at least this share of images is flagged
 
 
 # ----------------------------------------------------------------------------------------------------
-# per-sample series: chunks of (dataset index, values); merged by concatenation, reduced in index order
+# per-image series: chunks of (batch, dataset index, values); merged by concatenation, reduced in index order
 
 
-def _reduce_order(chunks: list[tuple[np.ndarray, np.ndarray]], width: int) -> tuple[np.ndarray, np.ndarray]:
+def _reduce(chunks: list, width: int) -> tuple[np.ndarray, np.ndarray]:
     if not chunks:
         return np.zeros(0, np.int64), np.zeros((0, width), np.float64)
-    idx = np.concatenate([c[0] for c in chunks])
-    val = np.concatenate([c[1] for c in chunks])
+    ordered = sorted(chunks, key=lambda c: c[0])  # stable: the order of one batch's chunks is kept
+    idx = np.concatenate([c[1] for c in ordered])
+    val = np.concatenate([c[2] for c in ordered])
     order = np.argsort(idx, kind="stable")
     return idx[order], val[order]
 
 
+def _per_image(idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sums and counts of ``values`` per image (``idx`` sorted)."""
+    if len(idx) == 0:
+        return np.zeros(0), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+    return np.add.reduceat(values, starts), np.diff(np.r_[starts, len(idx)])
+
+
 def _proportion(name: str, chunks, confidence: float, parameters: list | None, extra: dict) -> M.MetricValue:
-    _, val = _reduce_order(chunks, 2)
+    idx, val = _reduce(chunks, 2)
     success = val[:, 0].astype(np.int64)
-    value = M.proportion_value(name, int(success.sum()), len(success), confidence, **extra)
+    hits, trials = _per_image(idx, success)
+    value = M.clustered_proportion_value(name, hits.astype(np.int64), trials, confidence, **extra)
     if parameters is not None and name in _CURVES:
         param = val[:, 1].astype(np.int64)
         points = []
         for p, label in enumerate(parameters):
             sel = param == p
             if sel.any():
-                points.append((label, M.proportion_value(name, int(success[sel].sum()), int(sel.sum()), confidence)))
+                h, t = _per_image(idx[sel], success[sel])
+                points.append((label, M.clustered_proportion_value(name, h.astype(np.int64), t, confidence)))
         curve = {"parameters": [_jsonable(lbl) for lbl, _ in points],
                  "value": [mv.value for _, mv in points],
                  "ci": [[mv.to_dict()["ci"][0], mv.to_dict()["ci"][1]] for _, mv in points],
@@ -90,23 +130,24 @@ def _jsonable(v):
 
 
 def _mean(name: str, chunks, confidence: float, extra: dict) -> M.MetricValue:
-    _, val = _reduce_order(chunks, 1)
-    return M.mean_value(name, val[:, 0].tolist(), confidence, **extra)
+    idx, val = _reduce(chunks, 1)
+    return M.clustered_mean_value(name, val[:, 0], idx, confidence, _BOUNDS.get(name, (-math.inf, math.inf)), **extra)
 
 
 def _error_value(name: str, chunks, skipped_chunks, confidence: float, extra: dict) -> M.MetricValue:
-    """Relative errors sqrt(err2 / ref2) per row, mean with t interval; pooled ratio in extra."""
-    _, val = _reduce_order(chunks, 2)
-    err2 = torch.from_numpy(val[:, 0].copy())
-    ref2 = torch.from_numpy(val[:, 1].copy())
-    rel = M.relative_errors(err2, ref2).tolist()
+    """Relative errors sqrt(err2 / ref2) per compared pair, image-level interval; pooled ratio in extra."""
+    idx, val = _reduce(chunks, 2)
+    rel = M.relative_errors(torch.from_numpy(val[:, 0].copy()), torch.from_numpy(val[:, 1].copy())).numpy()
     den = math.fsum(val[:, 1].tolist())
     pooled = math.sqrt(math.fsum(val[:, 0].tolist()) / den) if den > 0 else None
     extra = {**extra, "pooled": pooled}
     if skipped_chunks is not None:
-        _, sk = _reduce_order(skipped_chunks, 1)
+        _, sk = _reduce(skipped_chunks, 1)
         extra["unrepresentable"] = int(sk[:, 0].sum())
-    return M.mean_value(name, rel, confidence, **extra)
+    finite = np.isfinite(rel)
+    if not finite.all():
+        extra["infinite"] = int((~finite).sum())
+    return M.clustered_mean_value(name, rel, idx, confidence, (0.0, math.inf), **extra)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -115,13 +156,18 @@ def _error_value(name: str, chunks, skipped_chunks, confidence: float, extra: di
 
 @dataclass(eq=False)
 class AuditResult:
-    """What :func:`audit` measured. ``metrics`` and ``layers`` are computed from per-sample statistics.
+    """What :func:`audit` measured. ``metrics`` and ``layers`` are computed from per-image statistics.
 
     Attributes:
         protocol: the protocol's name, spec string and parameters.
-        indices: the dataset indices audited (sorted).
-        skipped: (file, reason) for every unreadable input file of the dataset.
+        indices: the dataset indices audited (sorted; unreadable images left out).
+        skipped: (file, reason) for every image that could not be used.
         layer_info: for each hooked layer, its output shape (C, H, W) and stride, or why it was not compared.
+        omitted: metric -> why it was left out (accuracy without matching labels, ...).
+        labels: how the data's labels were mapped into the model's classes, or why they were not.
+        preprocessing: the input size, resize, crop, interpolation, mean and std used.
+        source: where the model came from (``model.shiftlab_source``), when shiftlab loaded it.
+        reproducibility: command, versions, device, threads, seed.
     """
 
     protocol: dict
@@ -130,13 +176,21 @@ class AuditResult:
     confidence: float
     model: str
     data: str
-    output: str
+    output: str | None
     metric_names: tuple[str, ...]
     parameters: list | None
     indices: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
     layer_info: dict = field(default_factory=dict)
     series: dict = field(default_factory=dict, repr=False)
+    omitted: dict = field(default_factory=dict)
+    labels: dict | None = None
+    preprocessing: dict | None = None
+    source: dict | None = None
+    notes: list = field(default_factory=list)
+    upscaled: int = 0
+    ignored: int = 0
+    reproducibility: dict | None = None
 
     @property
     def n(self) -> int:
@@ -144,19 +198,62 @@ class AuditResult:
         return int(len(self.indices))
 
     @property
+    def has_predictions(self) -> bool:
+        return ("record", "top1") in self.series
+
+    # ------------------------------------------------------------------------------------ guards
+    def constant_predictions(self) -> dict | None:
+        """When one class is the top-1 of at least 95% of the images (reference view), ``{class, count, n}``."""
+        idx, val = _reduce(self.series.get(("guard", "top1"), []), 2)
+        n = len(idx)
+        if n < 2:
+            return None
+        classes, counts = np.unique(val[:, 0].astype(np.int64), return_counts=True)
+        top = int(np.argmax(counts))
+        if counts[top] < CONSTANT_SHARE * n:
+            return None
+        labels = val[:, 1].astype(np.int64)
+        labelled = labels[labels >= 0]
+        if len(labelled) >= 2:  # a one-class data set may rightly get one class
+            _, label_counts = np.unique(labelled, return_counts=True)
+            if label_counts.max() >= CONSTANT_SHARE * len(labelled):
+                return None
+        return {"class": int(classes[top]), "count": int(counts[top]), "n": int(n)}
+
+    @property
+    def warnings(self) -> list[str]:
+        """Why these numbers may not mean what they seem to (empty when nothing is wrong)."""
+        out = []
+        if self.source and self.source.get("random_init"):
+            out.append(f"the model's weights are random ({self.source.get('spec')} without --weights, seed "
+                       f"{self.source.get('seed')}): these numbers describe an untrained network")
+        const = self.constant_predictions()
+        if const is not None:
+            out.append(f"the model's top-1 is class {const['class']} for {const['count']} of {const['n']} images: "
+                       f"its predictions are (nearly) constant, so consistency, stability and P(top-1 change) are "
+                       f"good by construction and mean nothing")
+        return out
+
+    # ------------------------------------------------------------------------------------ numbers
+    @property
     def metrics(self) -> dict[str, M.MetricValue]:
         """Metric name -> :class:`~shiftlab.metrics.MetricValue` (``extra`` holds the protocol spec, curves)."""
         out = {}
-        extra = {"protocol": self.protocol["spec"], "images": self.n}
+        extra = {"protocol": self.protocol["spec"]}
+        flag = self.constant_predictions() is not None
         for name in self.metric_names:
             chunks = self.series.get(("metric", name), [])
             if name == "equivariance":
-                out[name] = _error_value(name, chunks, self.series.get(("metric", "equivariance.skip"), []),
-                                         self.confidence, extra)
+                value = _error_value(name, chunks, self.series.get(("metric", "equivariance.skip"), []),
+                                     self.confidence, extra)
             elif name in _PROPORTIONS:
-                out[name] = _proportion(name, chunks, self.confidence, self.parameters, extra)
+                value = _proportion(name, chunks, self.confidence, self.parameters, extra)
             else:
-                out[name] = _mean(name, chunks, self.confidence, extra)
+                value = _mean(name, chunks, self.confidence, extra)
+            if flag and name in _TRIVIAL_FOR_CONSTANT:
+                value = M.MetricValue(value.name, value.value, value.ci, value.n,
+                                      {**value.extra, "flag": "constant predictions"})
+            out[name] = value
         return out
 
     @property
@@ -174,6 +271,20 @@ class AuditResult:
             out[name] = entry
         return out
 
+    def predictions(self) -> dict | None:
+        """Per image (index order): every copy's top-1, the tracked class and its probability, the top-5 of
+        copy 0. ``None`` unless the audit ran with ``predictions=True``."""
+        if not self.has_predictions:
+            return None
+        idx, top1 = _reduce(self.series[("record", "top1")], self.protocol["copies"])
+        _, prob = _reduce(self.series[("record", "probability")], self.protocol["copies"])
+        _, tracked = _reduce(self.series[("record", "tracked")], 1)
+        _, top5 = _reduce(self.series[("record", "top5")], 10)
+        return {"index": idx.tolist(), "top1": top1.astype(np.int64).tolist(),
+                "tracked_class": tracked[:, 0].astype(np.int64).tolist(),
+                "tracked_probability": prob.tolist(),
+                "top5": [[[int(c), float(p)] for c, p in zip(row[:5], row[5:]) if c >= 0] for row in top5]}
+
     def merge(self, other: AuditResult) -> AuditResult:
         """Combine two shards of one audit (same model, data, protocol, seed); shards must not overlap."""
         return merge([self, other])
@@ -186,7 +297,7 @@ class AuditResult:
         for name, entry in self.layers.items():
             info = self.layer_info[name]
             layers[name] = {**info, **{k: v.to_dict() for k, v in entry.items()}}
-        return {
+        doc = {
             "schema_version": SCHEMA_VERSION,
             "kind": "shiftlab.audit",
             "shiftlab_version": __version__,
@@ -198,21 +309,39 @@ class AuditResult:
             "confidence": self.confidence,
             "output": self.output,
             "n_images": self.n,
+            "images": {"audited": self.n, "skipped": len(self.skipped), "upscaled": int(self.upscaled),
+                       "ignored_files": int(self.ignored)},
             "skipped": {"count": len(self.skipped), "files": [{"path": p, "reason": r} for p, r in self.skipped]},
+            "warnings": self.warnings,
+            "notes": list(self.notes),
+            "preprocessing": self.preprocessing,
+            "labels": self.labels,
             "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
+            "omitted": dict(self.omitted),
             "layers": layers,
+            "model_source": self.source,
+            "reproducibility": self.reproducibility,
         }
+        preds = self.predictions()
+        if preds is not None:
+            doc["predictions"] = preds
+        return doc
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, AuditResult):
             return NotImplemented
-        return self.to_dict() == other.to_dict()
+        mine, theirs = self.to_dict(), other.to_dict()
+        for d in (mine, theirs):
+            d.pop("reproducibility", None)
+        return mine == theirs
 
-    def summary_rows(self) -> list[tuple[str, str, str, str]]:
-        """(metric, value, 95% interval, n) rows as strings, for tables."""
+    def summary_rows(self) -> list[tuple[str, str, str, str, str]]:
+        """(metric, value, 95% interval, n, images) rows as strings, for tables; flagged values end in '!'."""
         rows = []
         for name, mv in self.metrics.items():
-            rows.append((name, _fmt(mv.value), f"[{_fmt(mv.ci[0])}, {_fmt(mv.ci[1])}]", str(mv.n)))
+            mark = " !" if mv.extra.get("flag") else ""
+            rows.append((name, _fmt(mv.value) + mark, f"[{_fmt(mv.ci[0])}, {_fmt(mv.ci[1])}]", str(mv.n),
+                         str(mv.extra.get("images", ""))))
         return rows
 
 
@@ -240,103 +369,50 @@ def merge(results: Iterable[AuditResult]) -> AuditResult:
     series: dict = {}
     layer_info: dict = {}
     skipped: list = []
+    omitted: dict = {}
     for r in results:
         for k, chunks in r.series.items():
             series.setdefault(k, []).extend(chunks)
         for name, info in r.layer_info.items():
             layer_info.setdefault(name, info)
         skipped.extend(s for s in r.skipped if s not in skipped)
+        for k, v in r.omitted.items():
+            omitted.setdefault(k, v)
+    order = list(first.layer_info)
     return AuditResult(first.protocol, first.seed, first.margin, first.confidence, first.model, first.data,
                        first.output, first.metric_names, first.parameters, np.sort(indices), skipped,
-                       dict(sorted(layer_info.items(), key=lambda kv: list(first.layer_info).index(kv[0])
-                                   if kv[0] in first.layer_info else len(first.layer_info))), series)
+                       dict(sorted(layer_info.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order
+                                   else len(order))), series, omitted, first.labels, first.preprocessing,
+                       first.source, list(first.notes), sum(r.upscaled for r in results),
+                       first.ignored, first.reproducibility)
 
 
 # ----------------------------------------------------------------------------------------------------
 # inputs
 
 
-@dataclass
-class _Source:
-    n: int
-    get: Callable[[Sequence[int]], list[torch.Tensor] | torch.Tensor]
-    labels: torch.Tensor | None
-    skipped: list[tuple[str, str]]
-    description: str
-    uniform: bool
+def _as_source(data):
+    """Any accepted ``data`` -> an ImageSource (or a map-style Dataset of images) and its description."""
+    from shiftlab.data import ImageDataset
+    from shiftlab.data.sources import ImageSource, TensorImages, open_images
 
-
-def _source(data) -> _Source:
-    description = "tensor"
-    if isinstance(data, str):
-        from shiftlab.data import load_dataset
-
-        description = data
-        data = load_dataset(data)
-    skipped = [(str(p), str(r)) for p, r in getattr(data, "skipped", [])]
-    labels = None
-    if isinstance(data, torch.Tensor):
-        images = data
-    elif isinstance(data, tuple) and len(data) == 2:
+    if isinstance(data, (str, __import__("os").PathLike)) or data is None:
+        return open_images(data), str(data if data is not None else "photos")
+    if isinstance(data, ImageSource):
+        return data, data.description or type(data).__name__
+    if isinstance(data, ImageDataset):
+        space = "imagenet" if data.source == "photos" else None
+        return TensorImages(data.images, data.labels, data.names, data.class_names, space,
+                            description=data.source or "ImageDataset"), data.source or "ImageDataset"
+    if isinstance(data, torch.Tensor) or isinstance(data, list):
+        return TensorImages(data), "tensor"
+    if isinstance(data, tuple) and len(data) == 2:
         images, labels = data
-    elif isinstance(data, list):
-        images = data
-    elif hasattr(data, "images"):
-        images, labels = data.images, getattr(data, "labels", None)
-        if description == "tensor":
-            description = type(data).__name__
-    else:
-        raise InputError(f"data must be a (N, C, H, W) tensor, (images, labels), a dataset or a data spec string, "
-                         f"got {type(data).__name__}")
-    if isinstance(images, torch.Tensor):
-        if images.ndim != 4:
-            raise ShapeError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ShapeError(f"images must be a floating tensor in [0, 1], got {images.dtype}")
-        n, uniform = images.shape[0], True
-
-        def get(idx):
-            return images[torch.as_tensor(list(idx), dtype=torch.long)]
-    else:
-        images = list(images)
-        for i, im in enumerate(images):
-            if not isinstance(im, torch.Tensor) or im.ndim != 3:
-                raise ShapeError(f"image {i} must be a (C, H, W) tensor, got "
-                                 f"{tuple(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__}")
-        n = len(images)
-        uniform = len({tuple(im.shape) for im in images}) <= 1
-
-        def get(idx):
-            return [images[i] for i in idx]
-    if n == 0:
-        extra = f" ({len(skipped)} unreadable files skipped)" if skipped else ""
-        raise InputError(f"no images to audit{extra}")
-    if labels is not None:
-        labels = torch.as_tensor(labels).reshape(-1).to(torch.long)
-        if labels.shape[0] != n:
-            raise ShapeError(f"got {labels.shape[0]} labels for {n} images")
-        if not bool((labels >= 0).any()):
-            labels = None
-    return _Source(n, get, labels, skipped, description, uniform)
-
-
-def _fit(image: torch.Tensor, size: tuple[int, int], short_side: int) -> torch.Tensor:
-    """Resize (antialiased bilinear) the shorter side to ``short_side`` (at least covering ``size``), then
-    centre-crop to ``size``."""
-    import torch.nn.functional as F
-
-    h, w = image.shape[-2:]
-    scale = max(size[0] / h, size[1] / w, short_side / min(h, w))
-    nh, nw = max(size[0], round(h * scale)), max(size[1], round(w * scale))
-    if (nh, nw) != (h, w):
-        image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
-    return _centre_crop(image[None], size)[0]
-
-
-def _centre_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    H, W = images.shape[-2:]
-    top, left = (H - size[0]) // 2, (W - size[1]) // 2
-    return images[..., top:top + size[0], left:left + size[1]]
+        return TensorImages(images, labels), "tensor"
+    if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
+        return data, type(data).__name__
+    raise InputError(f"data must be a (N, C, H, W) tensor, (images, labels), a dataset or a data spec string, "
+                     f"got {type(data).__name__}")
 
 
 def _first_conv_channels(model: torch.nn.Module) -> int | None:
@@ -361,12 +437,33 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
     return torch.get_default_dtype()
 
 
+def stage_layers(model: torch.nn.Module) -> list[str]:
+    """The layers along the depth of a network: children of its top-level sequential stages (blocks), else
+    its top-level children; dropouts, identities and flattens left out (``layers="stages"``)."""
+    names = []
+
+    def visit(prefix: str, module: torch.nn.Module, depth: int):
+        for child_name, child in module.named_children():
+            name = f"{prefix}{child_name}"
+            if isinstance(child, torch.nn.Sequential) and depth < 2 and len(child) > 0:
+                visit(name + ".", child, depth + 1)
+            elif isinstance(child, (torch.nn.Dropout, torch.nn.Identity, torch.nn.Flatten)):
+                continue
+            else:
+                names.append(name)
+
+    visit("", model, 0)
+    return names
+
+
 def _select_layers(model: torch.nn.Module, layers) -> dict[str, torch.nn.Module]:
     named = dict(model.named_modules())
     if layers is None:
         return {}
     if isinstance(layers, str) and layers == "all":
         chosen = {n: m for n, m in named.items() if not list(m.children())}
+    elif isinstance(layers, str) and layers == "stages":
+        chosen = {n: named[n] for n in stage_layers(model)}
     elif isinstance(layers, type) or (isinstance(layers, tuple) and layers
                                       and all(isinstance(t, type) for t in layers)):
         chosen = {n: m for n, m in named.items() if isinstance(m, layers)}
@@ -376,11 +473,103 @@ def _select_layers(model: torch.nn.Module, layers) -> dict[str, torch.nn.Module]
         if missing:
             some = ", ".join(n for n in list(named)[1:9])
             raise InputError(f"no layer named {', '.join(map(repr, missing))} in the model; names look like: "
-                             f"{some}, ...")
+                             f"{some}, ... (or use all, stages, or a type such as Conv2d)")
         chosen = {n: named[n] for n in names}
     if not chosen:
         raise InputError(f"layers={layers!r} selects no module of the model")
     return {(n or "(model)"): m for n, m in chosen.items()}
+
+
+def _default_protocol(hw: tuple[int, int]) -> Protocol:
+    # ImageNet-size inputs: APS/LPS's [-32, 31]; small (CIFAR-size) inputs: [-3, 2]
+    return CircularShiftPair(32 if min(hw) >= 64 else 3)
+
+
+def _check_metric_names(metrics, protocol: Protocol) -> list[str] | None:
+    if metrics is None:
+        return None
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not names or any(not isinstance(m, str) or not m for m in names):
+        raise InputError(f"metrics must be metric names, got {metrics!r}; choose from {', '.join(METRIC_NAMES)}")
+    unknown = [m for m in names if m not in METRIC_NAMES]
+    if unknown:
+        raise InputError(f"unknown metric {', '.join(map(repr, unknown))}; choose from {', '.join(METRIC_NAMES)}")
+    unsupported = [m for m in names if m not in ("equivariance", "reference_agreement") and m not in protocol.metrics]
+    if unsupported:
+        raise InputError(f"{', '.join(unsupported)} not defined for protocol {protocol.spec()!r}; it supports "
+                         f"{', '.join(protocol.metrics)}")
+    return list(dict.fromkeys(names))
+
+
+def _choose_metrics(names: list[str] | None, protocol: Protocol, output_kind: str, classes: int,
+                    has_reference: bool) -> tuple[tuple[str, ...], dict]:
+    """The metrics to compute once the output is known, and those left out (with why)."""
+    omitted: dict[str, str] = {}
+    if output_kind == "dense":
+        bad = [m for m in (names or []) if m != "equivariance"]
+        if bad:
+            raise InputError(f"{', '.join(bad)} need class scores (B, K), but the model output is a dense map "
+                             f"(B, K, H, W); use metrics=['equivariance']")
+        if not protocol.shifts:
+            raise InputError(f"equivariance of a dense output needs a shift protocol, not {protocol.spec()!r}")
+        return ("equivariance",), omitted
+    if names is not None and "equivariance" in names:
+        raise InputError("equivariance is the metric of dense outputs; for a classifier use layers= (CLI: --layers) "
+                         "to get per-layer equivariance errors")
+    chosen = list(protocol.default_metrics) if names is None else list(names)
+    if has_reference and "reference_agreement" not in chosen:
+        chosen.append("reference_agreement")
+    if "reference_agreement" in chosen and not has_reference:
+        raise InputError("reference_agreement needs a reference model (CLI: --reference or --fix)")
+    if "top5_distance" in chosen and classes < 5:
+        if names is not None:
+            raise InputError(f"top5_distance needs at least 5 classes, the model gives {classes}")
+        chosen.remove("top5_distance")
+        omitted["top5_distance"] = f"the model has {classes} classes (top-5 needs at least 5)"
+    return tuple(chosen), omitted
+
+
+# ----------------------------------------------------------------------------------------------------
+# forward plan: which copies go through the model together
+
+
+def _forward_groups(protocol: Protocol, batch_size: int, need_pairs: bool) -> tuple[int, list[list[int]]]:
+    """Images per batch and the copy groups of each forward pass (every compared pair inside one group)."""
+    K = protocol.num_copies
+    if K <= batch_size:
+        return max(1, batch_size // K), [list(range(K))]
+    if not need_pairs:
+        return 1, [list(range(s, min(K, s + batch_size))) for s in range(0, K, batch_size)]
+    if batch_size < 2:
+        raise InputError(f"{protocol.spec()!r} with layer errors compares two copies of an image in one forward "
+                         f"pass; the batch size (model inputs per forward pass) must be at least 2")
+    pairs = protocol.layer_pairs
+    refs = {i for i, _ in pairs}
+    if len(refs) == 1:  # a star: the reference copy goes with every group
+        ref = next(iter(refs))
+        others = [k for k in range(K) if k != ref]
+        step = batch_size - 1
+        return 1, [[ref, *others[s:s + step]] for s in range(0, len(others), step)]
+    per = max(1, batch_size // 2)  # disjoint pairs: whole pairs per group
+    groups = [sorted({c for p in pairs[s:s + per] for c in p}) for s in range(0, len(pairs), per)]
+    covered = {c for g in groups for c in g}
+    groups += [[k] for k in range(K) if k not in covered]
+    return 1, groups
+
+
+def _group_pairs(protocol: Protocol, groups: list[list[int]]) -> list[list[tuple[int, int, int]]]:
+    """For each group, the protocol pairs it compares, as (pair number, position of i, position of j)."""
+    assigned: set[int] = set()
+    out = []
+    for group in groups:
+        pos = {c: n for n, c in enumerate(group)}
+        mine = []
+        for p, (i, j) in enumerate(protocol.layer_pairs):
+            if p not in assigned and i in pos and j in pos:
+                mine.append((p, pos[i], pos[j]))
+                assigned.add(p)
+        out.append(mine)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -390,27 +579,34 @@ def _select_layers(model: torch.nn.Module, layers) -> dict[str, torch.nn.Module]
 class _Batch:
     """What the hooks need to know about the current forward pass; features never leave a hook."""
 
-    def __init__(self, series: dict, layer_info: dict, protocol: Protocol, margin: int):
-        self.series = series
+    def __init__(self, chunks: dict, layer_info: dict, protocol: Protocol, margin: int):
+        self.chunks = chunks
         self.layer_info = layer_info
         self.protocol = protocol
         self.margin = margin
         self.calls: dict[str, int] = {}
+        self.active = False
 
-    def start(self, indices: np.ndarray, num_copies: int, input_hw: tuple[int, int], shifts):
+    def start(self, batch: int, indices: np.ndarray, copies: list[int], pairs: list, input_hw, shifts):
+        self.batch = batch
         self.indices = indices
         self.B = len(indices)
-        self.K = num_copies
+        self.K = len(copies)
+        self.pairs = pairs  # (pair number, position i, position j)
         self.input_hw = input_hw
         self.shifts = None if shifts is None else shifts.to("cpu")
         self.calls = {}
+        self.active = True
 
-    def _add(self, key, idx: np.ndarray, values: np.ndarray):
+    def add(self, key, idx: np.ndarray, values: np.ndarray):
         if len(idx):
-            self.series.setdefault(key, []).append((idx, values))
+            self.chunks.setdefault(key, []).append((self.batch, np.asarray(idx, np.int64),
+                                                    np.asarray(values, np.float64).reshape(len(idx), -1)))
 
     def hook(self, name: str):
         def fn(module, inputs, output):
+            if not self.active:
+                return
             count = self.calls.get(name, 0)
             self.calls[name] = count + 1
             key = name if count == 0 else f"{name}#{count}"
@@ -421,7 +617,7 @@ class _Batch:
         return fn
 
     def features(self, prefix: tuple, name: str, feat):
-        """Accumulate equivariance/invariance rows of ``feat`` (K*B, ...) for the protocol's layer pairs."""
+        """Accumulate equivariance/invariance rows of ``feat`` (K*B, ...) for this group's pairs."""
         if not isinstance(feat, torch.Tensor) or feat.ndim < 2 or feat.shape[0] != self.K * self.B:
             self.layer_info.setdefault(name, {"stride": None, "shape": None,
                                               "note": "output is not a batched tensor; not compared"})
@@ -441,19 +637,21 @@ class _Batch:
         if stride is None and feat.ndim == 4 and feat.shape[-2] * feat.shape[-1] > 1:
             info["note"] = "map size does not divide the input size; only pooled invariance is compared"
         self.layer_info.setdefault(name, info)
+        if not self.pairs:
+            return
         pooled = f.mean(dim=(-2, -1)) if feat.ndim == 4 else f.flatten(2)
-        pairs = self.protocol.layer_pairs
         idx = np.asarray(self.indices, np.int64)
-        # rows are ordered (sample, pair): the order a sample's rows have in any sharding
-        inv = [torch.stack(M.invariance_stats(pooled[i], pooled[j]), 1) for i, j in pairs]
+        P = len(self.pairs)
+        # rows are ordered (sample, pair): the order a sample's rows have in any split of the work
+        inv = [torch.stack(M.invariance_stats(pooled[i], pooled[j]), 1) for _, i, j in self.pairs]
         inv = torch.stack(inv, 1).cpu().numpy()  # (B, P, 2)
         key = (lambda kind: (*prefix, kind)) if prefix[0] == "layer" else (lambda kind: ("metric", kind))
-        self._add(key("invariance"), np.repeat(idx, len(pairs)), inv.reshape(-1, 2))
+        self.add(key("invariance"), np.repeat(idx, P), inv.reshape(-1, 2))
         if stride is None or self.shifts is None:
             return
         margin = 0 if self.protocol.circular else -(-self.margin // min(stride))
-        eq = np.full((self.B, len(pairs), 2), np.nan)
-        for p, (i, j) in enumerate(pairs):
+        eq = np.full((self.B, P, 2), np.nan)
+        for p, (_, i, j) in enumerate(self.pairs):
             d = self.shifts[:, j] - self.shifts[:, i]
             ok = (d[:, 0] % stride[0] == 0) & (d[:, 1] % stride[1] == 0)
             if not bool(ok.any()):
@@ -471,17 +669,18 @@ class _Batch:
             eq[sel.numpy()[valid], p] = vals[valid]
         done = ~np.isnan(eq[..., 0])  # (B, P)
         done_rows = done.reshape(-1)
-        self._add(key("equivariance"), np.repeat(idx, len(pairs))[done_rows], eq.reshape(-1, 2)[done_rows])
+        self.add(key("equivariance"), np.repeat(idx, P)[done_rows], eq.reshape(-1, 2)[done_rows])
         skip_key = (*prefix, "skip") if prefix[0] == "layer" else ("metric", "equivariance.skip")
-        self._add(skip_key, idx, (~done).sum(1).astype(np.float64).reshape(-1, 1))
+        self.add(skip_key, idx, (~done).sum(1).astype(np.float64).reshape(-1, 1))
 
 
-def _classification_rows(batch: _Batch, logits: torch.Tensor, labels: torch.Tensor | None, wanted: Sequence[str]):
-    """Per-sample statistics of (B, K, classes) logits for the wanted metrics."""
-    protocol = batch.protocol
+def _classification_rows(batch: _Batch, protocol: Protocol, logits: torch.Tensor, labels: torch.Tensor,
+                         wanted: Sequence[str], reference_top1: torch.Tensor | None, record: bool):
+    """Per-image statistics of (B, K, classes) logits for the wanted metrics (and the guard, the records)."""
     idx = np.asarray(batch.indices, np.int64)
     B, K = logits.shape[:2]
     t1 = M.top1(logits)
+    lab = labels.to(t1.device)
 
     def prop(name, success: torch.Tensor, param: torch.Tensor | None = None, keep: torch.Tensor | None = None):
         success = success.reshape(B, -1)
@@ -494,17 +693,17 @@ def _classification_rows(batch: _Batch, logits: torch.Tensor, labels: torch.Tens
         if keep is not None:
             k = keep.reshape(-1).cpu().numpy()
             rows_idx, vals = rows_idx[k], vals[k]
-        batch._add(("metric", name), rows_idx, vals)
+        batch.add(("metric", name), rows_idx, vals)
 
     def mean(name, values: torch.Tensor):
         values = values.reshape(B, -1)
-        batch._add(("metric", name), np.repeat(idx, values.shape[1]), values.reshape(-1, 1).cpu().numpy())
+        batch.add(("metric", name), np.repeat(idx, values.shape[1]), values.reshape(-1, 1).cpu().numpy())
 
     for name in wanted:
         if name == "consistency":
-            a = torch.tensor([p[0] for p in protocol.consistency_pairs])
-            b = torch.tensor([p[1] for p in protocol.consistency_pairs])
-            prop(name, t1[:, a.to(t1.device)] == t1[:, b.to(t1.device)])
+            a = torch.tensor([p[0] for p in protocol.consistency_pairs], device=t1.device)
+            b = torch.tensor([p[1] for p in protocol.consistency_pairs], device=t1.device)
+            prop(name, t1[:, a] == t1[:, b])
         elif name in ("top1_change", "flip_probability"):
             prop(name, M.change_stats(t1, "adjacent"))
         elif name == "mean_abs_change":
@@ -515,249 +714,608 @@ def _classification_rows(batch: _Batch, logits: torch.Tensor, labels: torch.Tens
             prop(name, (t1 == t1[:, :1]).all(dim=1))
         elif name == "agreement":
             prop(name, t1[:, 1:] == t1[:, :1], torch.arange(1, K))
-        elif name == "accuracy" and labels is not None:
-            lab = labels.to(t1.device)
+        elif name == "accuracy":
             keep = (lab >= 0)[:, None].expand(B, K)
-            prop(name, t1 == lab[:, None], torch.arange(K), keep)
+            if bool(keep.any()):
+                prop(name, t1 == lab[:, None], torch.arange(K), keep)
+        elif name == "reference_agreement" and reference_top1 is not None:
+            prop(name, t1 == reference_top1.to(t1.device))
+    batch.add(("guard", "top1"), idx, torch.stack([t1[:, 0].cpu(), lab.cpu()], 1).numpy())
+    if record:
+        tracked = torch.where(lab >= 0, lab, t1[:, 0])
+        probs = torch.softmax(logits.to(torch.float64), dim=-1)
+        batch.add(("record", "top1"), idx, t1.cpu().numpy())
+        batch.add(("record", "tracked"), idx, tracked.cpu().numpy()[:, None])
+        batch.add(("record", "probability"), idx, probs.gather(-1, tracked[:, None, None].expand(B, K, 1))[..., 0]
+                  .cpu().numpy())
+        k5 = min(5, probs.shape[-1])
+        top = probs[:, 0].topk(k5, dim=-1)
+        classes = torch.full((B, 5), -1.0, dtype=torch.float64)
+        values = torch.zeros((B, 5), dtype=torch.float64)
+        classes[:, :k5] = top.indices.cpu().to(torch.float64)
+        values[:, :k5] = top.values.cpu()
+        batch.add(("record", "top5"), idx, torch.cat([classes, values], 1).numpy())
+
+
+# ----------------------------------------------------------------------------------------------------
+# sizes
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    model_in: tuple[int, int]
+    source: tuple[int, int]
+    short_side: int
+    resize: bool
+    note: str | None
+
+
+def _sizes(protocol: Protocol, prep: Preprocessing, own: tuple[int, int], image_size, resize, from_files: bool,
+           uniform: bool) -> _Sizes:
+    ey, ex = protocol.extent
+    wanted = None if image_size is None else (
+        (int(image_size),) * 2 if isinstance(image_size, int) else tuple(int(v) for v in image_size))
+    default_in = tuple(int(v) for v in prep.input_size)
+    note = None
+    own_based = False
+    if protocol.size is not None:
+        model_in = (protocol.size, protocol.size)
+    elif wanted is not None:
+        model_in = wanted
+    elif from_files:
+        if prep.fixed_size:
+            model_in = default_in
+        else:  # no input size declared: measure the images at their own size
+            side = min(own[0] - ey, own[1] - ex) if min(own[0] - ey, own[1] - ex) >= 8 else min(own)
+            model_in, own_based = (side, side), True
+            note = (f"the model declares no input size: images measured at {side}x{side} (their own size; "
+                    f"--image-size to choose)")
+    elif bool(resize) or not uniform or (own[0] >= default_in[0] + ey and own[1] >= default_in[1] + ex):
+        model_in = default_in  # the standard evaluation: e.g. 224 centre crop of a 256 image
+    else:
+        side = min(own[0] - ey, own[1] - ex)  # smaller images: the largest square input they allow
+        model_in, own_based = (side, side), True
+    if min(model_in) < 1:
+        raise ShapeError(f"images of {own[0]}x{own[1]} are too small for {protocol.spec()!r}")
+    source = (model_in[0] + ey, model_in[1] + ex)
+    do_resize = from_files if resize is None else bool(resize)
+    if not from_files and resize is None:
+        do_resize = not uniform
+    if own_based:
+        short_side = max(source)
+    else:  # the usual evaluation resize (256 for a 224 input), scaled to the input size; never below the source
+        short_side = max(max(source), round(prep.resize_size * model_in[0] / default_in[0]))
+    if not do_resize and (own[0] < source[0] or own[1] < source[1]):
+        raise ShapeError(f"images are {own[0]}x{own[1]} but {protocol.spec()!r} needs at least "
+                         f"{source[0]}x{source[1]}; resize them (CLI: --resize; Python: resize=True) or use a "
+                         f"smaller protocol")
+    return _Sizes(model_in, source, int(short_side), do_resize, note)
+
+
+def _parse_preprocessing(prep: Preprocessing, override) -> Preprocessing:
+    if override is None:
+        return prep
+    if isinstance(override, Preprocessing):
+        return override
+    if isinstance(override, dict):
+        unknown = set(override) - {"mean", "std", "interpolation", "crop_pct", "input_size"}
+        if unknown:
+            raise InputError(f"unknown preprocessing field(s) {', '.join(sorted(unknown))}; use mean, std, "
+                             f"interpolation, crop_pct, input_size")
+        return prep.with_overrides(**override)
+    raise InputError(f"preprocessing must be a Preprocessing or a dict of overrides, got {type(override).__name__}")
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    from shiftlab._version import __version__
+
+    out = {"shiftlab": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for name in ("torchvision", "timm", "numpy"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _reproducibility(command, device: torch.device, seed: int, source: dict | None, world, workers: int,
+                     amp: bool) -> dict:
+    dev = str(device)
+    if device.type == "cuda":
+        dev += f" ({torch.cuda.get_device_name(device)})"
+    return {"command": command, "versions": _versions(), "platform": platform.platform(), "device": dev,
+            "threads": torch.get_num_threads(), "workers": int(workers), "world_size": int(world.size),
+            "amp": bool(amp), "seed": int(seed),
+            "weights_sha256": None if not source else source.get("weights_sha256")}
 
 
 # ----------------------------------------------------------------------------------------------------
 # the audit
 
 
-def _check_metrics(metrics, protocol: Protocol, output_kind: str, has_labels: bool) -> tuple[str, ...]:
-    if output_kind == "dense":
-        metrics = [] if metrics is None else ([metrics] if isinstance(metrics, str) else list(metrics))
-        bad = [m for m in metrics if m != "equivariance"]
-        if bad:
-            raise ShiftlabError(f"{', '.join(bad)} need class scores (B, K), but the model output is a dense map "
-                                f"(B, K, H, W); use metrics=['equivariance']")
-        if not protocol.shifts:
-            raise ShiftlabError(f"equivariance of a dense output needs a shift protocol, not {protocol.spec()!r}")
-        return ("equivariance",)
-    if metrics is None:
-        chosen = [m for m in protocol.default_metrics if m != "accuracy" or has_labels]
-        return tuple(chosen)
-    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    unknown = [m for m in metrics if m not in METRIC_NAMES]
-    if unknown:
-        raise ShiftlabError(f"unknown metric {', '.join(map(repr, unknown))}; choose from {', '.join(METRIC_NAMES)}")
-    if "equivariance" in metrics:
-        raise ShiftlabError("equivariance is the metric of dense outputs; for a classifier use layers= to get "
-                            "per-layer equivariance errors")
-    unsupported = [m for m in metrics if m not in protocol.metrics]
-    if unsupported:
-        raise ShiftlabError(f"{', '.join(unsupported)} not defined for protocol {protocol.spec()!r}; it supports "
-                            f"{', '.join(protocol.metrics)}")
-    if "accuracy" in metrics and not has_labels:
-        raise ShiftlabError("accuracy needs labels, but the data has none")
-    return tuple(dict.fromkeys(metrics))
-
-
-def _default_protocol(hw: tuple[int, int]) -> Protocol:
-    # ImageNet-size inputs: APS/LPS's [-32, 31]; small (CIFAR-size) inputs: [-3, 2]
-    return CircularShiftPair(32 if min(hw) >= 64 else 3)
+def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def audit(model, data, transform: Protocol | str | None = None, metrics: Sequence[str] | str | None = None,
           batch_size: int = 32, device: str | torch.device | None = None, layers=None, *,
           output_key=None, seed: int = 0, indices: Sequence[int] | None = None, margin: int | None = None,
           normalize: bool | Callable = True, image_size: int | tuple[int, int] | None = None,
-          resize: bool | None = None, confidence: float = 0.95, progress: bool = False) -> AuditResult:
+          preprocessing=None, resize: bool | None = None, confidence: float = 0.95,
+          progress: bool | str = False, workers: int | None = None, class_map: dict | None = None,
+          reference=None, predictions: bool = False, checkpoint=None, checkpoint_every: int = 20,
+          amp: bool = False, channels_last: bool | None = None, command: str | None = None) -> AuditResult:
     """Measure how ``model`` responds to the shifts (or rotations, ...) of a protocol, on ``data``.
 
     Args:
-        model: an ``nn.Module`` or a model spec for :func:`shiftlab.load_model` (``"torchvision:resnet18"``).
-            It is put in eval mode during the audit (and restored after); moved to ``device`` if given.
-        data: images in pixel space [0, 1]: a (N, C, H, W) tensor, a list of (C, H, W) tensors,
-            a tuple ``(images, labels)``, a dataset from
-            :func:`shiftlab.data.load_dataset`, or a data spec string. Labels ``-1`` mean "unlabelled".
+        model: an ``nn.Module`` or a model spec for :func:`shiftlab.load_model` (``"torchvision:resnet18"``;
+            its random initialisation follows ``seed``). Put in eval mode during the audit (and restored
+            after); moved to ``device`` if given.
+        data: images in pixel space [0, 1]: a data spec (``"photos"``, a folder, a ``.txt`` list, a ``.npz``,
+            a CIFAR-10 folder; see :func:`shiftlab.data.open_images`), an
+            :class:`~shiftlab.data.sources.ImageSource`, a (N, C, H, W) tensor, a list of (C, H, W)
+            tensors, a tuple ``(images, labels)``, an in-memory
+            :class:`~shiftlab.data.ImageDataset`, or any map-style ``Dataset`` of (C, H, W) tensors or
+            (tensor, label) pairs. Labels ``-1`` mean "unlabelled".
         transform: a protocol from :mod:`shiftlab.measure.protocols` or its spec string (``"circular:32"``,
             ``"crop:224:32"``, ``"diagonal:8"``, ...). Default: ``circular:32`` (``circular:3`` below 64 px).
-        metrics: names to compute; default: the protocol's defaults (accuracy only with labels). Dense
-            outputs (B, K, H, W) get ``["equivariance"]``.
-        batch_size: model inputs per forward pass; a batch holds ``max(1, batch_size // K)`` images.
-        layers: layer names, a module type (or tuple of types), or ``"all"`` (every leaf module): adds
-            per-layer equivariance and pooled-invariance errors (see the module docstring).
+        metrics: names to compute; default: the protocol's defaults (accuracy where the labels fit the
+            model). Dense outputs (B, K, H, W) get ``["equivariance"]``.
+        batch_size: model inputs per forward pass (copies included): a batch holds ``batch_size // K``
+            images, or one image whose K copies go through several passes when K > ``batch_size``.
+        layers: layer names, a module type (or tuple of types), ``"all"`` (every leaf module) or
+            ``"stages"`` (:func:`stage_layers`): adds per-layer equivariance and pooled-invariance errors.
         output_key: which element of a tuple/dict model output is scored.
-        seed: random offsets depend only on (seed, dataset index).
+        seed: random offsets depend only on (seed, dataset index); also seeds a spec model's initialisation.
         indices: audit only these dataset indices (a shard); merge shards with :func:`merge`.
         margin: input pixels left out at the border when comparing layers under non-circular protocols
             (default 16; ignored for circular protocols).
-        normalize: ``True``: the model's preprocessing (``shiftlab.models.preprocessing``); ``False``: none;
-            or a callable on (B, C, H, W).
+        normalize: ``True``: the model's preprocessing; ``False``: none; or a callable on (B, C, H, W).
         image_size: the model's input size (int or (H, W)). Default: the protocol's own size (``crop:S:M``),
-            else the model's preprocessing size (224) when the images are large enough for it plus the
-            protocol's extent (a 256 image is centre-cropped to 224, the standard evaluation), else the
-            largest square the images allow.
-        resize: resize each image (shorter side to the preprocessing's resize size, e.g. 256 for 224, then
-            centre crop) to the protocol's source size (input size plus extent). Default: only when images
-            differ in size; otherwise larger images are centre-cropped and images smaller than needed raise
-            :class:`~shiftlab.errors.ShapeError`.
+            else the model's (timm ``pretrained_cfg``, torchvision weight metadata); for a model that declares
+            none, the images' own size.
+        preprocessing: a :class:`~shiftlab.models.Preprocessing`, or a dict overriding ``mean``, ``std``,
+            ``interpolation``, ``crop_pct``, ``input_size`` of the model's own. The values used are recorded.
+        resize: resize each image (shorter side to the preprocessing's resize size scaled to the input, e.g.
+            256 for 224, then centre crop). Default: on for data read from files (smaller images are enlarged
+            and counted in ``upscaled``); for tensors only when their sizes differ (otherwise they are
+            centre-cropped and must be large enough).
+        confidence: the level of every interval.
+        progress: show a progress bar on stderr (a string names the stage).
+        workers: DataLoader worker processes (default: :func:`~shiftlab.measure.loader.default_workers`).
+        class_map: ``{data class name or label: model class index}`` (see :mod:`shiftlab.measure.labels`).
+        reference: a second model (module or spec) run on the very same views, or an earlier
+            :class:`AuditResult` of the same protocol, seed and data made with ``predictions=True``: adds
+            ``reference_agreement``, P(the model's top-1 equals the reference's on the same view).
+        predictions: also keep every view's top-1, the tracked class's probability and copy 0's top-5.
+        checkpoint: a folder: write this process's partial statistics there every ``checkpoint_every``
+            batches (atomically), and resume from it when it holds a checkpoint of the same audit.
+        amp: mixed precision on CUDA (``torch.autocast``, float16); metrics are computed in float64.
+        channels_last: run the model in channels-last memory format (default: on for spec-loaded models).
+        command: the command line to record in ``reproducibility``.
 
     Returns:
-        an :class:`AuditResult`.
+        an :class:`AuditResult` (the full result on every process of a distributed run).
 
     Shape:
-        Input: images (N, C, H, W) or a list of (C, H, W); model output (B, K) or (B, K, H', W').
+        Input: images (N, C, H, W) or (C, H, W) each; model output (B, K) or (B, K', H', W').
     """
-    model_desc = model if isinstance(model, str) else type(model).__name__
-    if isinstance(model, str):
-        from shiftlab.models import load_model
+    from shiftlab.measure import distributed, loader
+    from shiftlab.measure.labels import resolve_labels
 
-        model = load_model(model, device=device, output_key=output_key)
+    # ---------------------------------------------------------------------------- scalar arguments
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, -(2 ** 63))
+    margin = _check_int("margin", margin, 0, allow_none=True)
+    checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
+    workers = _check_int("workers", workers, 0, allow_none=True)
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise InputError(f"confidence must be in (0, 1), got {confidence!r}")
+    world = distributed.world()
+
+    # ---------------------------------------------------------------------------- the model(s)
+    from shiftlab.models import load_model
+    from shiftlab.models._device import resolve_device
+
+    dev = distributed.rank_device(device) if world.size > 1 else resolve_device(device)
+    spec_model = isinstance(model, str)
+    model_desc = model if spec_model else type(model).__name__
+    if spec_model:
+        if dev is None:
+            dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(model, device=dev, output_key=output_key, seed=seed)
         output_key = None  # the loaded model already returns the selected output
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model must be a torch.nn.Module or a model spec string, got {type(model).__name__}")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ShiftlabError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if device is not None:
-        model.to(device)
+    if dev is not None:
+        model.to(dev)
     dev = _model_device(model)
-    src = _source(data)
-    data_desc = src.description
+    if amp and dev.type != "cuda":
+        raise InputError("mixed precision (--amp) needs a CUDA device")
+    reference_result = reference if isinstance(reference, AuditResult) else None
+    reference_model = None
+    if isinstance(reference, str):
+        reference_model = load_model(reference, device=dev, seed=seed)
+    elif isinstance(reference, torch.nn.Module):
+        reference_model = reference.to(dev)
+    elif reference is not None and reference_result is None:
+        raise InputError(f"reference must be a model, a model spec or an AuditResult, got {type(reference).__name__}")
+    source_info = getattr(model, "shiftlab_source", None)
+    if not spec_model and isinstance(source_info, dict) and source_info.get("spec"):
+        model_desc = source_info["spec"] + (f" (fix {source_info['fix']})" if source_info.get("fix") else "")
 
-    all_indices = np.arange(src.n) if indices is None else np.asarray(list(indices), dtype=np.int64)
+    # ---------------------------------------------------------------------------- the data
+    src, data_desc = _as_source(data)
+    from shiftlab.data.sources import ImageSource, TensorImages
+
+    n_total = len(src)
+    if n_total == 0:
+        raise InputError("no images to audit")
+    all_indices = np.arange(n_total) if indices is None else np.asarray(list(indices), dtype=np.int64)
     if all_indices.ndim != 1 or len(all_indices) == 0:
         raise InputError("indices selects no images")
-    if all_indices.min() < 0 or all_indices.max() >= src.n:
-        raise InputError(f"indices must lie in [0, {src.n - 1}]")
+    if all_indices.min() < 0 or all_indices.max() >= n_total:
+        raise InputError(f"indices must lie in [0, {n_total - 1}]")
     if len(np.unique(all_indices)) != len(all_indices):
         raise InputError("indices contain duplicates")
     all_indices = np.sort(all_indices)
+    from_files = not isinstance(src, TensorImages)
+    uniform = src.uniform if isinstance(src, TensorImages) else False
 
-    # working size and the protocol
-    probe = src.get([int(all_indices[0])])
-    probe = probe[0] if isinstance(probe, list) else probe[0]
-    C = probe.shape[0]
+    probe = None
+    for i in all_indices[:64]:
+        try:
+            item = src.load(int(i)) if isinstance(src, ImageSource) else src[int(i)]
+            probe = item[0] if isinstance(item, (tuple, list)) else item
+            break
+        except ShiftlabError:
+            continue
+    if probe is None:
+        raise InputError(f"none of the first {min(64, len(all_indices))} images of {data_desc} could be read")
+    if not isinstance(probe, torch.Tensor) or probe.ndim != 3:
+        raise ShapeError(f"images must be (C, H, W) tensors, got {getattr(probe, 'shape', type(probe).__name__)}")
+    C = int(probe.shape[0])
     want_c = _first_conv_channels(model)
-    if want_c is not None and want_c != C:
+    if want_c is not None and want_c != C and not (from_files and C in (1, 3, 4) and want_c == 3):
         raise ShapeError(f"the model's first convolution takes {want_c} channels, but the images have {C}")
-    do_resize = (not src.uniform) if resize is None else bool(resize)
+    C = want_c if (want_c is not None and from_files) else C
+
+    # ---------------------------------------------------------------------------- sizes and protocol
+    prep = _parse_preprocessing(model_preprocessing(model), preprocessing)
+    own = tuple(int(v) for v in probe.shape[-2:])
+    wanted_size = None if image_size is None else _check_size_arg(image_size)
+    protocol = parse_protocol(transform) if transform is not None else _default_protocol(
+        wanted_size or (tuple(prep.input_size) if (from_files and prep.fixed_size) else own))
+    sizes = _sizes(protocol, prep, own, wanted_size, resize, from_files, uniform)
+    reason = protocol.fits(sizes.model_in) if hasattr(protocol, "fits") else None
+    if reason:
+        raise InputError(reason)
+    if margin is None or protocol.circular:
+        margin = 0 if protocol.circular else DEFAULT_MARGIN
     norm_fn = None
-    prep = None
-    prep = preprocessing(model)
     if normalize is True:
         norm_fn = prep.normalize
         if C != len(prep.mean):
             raise ShapeError(f"the model's preprocessing normalises {len(prep.mean)} channels, but the images have "
-                             f"{C}; pass normalize=False or a callable")
+                             f"{C}; pass normalize=False or a callable (CLI: --mean/--std)")
     elif callable(normalize):
         norm_fn = normalize
     elif normalize not in (False, None):
-        raise ShiftlabError(f"normalize must be True, False or a callable, got {normalize!r}")
-    own = tuple(int(v) for v in probe.shape[-2:])
-    wanted_size = None if image_size is None else (
-        (int(image_size),) * 2 if isinstance(image_size, int) else tuple(int(v) for v in image_size))
-    default_in = tuple(int(v) for v in prep.input_size)
-    protocol = parse_protocol(transform) if transform is not None else _default_protocol(
-        wanted_size or (default_in if do_resize else own))
-    ey, ex = protocol.extent
-    if protocol.size is not None:
-        model_in = (protocol.size, protocol.size)
-    elif wanted_size is not None:
-        model_in = wanted_size
-    elif do_resize or (own[0] >= default_in[0] + ey and own[1] >= default_in[1] + ex):
-        model_in = default_in  # the standard evaluation: e.g. 224 centre crop of a 256 image
-    else:
-        side = min(own[0] - ey, own[1] - ex)  # smaller images: the largest square input they allow
-        model_in = (side, side)
-    source = (model_in[0] + ey, model_in[1] + ex)
-    if min(model_in) < 1:
-        raise ShapeError(f"images of {own[0]}x{own[1]} are too small for {protocol.spec()!r}")
-    if not do_resize and (own[0] < source[0] or own[1] < source[1]):
-        raise ShapeError(f"images are {own[0]}x{own[1]} but {protocol.spec()!r} needs at least "
-                         f"{source[0]}x{source[1]}; pass resize=True (CLI: --resize) or a smaller protocol")
-    # the usual evaluation resize (256 for a 224 input), scaled to the input size; never below the source
-    short_side = max(max(source), round(prep.resize_size * model_in[0] / default_in[0]))
-    if margin is None:
-        margin = 0 if protocol.circular else DEFAULT_MARGIN
-    if protocol.circular:
-        margin = 0
-
-    if metrics is not None:  # names checked before any forward pass; the output kind is checked after the first
-        names = [metrics] if isinstance(metrics, str) else list(metrics)
-        unknown = [m for m in names if m not in METRIC_NAMES]
-        if unknown:
-            raise ShiftlabError(f"unknown metric {', '.join(map(repr, unknown))}; choose from {', '.join(METRIC_NAMES)}")
-        unsupported = [m for m in names if m != "equivariance" and m not in protocol.metrics]
-        if unsupported:
-            raise ShiftlabError(f"{', '.join(unsupported)} not defined for protocol {protocol.spec()!r}; it supports "
-                                f"{', '.join(protocol.metrics)}")
+        raise InputError(f"normalize must be True, False or a callable, got {normalize!r}")
+    metric_names = _check_metric_names(metrics, protocol)
+    if metric_names and "accuracy" in metric_names and isinstance(src, ImageSource) and not src.has_labels:
+        raise InputError("accuracy needs labels, but the data has none")
+    if metric_names and "reference_agreement" in metric_names and reference is None:
+        raise InputError("reference_agreement needs a reference model (CLI: --reference or --fix)")
+    if reference_result is not None:
+        if not reference_result.has_predictions:
+            raise InputError("a reference AuditResult must come from an audit with predictions=True")
+        if reference_result.protocol != protocol.to_dict() or reference_result.seed != seed:
+            raise InputError("the reference audit used another protocol or seed; its views are not these views")
     chosen_layers = _select_layers(model, layers)
     K = protocol.num_copies
-    per_batch = max(1, int(batch_size) // K)
-    series: dict = {}
-    layer_info: dict = {}
-    ctx = _Batch(series, layer_info, protocol, int(margin))
-    handles = [m.register_forward_hook(ctx.hook(name)) for name, m in chosen_layers.items()]
+    per_batch, groups = _forward_groups(protocol, batch_size, bool(chosen_layers))
+    pairs_by_group = _group_pairs(protocol, groups)
+    batches = loader.batch_plan(all_indices, per_batch)
+    mine = [b for b in range(len(batches)) if b % world.size == world.rank]
+    if workers is None:
+        workers = loader.default_workers(src, len(mine))
+    if channels_last is None:
+        channels_last = spec_model
     dtype = _model_dtype(model)
-    output_kind = None
-    wanted: tuple[str, ...] = ()
+
+    # ---------------------------------------------------------------------------- checkpoint
+    state = {"chunks": {}, "done": set(), "failures": {}, "upscaled": {}, "layer_info": {}, "decisions": None}
+    store = None
+    if checkpoint is not None:
+        from shiftlab.measure.checkpoint import CheckpointStore, fingerprint_model
+
+        fingerprint = {
+            "model": fingerprint_model(model), "model_spec": str(model_desc), "data": str(data_desc),
+            "images": int(n_total), "names": _names_digest(src, all_indices), "protocol": protocol.spec(),
+            "seed": int(seed), "batch_size": int(batch_size), "per_batch": int(per_batch),
+            "metrics": metric_names, "layers": sorted(chosen_layers), "margin": int(margin),
+            "preprocessing": prep.to_dict(), "input": list(sizes.model_in), "resize": sizes.resize,
+            "normalize": "model" if normalize is True else str(bool(normalize)), "class_map": class_map,
+            "reference": None if reference is None else str(type(reference).__name__), "predictions": bool(predictions),
+            "world_size": int(world.size), "dtype": str(dtype), "channels_last": bool(channels_last),
+            "amp": bool(amp)}
+        store = CheckpointStore(checkpoint, world.rank, world.size, fingerprint)
+        store.check_folder()
+        saved = store.load()
+        if saved is not None:
+            state = saved
+            state["failures"] = {int(k): v for k, v in state["failures"].items()}
+            state["upscaled"] = {int(k): v for k, v in state["upscaled"].items()}
+    todo = [b for b in mine if b not in state["done"]]
+
+    # ---------------------------------------------------------------------------- the run
+    ctx = _Batch(state["chunks"], state["layer_info"], protocol, int(margin))
+    handles = [m.register_forward_hook(ctx.hook(name)) for name, m in chosen_layers.items()]
+    label_lookup = None  # dataset labels mapped into the model's classes, once the output size is known
+    decisions = state["decisions"]
+    if decisions is not None and decisions.get("labels_table") is not None:
+        label_lookup = torch.tensor(decisions["labels_table"], dtype=torch.int64)
+    reference_lookup = _reference_lookup(reference_result) if reference_result is not None else None
     was_training = model.training
+    ref_training = reference_model.training if reference_model is not None else False
     model.eval()
-    starts = range(0, len(all_indices), per_batch)
+    if reference_model is not None:
+        reference_model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        if reference_model is not None:
+            reference_model.to(memory_format=torch.channels_last)
+    pin = dev.type == "cuda"
+    data_loader = loader.make_loader(src, loader.Sizing(sizes.source, sizes.short_side, prep.interpolation,
+                                                        sizes.resize, C), [(b, batches[b]) for b in todo],
+                                     workers, pin)
+    label = progress if isinstance(progress, str) else "auditing"
+    since_save = 0
     try:
         with torch.inference_mode():
-            for start in track(starts, "auditing", total=len(starts), enabled=progress):
-                idx = all_indices[start:start + per_batch]
-                raw = src.get(idx.tolist())
-                if isinstance(raw, list):
-                    if do_resize:
-                        raw = [_fit(im.to(dev), source, short_side) for im in raw]
-                    elif len({tuple(im.shape) for im in raw}) > 1:
-                        raise ShapeError("images differ in size; pass resize=True (CLI: --resize)")
-                    images = torch.stack([im.to(dev) for im in raw])
-                else:
-                    images = raw.to(dev)
-                    if do_resize:
-                        images = torch.stack([_fit(im, source, short_side) for im in images])
-                if images.shape[1] != C:
-                    raise ShapeError(f"images have {images.shape[1]} channels, expected {C}")
-                images = _centre_crop(images, source).to(dtype)
-                check_finite(images, f"images (batch starting at index {int(idx[0])})")
-                if norm_fn is not None and (float(images.min()) < -1e-6 or float(images.max()) > 1 + 1e-6):
-                    raise ShapeError(f"images must be in pixel space [0, 1] (got values in [{float(images.min()):.3g}, "
-                                     f"{float(images.max()):.3g}]); shiftlab normalises with the model's preprocessing")
-                copies = protocol.make(images, torch.as_tensor(idx), seed)
-                x = copies.inputs if norm_fn is None else norm_fn(copies.inputs)
-                ctx.start(idx, K, tuple(x.shape[-2:]), copies.shifts)
-                del copies, images, raw  # only the model input stays alive during the forward
-                out = select_output(model(x), output_key)
-                if out.shape[0] != K * len(idx):
-                    raise ShiftlabError(f"the model returned {out.shape[0]} outputs for a batch of {K * len(idx)} "
-                                        f"inputs")
-                if not out.is_floating_point() or not bool(torch.isfinite(out).all()):
-                    raise ShiftlabError("the model output contains NaN or Inf (or is not floating point)")
-                if output_kind is None:
-                    if out.ndim == 2:
-                        output_kind = "logits"
-                    elif out.ndim == 4:
-                        output_kind = "dense"
-                    else:
-                        raise ShiftlabError(f"the model output has shape {tuple(out.shape)}; the metrics need logits "
-                                            f"(B, K) or a dense map (B, K, H, W)")
-                    has_labels = src.labels is not None
-                    wanted = _check_metrics(metrics, protocol, output_kind, has_labels)
-                    if metrics is None and out.shape[1] < 5:  # a default, not asked for: left out
-                        wanted = tuple(m for m in wanted if m != "top5_distance")
-                    if "top5_distance" in wanted and out.shape[1] < 5:
-                        raise ShiftlabError(f"top5_distance needs at least 5 classes, the model gives {out.shape[1]}")
-                if output_kind == "dense":
-                    if out.ndim != 4:
-                        raise ShiftlabError(f"the model output changed rank to {out.ndim}")
-                    ctx.features(("metric",), "(output)", out)
-                else:
-                    logits = out.reshape(K, len(idx), -1).transpose(0, 1)
-                    labels = None if src.labels is None else src.labels[torch.as_tensor(idx)]
-                    _classification_rows(ctx, logits, labels, wanted)
+            for loaded in track(data_loader, label, total=len(todo), enabled=bool(progress)):
+                b = loaded.number
+                state["failures"][b] = [(int(i), src.path(i) if isinstance(src, ImageSource) else f"item {i}", r)
+                                        for i, r in loaded.failures]
+                state["upscaled"][b] = int(loaded.upscaled)
+                if loaded.images is not None:
+                    decisions = _run_batch(
+                        ctx, b, loaded, model, reference_model, reference_lookup, protocol, groups, pairs_by_group,
+                        dev, dtype, norm_fn, output_key, seed, amp, channels_last, decisions, metric_names,
+                        src, class_map, resolve_labels, predictions, label_lookup)
+                    if decisions.get("labels_table") is not None and label_lookup is None:
+                        label_lookup = torch.tensor(decisions["labels_table"], dtype=torch.int64)
+                state["done"].add(b)
+                state["decisions"] = decisions
+                since_save += 1
+                if store is not None:
+                    if since_save >= checkpoint_every:
+                        store.save(state)
+                        since_save = 0
+                    store.after_batch()
+        if store is not None and since_save:
+            store.save(state)
     finally:
         for h in handles:
             h.remove()
+        ctx.active = False
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
+            if reference_model is not None:
+                reference_model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
+        if reference_model is not None:
+            reference_model.train(ref_training)
+
+    # ---------------------------------------------------------------------------- gather and build
+    parts = distributed.gather(state)
+    state = _combine(parts)
+    decisions = state["decisions"]
+    if decisions is None:
+        raise InputError(f"no image of {data_desc} could be read ({sum(len(v) for v in state['failures'].values())} "
+                         f"skipped)")
+    if decisions["output"] == "dense":
+        state["layer_info"].pop("(output)", None)
+    failures = sorted((f for fs in state["failures"].values() for f in fs), key=lambda f: f[0])
+    failed = {f[0] for f in failures}
+    audited = np.asarray([i for i in all_indices if int(i) not in failed], dtype=np.int64)
+    skipped = [(str(p), str(r)) for p, r in getattr(src, "skipped", [])] + [(str(p), str(r)) for _, p, r in failures]
+    notes = [n for n in (sizes.note,) if n]
+    upscaled = sum(state["upscaled"].values())
+    if upscaled:
+        notes.append(f"{upscaled} image(s) smaller than {sizes.short_side} px on the shorter side were enlarged "
+                     f"to it (upscaled)")
+    labels_doc = decisions.get("labels")
+    result = AuditResult(
+        protocol=protocol.to_dict(), seed=int(seed), margin=int(margin), confidence=float(confidence),
+        model=str(model_desc), data=str(data_desc), output=decisions["output"],
+        metric_names=tuple(decisions["wanted"]), parameters=protocol.parameters, indices=audited, skipped=skipped,
+        layer_info=dict(sorted(state["layer_info"].items(), key=lambda kv: _layer_order(kv[0], chosen_layers))),
+        series=state["chunks"], omitted=dict(decisions["omitted"]), labels=labels_doc,
+        preprocessing={**prep.to_dict(), "model_input": list(sizes.model_in), "source_size": list(sizes.source),
+                       "short_side": sizes.short_side, "resize": sizes.resize,
+                       "normalize": "model" if normalize is True else ("custom" if callable(normalize) else "none")},
+        source=source_info, notes=notes, upscaled=int(upscaled), ignored=int(getattr(src, "ignored", 0)),
+        reproducibility=_reproducibility(command, dev, seed, source_info, world, workers, amp))
+    return result
+
+
+def _check_size_arg(image_size):
+    if isinstance(image_size, bool):
+        raise InputError(f"image_size must be a positive int or (H, W), got {image_size!r}")
+    size = (image_size,) * 2 if isinstance(image_size, (int, np.integer)) else tuple(image_size)
+    if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in size):
+        raise InputError(f"image_size must be a positive int or (H, W) (CLI: --image-size), got {image_size!r}")
+    return tuple(int(v) for v in size)
+
+
+def _names_digest(src, indices: np.ndarray) -> str:
+    import hashlib
+
+    names = getattr(src, "names", None)
+    digest = hashlib.sha256()
+    if names is not None:
+        for i in indices:
+            digest.update(str(names[int(i)]).encode() + b"\0")
+    else:
+        digest.update(str(len(indices)).encode())
+    return digest.hexdigest()
+
+
+def _layer_order(name: str, chosen: dict) -> tuple[int, str]:
+    base = name.split("#", 1)[0]
+    order = list(chosen)
+    return (order.index(base) if base in order else len(order), name)
+
+
+def _reference_lookup(result: AuditResult) -> tuple[np.ndarray, np.ndarray]:
+    idx, top1 = _reduce(result.series[("record", "top1")], result.protocol["copies"])
+    return idx, top1.astype(np.int64)
+
+
+def _combine(parts: list[dict]) -> dict:
+    """The states of all ranks as one (chunks of a batch kept once)."""
+    if len(parts) == 1:
+        return parts[0]
+    out = {"chunks": {}, "done": set(), "failures": {}, "upscaled": {}, "layer_info": {}, "decisions": None}
+    for part in parts:
+        for key, items in part["chunks"].items():
+            out["chunks"].setdefault(key, []).extend(items)
+        out["done"] |= set(part["done"])
+        out["failures"].update(part["failures"])
+        out["upscaled"].update(part["upscaled"])
+        for name, info in part["layer_info"].items():
+            out["layer_info"].setdefault(name, info)
+        if out["decisions"] is None and part["decisions"] is not None:
+            out["decisions"] = part["decisions"]
+    return out
+
+
+def _run_batch(ctx: _Batch, number: int, loaded, model, reference_model, reference_lookup, protocol: Protocol,
+               groups, pairs_by_group, dev, dtype, norm_fn, output_key, seed, amp, channels_last, decisions,
+               metric_names, src, class_map, resolve_labels, record, label_lookup) -> dict:
+    """Every forward pass of one batch; returns the decisions made at the first batch (output kind, metrics,
+    label mapping)."""
+    idx = loaded.indices
+    B = len(idx)
+    images = loaded.images.to(dev, non_blocking=dev.type == "cuda").to(dtype)
+    check_finite(images, f"images (batch starting at index {int(idx[0])})")
+    if norm_fn is not None:
+        low, high = float(images.min()), float(images.max())
+        if low < -1e-6 or high > 1 + 1e-6:
+            raise ShapeError(f"images must be in pixel space [0, 1] (got values in [{low:.3g}, {high:.3g}]); "
+                             f"shiftlab normalises with the model's preprocessing (or pass normalize=False)")
+    K = protocol.num_copies
+    index_tensor = torch.as_tensor(idx)
+    logits_full: list = [None] * K
+    ref_top1 = torch.full((B, K), -1, dtype=torch.int64) if (reference_model is not None
+                                                            or reference_lookup is not None) else None
+    output_kind = None if decisions is None else decisions["output"]
+    for copies, pairs in zip(groups, pairs_by_group):
+        made = protocol.make(images, index_tensor, seed, copies=copies)
+        x = made.inputs if norm_fn is None else norm_fn(made.inputs)
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        shifts = made.shifts
+        ctx.start(number, idx, copies, pairs, tuple(x.shape[-2:]), shifts)
+        del made
+        out = _forward(model, x, output_key, amp, dev)
+        ctx.active = False
+        if out.shape[0] != len(copies) * B:
+            raise ShiftlabError(f"the model returned {out.shape[0]} outputs for a batch of {len(copies) * B} inputs")
+        if not out.is_floating_point() or not bool(torch.isfinite(out).all()):
+            raise ShiftlabError(f"the model output contains NaN or Inf (or is not floating point), in the batch "
+                                f"starting at image {int(idx[0])}")
+        if output_kind is None:
+            if out.ndim == 2:
+                output_kind = "logits"
+            elif out.ndim == 4:
+                output_kind = "dense"
+            else:
+                raise ShiftlabError(f"the model output has shape {tuple(out.shape)}; the metrics need logits "
+                                    f"(B, K) or a dense map (B, K, H, W)")
+        if output_kind == "dense":
+            if out.ndim != 4:
+                raise ShiftlabError(f"the model output changed rank to {out.ndim}")
+            ctx.start(number, idx, copies, pairs, tuple(x.shape[-2:]), shifts)
+            ctx.features(("metric",), "(output)", out)
+            ctx.active = False
+            continue
+        out = out.reshape(len(copies), B, -1)
+        for pos, k in enumerate(copies):
+            if logits_full[k] is None:
+                logits_full[k] = out[pos].float()
+        if reference_model is not None:
+            ref = _forward(reference_model, x, None, amp, dev).reshape(len(copies), B, -1)
+            for pos, k in enumerate(copies):
+                ref_top1[:, k] = M.top1(ref[pos]).cpu()
+    if decisions is None:
+        classes = 0 if output_kind == "dense" else int(logits_full[0].shape[-1])
+        wanted, omitted = _choose_metrics(metric_names, protocol, output_kind, classes,
+                                          reference_model is not None or reference_lookup is not None)
+        labels_doc, table, item_labels = None, None, False
+        if output_kind == "logits":
+            labels_doc, table, item_labels, wanted, omitted = _decide_labels(src, classes, class_map, wanted,
+                                                                             omitted, resolve_labels)
+        decisions = {"output": output_kind, "wanted": list(wanted), "omitted": omitted, "labels": labels_doc,
+                     "labels_table": table, "item_labels": item_labels, "classes": classes}
     if output_kind == "dense":
-        layer_info.pop("(output)", None)
-    return AuditResult(protocol=protocol.to_dict(), seed=int(seed), margin=int(margin), confidence=float(confidence),
-                       model=str(model_desc), data=str(data_desc), output=output_kind, metric_names=wanted,
-                       parameters=protocol.parameters, indices=all_indices, skipped=src.skipped,
-                       layer_info=layer_info, series=series)
+        return decisions
+    logits = torch.stack(logits_full, 1)  # (B, K, classes)
+    if decisions["labels_table"] is not None:
+        table = torch.as_tensor(decisions["labels_table"], dtype=torch.int64)
+        labels = table[index_tensor]
+    elif decisions.get("item_labels"):
+        labels = torch.where(loaded.labels < decisions["classes"], loaded.labels, torch.full_like(loaded.labels, -1))
+    else:
+        labels = torch.full((B,), -1, dtype=torch.int64)
+    if reference_lookup is not None:
+        ref_idx, ref_vals = reference_lookup
+        pos = np.searchsorted(ref_idx, idx)
+        if (pos >= len(ref_idx)).any() or (ref_idx[np.minimum(pos, len(ref_idx) - 1)] != idx).any():
+            raise InputError("the reference audit does not cover every image of this one")
+        ref_top1 = torch.from_numpy(ref_vals[pos])
+    _classification_rows(ctx, protocol, logits, labels, decisions["wanted"], ref_top1, record)
+    return decisions
+
+
+def _forward(model, x, output_key, amp: bool, dev) -> torch.Tensor:
+    try:
+        if amp:
+            with torch.autocast(device_type=dev.type, dtype=torch.float16):
+                out = select_output(model(x), output_key)
+        else:
+            out = select_output(model(x), output_key)
+    except ShiftlabError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, AttributeError, NotImplementedError) as exc:
+        text = str(exc).strip().splitlines()
+        raise ShiftlabError(f"the model's forward pass failed on an input of shape {tuple(x.shape)}: "
+                            f"{type(exc).__name__}: {text[0][:200] if text else ''}") from None
+    return out
+
+
+def _decide_labels(src, classes: int, class_map, wanted, omitted, resolve_labels):
+    """Whether accuracy can be computed, the label table (index -> model class) and why not when it cannot."""
+    from shiftlab.data.sources import ImageSource
+
+    wanted = list(wanted)
+    omitted = dict(omitted)
+    if isinstance(src, ImageSource):
+        mapping = resolve_labels(src.labels, src.class_names, src.label_space, classes, class_map)
+        if mapping.usable:
+            return mapping.to_dict(), mapping.labels.tolist(), False, tuple(wanted), omitted
+        if "accuracy" in wanted:
+            wanted.remove("accuracy")
+        omitted["accuracy"] = mapping.how
+        return mapping.to_dict(), None, False, tuple(wanted), omitted
+    # a generic Dataset: labels come with the items; taken as class indices when below the class count
+    return ({"used": True, "how": "item labels below the class count taken as the model's class indices"}, None,
+            True, tuple(wanted), omitted)

@@ -7,8 +7,22 @@ Every metric returns a :class:`MetricValue` ``(name, value, ci, n, extra)``:
 - means (mean absolute change, top-5 distance, feature errors) carry a Student-t interval, with ``n`` the
   number of values averaged.
 
-When one image contributes several trials (adjacent frames of one sequence), the trials are counted as
-independent; ``extra["images"]`` gives the number of images so a reader can judge the dependence.
+Image-level (clustered) intervals. Trials that come from one image (the adjacent steps of one sweep, several
+random pairs of one photo) are not independent: the image is the unit of sampling. Wherever an image gives
+more than one trial, the interval is computed from the variance of the ratio estimator across images
+(the cluster-robust, "sandwich" variance ``n/(n-1) * sum_i (y_i - r m_i)^2 / M^2`` for image sums y_i, trial
+counts m_i, M = sum m_i, estimate r = sum y_i / M) with a Student-t quantile on ``images - 1`` degrees of
+freedom:
+
+- a proportion gets a Wilson score interval at the effective sample size ``r (1 - r) / variance`` (kept
+  between the number of images and the number of trials; the number of images when r is 0 or 1), so it
+  never leaves [0, 1];
+- a mean gets ``r +- t * sqrt(variance)``, intersected with the metric's range (``[0, 1]`` for the mean
+  absolute change, ``[0, 15]`` for the top-5 distance, ``[0, inf)`` for errors).
+
+With one trial per image both reduce to the classical intervals (Wilson with the normal quantile, the
+t interval of the mean). Every :class:`MetricValue` carries ``n`` (trials: pairs, steps, frames, values) and
+``extra["images"]`` (the images behind them).
 
 Each metric is split into a per-sample statistic (``*_stats``: integer successes or float64 values per
 sample) and an aggregator (:func:`proportion_value`, :func:`mean_value`) that sums in sample order with
@@ -37,6 +51,8 @@ __all__ = [
     "mean_interval",
     "proportion_value",
     "mean_value",
+    "clustered_proportion_value",
+    "clustered_mean_value",
     "consistency",
     "top1_change",
     "mean_abs_change",
@@ -148,6 +164,100 @@ def mean_value(name: str, values, confidence: float = 0.95, **extra) -> MetricVa
     return MetricValue(name, float(mean), ci, len(values), dict(extra))
 
 
+def _t_quantile(df: int, confidence: float) -> float:
+    from scipy.special import stdtrit
+
+    return float(stdtrit(df, 0.5 + confidence / 2.0))
+
+
+def _wilson_z(p: float, n: float, z: float) -> tuple[float, float]:
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(max(p * (1.0 - p), 0.0) / n + z * z / (4.0 * n * n)) / denom
+    lo = 0.0 if p <= 0.0 else max(0.0, centre - half)
+    hi = 1.0 if p >= 1.0 else min(1.0, centre + half)
+    return lo, hi
+
+
+def _cluster_sums(values: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster sums and counts of ``values``; ``clusters`` sorted (rows of one cluster adjacent)."""
+    if len(values) == 0:
+        return np.zeros(0), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]])
+    return np.add.reduceat(values, starts), np.diff(np.r_[starts, len(values)])
+
+
+def _ratio_variance(sums: np.ndarray, counts: np.ndarray, ratio: float) -> float:
+    """Cluster-robust variance of ``sum(sums) / sum(counts)`` across clusters."""
+    k = len(sums)
+    total = float(counts.sum())
+    resid = sums - ratio * counts
+    return k / (k - 1) * math.fsum((resid * resid).tolist()) / (total * total)
+
+
+def clustered_proportion_value(name: str, successes, trials, confidence: float = 0.95, **extra) -> MetricValue:
+    """A proportion over images that each give ``trials[i]`` trials with ``successes[i]`` successes.
+
+    The interval is a Wilson score interval at the effective sample size from the variance across images
+    (see the module docstring); with one trial per image it is the classical Wilson interval.
+
+    >>> clustered_proportion_value("p", [2, 2, 0], [2, 2, 2]).n, clustered_proportion_value("p", [2, 2, 0], [2, 2, 2]).extra
+    (6, {'images': 3})
+    """
+    _check_confidence(confidence)
+    s = np.asarray(successes, dtype=np.int64).reshape(-1)
+    m = np.asarray(trials, dtype=np.int64).reshape(-1)
+    if s.shape != m.shape or (m < 0).any() or (s < 0).any() or (s > m).any():
+        raise ShiftlabError("need 0 <= successes <= trials per image, with one entry per image")
+    keep = m > 0
+    s, m = s[keep], m[keep]
+    k, total, hits = len(m), int(m.sum()), int(s.sum())
+    extra = {**extra, "images": int(k)}
+    if total == 0:
+        return MetricValue(name, math.nan, (math.nan, math.nan), 0, extra)
+    p = hits / total
+    if int(m.max()) <= 1:
+        return MetricValue(name, float(p), wilson_interval(hits, total, confidence), total, extra)
+    if k < 2:
+        return MetricValue(name, float(p), (math.nan, math.nan), total, extra)
+    t = _t_quantile(k - 1, confidence)
+    if hits in (0, total):
+        return MetricValue(name, float(p), _wilson_z(p, k, t), total, extra)
+    var = _ratio_variance(s.astype(np.float64), m.astype(np.float64), p)
+    n_eff = p * (1.0 - p) / var if var > 0 else float(total)
+    n_eff = min(max(n_eff, float(k)), float(total))
+    return MetricValue(name, float(p), _wilson_z(p, n_eff, t), total, extra)
+
+
+def clustered_mean_value(name: str, values, clusters, confidence: float = 0.95,
+                         bounds: tuple[float, float] = (-math.inf, math.inf), **extra) -> MetricValue:
+    """The mean of ``values`` grouped by ``clusters`` (image ids, sorted), with a cluster-robust t interval.
+
+    The mean is ``fsum(values) / len(values)``; the interval uses the variance across clusters and
+    ``clusters - 1`` degrees of freedom, and is intersected with ``bounds`` (the metric's range). With one
+    value per cluster it is the classical t interval.
+    """
+    _check_confidence(confidence)
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    c = np.asarray(clusters).reshape(-1)
+    if v.shape != c.shape:
+        raise ShiftlabError(f"got {len(v)} values for {len(c)} cluster ids")
+    if len(c) > 1 and (c[1:] < c[:-1]).any():
+        raise ShiftlabError("cluster ids must be sorted")
+    sums, counts = _cluster_sums(v, c)
+    k = len(sums)
+    extra = {**extra, "images": int(k)}
+    if len(v) == 0:
+        return MetricValue(name, math.nan, (math.nan, math.nan), 0, extra)
+    mean = math.fsum(v.tolist()) / len(v)
+    if k < 2 or not math.isfinite(mean):
+        return MetricValue(name, float(mean), (math.nan, math.nan), len(v), extra)
+    var = _ratio_variance(sums, counts.astype(np.float64), mean)
+    half = _t_quantile(k - 1, confidence) * math.sqrt(var)
+    lo, hi = max(bounds[0], mean - half), min(bounds[1], mean + half)
+    return MetricValue(name, float(mean), (float(lo), float(hi)), len(v), extra)
+
+
 # ----------------------------------------------------------------------------------------------------
 # per-sample statistics (used by the public metrics and by the audit)
 
@@ -228,6 +338,25 @@ def top5_stats(logits_seq: torch.Tensor, reference: str = "adjacent") -> torch.T
     return dist.view(logits_seq.shape[0], -1)
 
 
+#: the range of the top-5 distance (ImageNet-P): 0 when the ranking is unchanged, at most 15
+TOP5_RANGE = (0.0, 15.0)
+
+
+def _per_row_proportion(name: str, success: torch.Tensor, confidence: float, **extra) -> MetricValue:
+    """A proportion over an (N, T) bool tensor whose rows are images (image-level interval)."""
+    success = success.reshape(success.shape[0], -1).cpu()
+    hits = success.sum(dim=1).numpy()
+    trials = np.full(success.shape[0], success.shape[1], dtype=np.int64)
+    return clustered_proportion_value(name, hits, trials, confidence, **extra)
+
+
+def _per_row_mean(name: str, values: torch.Tensor, confidence: float, bounds, **extra) -> MetricValue:
+    """A mean over an (N, T) float tensor whose rows are images (image-level interval, within ``bounds``)."""
+    values = values.reshape(values.shape[0], -1).to(torch.float64).cpu()
+    clusters = np.repeat(np.arange(values.shape[0]), values.shape[1])
+    return clustered_mean_value(name, values.reshape(-1).numpy(), clusters, confidence, bounds, **extra)
+
+
 # ----------------------------------------------------------------------------------------------------
 # public metrics
 
@@ -248,7 +377,7 @@ def consistency(logits_a, logits_b, confidence: float = 0.95) -> MetricValue:
     if a.shape != b.shape:
         raise ShapeError(f"logits_a and logits_b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     same = top1(a) == top1(b)
-    return proportion_value("consistency", int(same.sum()), same.numel(), confidence)
+    return proportion_value("consistency", int(same.sum()), same.numel(), confidence, images=same.numel())
 
 
 def top1_change(logits_seq, confidence: float = 0.95) -> MetricValue:
@@ -256,11 +385,11 @@ def top1_change(logits_seq, confidence: float = 0.95) -> MetricValue:
 
     Shape:
         Input: (N, T, K), frame t+1 being frame t shifted by one more pixel.
-        Output: ``n = N * (T - 1)`` adjacent pairs; ``extra["images"] = N``.
+        Output: ``n = N * (T - 1)`` adjacent pairs; ``extra["images"] = N``; image-level interval.
     """
     x = _check_sequence(logits_seq, "logits_seq")
     changed = change_stats(top1(x), "adjacent")
-    return proportion_value("top1_change", int(changed.sum()), changed.numel(), confidence, images=x.shape[0])
+    return _per_row_proportion("top1_change", changed, confidence)
 
 
 def mean_abs_change(logits_seq, probabilities: bool = False, confidence: float = 0.95) -> MetricValue:
@@ -273,8 +402,7 @@ def mean_abs_change(logits_seq, probabilities: bool = False, confidence: float =
         Input: (N, T, K). Output: ``n = N * (T - 1)``.
     """
     x = _check_sequence(logits_seq, "logits_seq")
-    return mean_value("mean_abs_change", mac_stats(x, probabilities).reshape(-1).tolist(), confidence,
-                      images=x.shape[0])
+    return _per_row_mean("mean_abs_change", mac_stats(x, probabilities), confidence, (0.0, 1.0))
 
 
 def flip_probability(logits_seq, reference: str = "adjacent", confidence: float = 0.95) -> MetricValue:
@@ -288,8 +416,7 @@ def flip_probability(logits_seq, reference: str = "adjacent", confidence: float 
     """
     x = _check_sequence(logits_seq, "logits_seq")
     changed = change_stats(top1(x), reference)
-    return proportion_value("flip_probability", int(changed.sum()), changed.numel(), confidence,
-                            images=x.shape[0], reference=reference)
+    return _per_row_proportion("flip_probability", changed, confidence, reference=reference)
 
 
 def top5_distance(logits_seq, reference: str = "adjacent", confidence: float = 0.95) -> MetricValue:
@@ -299,8 +426,7 @@ def top5_distance(logits_seq, reference: str = "adjacent", confidence: float = 0
         Input: (N, T, K) with K >= 5. Output: ``n = N * (T - 1)``.
     """
     x = _check_sequence(logits_seq, "logits_seq", min_classes=5)
-    return mean_value("top5_distance", top5_stats(x, reference).reshape(-1).tolist(), confidence,
-                      images=x.shape[0], reference=reference)
+    return _per_row_mean("top5_distance", top5_stats(x, reference), confidence, TOP5_RANGE, reference=reference)
 
 
 def worst_case_stability(logits_grid, confidence: float = 0.95) -> MetricValue:
@@ -312,7 +438,8 @@ def worst_case_stability(logits_grid, confidence: float = 0.95) -> MetricValue:
     x = _check_sequence(logits_grid, "logits_grid", min_len=1)
     t = top1(x)
     stable = (t == t[:, :1]).all(dim=1)
-    return proportion_value("worst_case_stability", int(stable.sum()), stable.numel(), confidence)
+    return proportion_value("worst_case_stability", int(stable.sum()), stable.numel(), confidence,
+                            images=stable.numel())
 
 
 def accuracy(logits, labels, confidence: float = 0.95) -> MetricValue:
@@ -332,7 +459,7 @@ def accuracy(logits, labels, confidence: float = 0.95) -> MetricValue:
     pred = top1(x)[keep]
     lab = labels[keep].to(pred.device)
     correct = pred == (lab if pred.ndim == 1 else lab[:, None])
-    return proportion_value("accuracy", int(correct.sum()), correct.numel(), confidence)
+    return _per_row_proportion("accuracy", correct.reshape(correct.shape[0], -1), confidence)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -423,8 +550,8 @@ def feature_equivariance_error(phi_x, phi_tx, shift, stride: int | tuple[int, in
     rel = relative_errors(err2, ref2)
     den = math.fsum(ref2.tolist())
     pooled = math.sqrt(math.fsum(err2.tolist()) / den) if den > 0 else None
-    return mean_value("feature_equivariance_error", rel.tolist(), confidence, pooled=pooled,
-                      unrepresentable=int((~ok).sum()), stride=[sy, sx])
+    return clustered_mean_value("feature_equivariance_error", rel.cpu().numpy(), np.arange(len(rel)), confidence,
+                                (0.0, math.inf), pooled=pooled, unrepresentable=int((~ok).sum()), stride=[sy, sx])
 
 
 def invariance_stats(psi_x: torch.Tensor, psi_tx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -452,4 +579,6 @@ def feature_invariance_error(psi_x, psi_tx, confidence: float = 0.95) -> MetricV
     err2, ref2 = invariance_stats(psi_x, psi_tx)
     den = math.fsum(ref2.tolist())
     pooled = math.sqrt(math.fsum(err2.tolist()) / den) if den > 0 else None
-    return mean_value("feature_invariance_error", relative_errors(err2, ref2).tolist(), confidence, pooled=pooled)
+    rel = relative_errors(err2, ref2).cpu().numpy()
+    return clustered_mean_value("feature_invariance_error", rel, np.arange(len(rel)), confidence, (0.0, math.inf),
+                                pooled=pooled)

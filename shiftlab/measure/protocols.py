@@ -1,7 +1,8 @@
 """Measurement protocols: how the transformed copies of each image are made (the ``transform=`` of an audit).
 
 A protocol takes a batch of images in pixel space (B, C, H, W), already at its *source size*, with their
-dataset indices, and returns K copies of each (one forward pass sees all of them). Normalisation by the
+dataset indices, and returns K copies of each, or any subset of the K (``copies=``: the audit splits the
+copies of an image over several forward passes when K exceeds the batch size). Normalisation by the
 model's preprocessing happens afterwards. Random offsets depend only on (seed, dataset index), so any
 sharding of a dataset draws the same offsets.
 
@@ -13,8 +14,9 @@ spec string               protocol                                    metrics it
 ``crop:S:M[:P]``          :class:`CropShiftPair` two SxS crops at      consistency, accuracy
                           offsets uniform in [0, M-1] of an
                           (S+M)x(S+M) image (Zhang 2019)
-``diagonal:N[:MODE]``     :class:`DiagonalSweep` shifts (o, o),         top1_change, mean_abs_change,
-                          o = 0..N; MODE crop|circular|canvas           flip_probability, top5_distance,
+``diagonal:N[:MODE[:F]]`` :class:`DiagonalSweep` shifts (o, o),         top1_change, mean_abs_change,
+                          o = 0..N; MODE crop|circular|canvas,          flip_probability, top5_distance,
+                          canvas fill F black|mean|inpaint
                           (Azulay & Weiss 2019)                         worst_case_stability, agreement,
                                                                         accuracy
 ``sequence:M[:MODE]``     :class:`ImageNetPSequence` horizontal         as diagonal
@@ -126,8 +128,22 @@ class Protocol:
     def spec(self) -> str:
         raise NotImplementedError
 
-    def make(self, images: torch.Tensor, indices: torch.Tensor, seed: int) -> Copies:
+    def make(self, images: torch.Tensor, indices: torch.Tensor, seed: int, copies=None) -> Copies:
+        """The copies numbered ``copies`` (default: all K, in order) of each image.
+
+        Shape:
+            Input: images (B, C, H, W) at the source size; indices (B,) dataset indices.
+            Output: ``Copies.inputs`` (len(copies) * B, C, h, w), copy-major.
+        """
         raise NotImplementedError
+
+    def _which(self, copies) -> list[int]:
+        if copies is None:
+            return list(range(self.num_copies))
+        which = [int(k) for k in copies]
+        if not which or min(which) < 0 or max(which) >= self.num_copies:
+            raise ShiftlabError(f"copies must be a non-empty list of copy numbers in [0, {self.num_copies - 1}]")
+        return which
 
     def to_dict(self) -> dict:
         return {"name": type(self).__name__, "spec": self.spec(), "circular": self.circular,
@@ -192,12 +208,13 @@ class CircularShiftPair(_RandomPair):
     def spec(self) -> str:
         return f"circular:{self.max_shift}" + (f":{self.passes}" if self.passes != 1 else "")
 
-    def make(self, images, indices, seed):
+    def make(self, images, indices, seed, copies=None):
         T = _transforms()
+        which = self._which(copies)
         offsets = T.random_offsets(seed, indices, -self.max_shift, self.max_shift - 1, count=self.num_copies)
-        offsets = offsets.to(images.device)
-        copies = [T.circular_shift(images, offsets[:, k, 0], offsets[:, k, 1]) for k in range(self.num_copies)]
-        return Copies(_stack(copies), offsets, self.num_copies)
+        offsets = offsets[:, which].to(images.device)
+        views = [T.circular_shift(images, offsets[:, k, 0], offsets[:, k, 1]) for k in range(len(which))]
+        return Copies(_stack(views), offsets.cpu(), len(which))
 
 
 class CropShiftPair(_RandomPair):
@@ -222,15 +239,18 @@ class CropShiftPair(_RandomPair):
     def spec(self) -> str:
         return f"crop:{self.size}:{self.max_offset}" + (f":{self.passes}" if self.passes != 1 else "")
 
-    def make(self, images, indices, seed):
+    def make(self, images, indices, seed, copies=None):
         T = _transforms()
-        offsets = T.random_offsets(seed, indices, 0, self.max_offset - 1, count=self.num_copies).to(images.device)
+        which = self._which(copies)
+        offsets = T.random_offsets(seed, indices, 0, self.max_offset - 1, count=self.num_copies)
+        offsets = offsets[:, which].to(images.device)
         size = (images.shape[-2] - self.max_offset, images.shape[-1] - self.max_offset)
-        copies = [T.crop_shift(images, offsets[:, k, 0], offsets[:, k, 1], size) for k in range(self.num_copies)]
-        return Copies(_stack(copies), -offsets, self.num_copies)
+        views = [T.crop_shift(images, offsets[:, k, 0], offsets[:, k, 1], size) for k in range(len(which))]
+        return Copies(_stack(views), -offsets.cpu(), len(which))
 
 
 _SHIFT_MODES = ("crop", "circular", "canvas")
+_FILLS = ("black", "mean", "inpaint")
 
 
 class _ShiftSequence(Protocol):
@@ -245,6 +265,8 @@ class _ShiftSequence(Protocol):
         self.circular = mode == "circular"
         self.size = None if size is None else _positive("size", size)
         self.object_size = None if object_size is None else _positive("object_size", object_size)
+        if fill not in _FILLS:
+            raise ShiftlabError(f"fill must be one of {', '.join(_FILLS)}, got {fill!r}")
         self.fill = fill
 
     def _offsets(self) -> torch.Tensor:
@@ -275,32 +297,46 @@ class _ShiftSequence(Protocol):
             p["fill"] = self.fill
         return p
 
-    def make(self, images, indices, seed):
+    def make(self, images, indices, seed, copies=None):
         T = _transforms()
-        offsets = self._offsets().to(images.device)
+        which = self._which(copies)
+        all_offsets = self._offsets()
+        offsets = all_offsets[which]
         B, _, H, W = images.shape
         K = offsets.shape[0]
         if self.mode == "circular":
             copies = [T.circular_shift(images, int(dy), int(dx)) for dy, dx in offsets.tolist()]
         elif self.mode == "crop":
             # the window for content displacement d starts at (max d) - d, so all windows fit
-            top = int(offsets[:, 0].max())
-            left = int(offsets[:, 1].max())
+            top = int(all_offsets[:, 0].max())
+            left = int(all_offsets[:, 1].max())
             size = (H - self.extent[0], W - self.extent[1])
             copies = [T.crop_shift(images, top - int(dy), left - int(dx), size) for dy, dx in offsets.tolist()]
         else:  # canvas: the image shrunk to object_size, pasted so the sweep stays inside the canvas
             obj = self.object_size or max(1, round(min(H, W) * 100 / 224))
-            span_y = int(offsets[:, 0].max() - offsets[:, 0].min())
-            span_x = int(offsets[:, 1].max() - offsets[:, 1].min())
+            span_y = int(all_offsets[:, 0].max() - all_offsets[:, 0].min())
+            span_x = int(all_offsets[:, 1].max() - all_offsets[:, 1].min())
             if obj + max(span_y, span_x) > min(H, W):
                 raise ShiftlabError(f"canvas sweep does not fit: object {obj} px + sweep {max(span_y, span_x)} px "
                                     f"> canvas {min(H, W)} px")
-            top0 = (H - obj - span_y) // 2 - int(offsets[:, 0].min())
-            left0 = (W - obj - span_x) // 2 - int(offsets[:, 1].min())
+            top0 = (H - obj - span_y) // 2 - int(all_offsets[:, 0].min())
+            left0 = (W - obj - span_x) // 2 - int(all_offsets[:, 1].min())
             copies = [T.canvas_embed(images, top0 + int(dy), left0 + int(dx), (H, W), object_size=obj, fill=self.fill)
                       for dy, dx in offsets.tolist()]
         shifts = offsets.unsqueeze(0).expand(B, K, 2).contiguous()
         return Copies(_stack(copies), shifts, K)
+
+    def fits(self, size: tuple[int, int]) -> str | None:
+        """Why the sweep cannot run on inputs of ``size`` (H, W), or ``None``."""
+        if self.mode != "canvas":
+            return None
+        o = self._offsets()
+        obj = self.object_size or max(1, round(min(size) * 100 / 224))
+        span = max(int(o[:, 0].max() - o[:, 0].min()), int(o[:, 1].max() - o[:, 1].min()))
+        if obj + span > min(size):
+            return (f"the canvas sweep does not fit: object {obj} px + sweep {span} px > canvas {min(size)} px; "
+                    f"use a shorter sweep or a larger --image-size")
+        return None
 
 
 class DiagonalSweep(_ShiftSequence):
@@ -329,6 +365,9 @@ class DiagonalSweep(_ShiftSequence):
         return {"n": self.n, **self._mode_params()}
 
     def spec(self):
+        if self.mode == "canvas":
+            tail = f":{self.fill}" + (f":{self.object_size}" if self.object_size is not None else "")
+            return f"diagonal:{self.n}:canvas{tail}"
         return f"diagonal:{self.n}:{self.mode}"
 
 
@@ -418,9 +457,10 @@ class _ValueSweep(Protocol):
     def _apply(self, T, images, value):
         raise NotImplementedError
 
-    def make(self, images, indices, seed):
+    def make(self, images, indices, seed, copies=None):
         T = _transforms()
-        return Copies(_stack([self._apply(T, images, v) for v in self.values]), None, self.num_copies)
+        which = self._which(copies)
+        return Copies(_stack([self._apply(T, images, self.values[k]) for k in which]), None, len(which))
 
 
 class RotationSweep(_ValueSweep):
@@ -461,7 +501,8 @@ class BrightnessSweep(_ValueSweep):
 
 PROTOCOL_HELP = (
     "circular:M[:P] (two rolls, offsets in [-M, M-1], P passes) | crop:S:M[:P] (two SxS crops at offsets in "
-    "[0, M-1], Zhang) | diagonal:N[:crop|circular|canvas] (1-px diagonal steps 0..N, Azulay & Weiss) | "
+    "[0, M-1], Zhang) | diagonal:N[:crop|circular|canvas[:black|mean|inpaint]] (1-px diagonal steps 0..N, "
+    "Azulay & Weiss) | "
     "sequence:M[:crop|circular] (horizontal -M..M, ImageNet-P) | grid:N[:STEP[:circular|crop]] (worst case "
     "over an NxN grid) | rotate:A,B,.. | scale:F,G,.. | brightness:F,G,.."
 )
@@ -488,9 +529,23 @@ def parse_protocol(spec: str | Protocol) -> Protocol:
         if name == "crop":
             return CropShiftPair(*_ints(rest, spec))
         if name in ("diagonal", "sequence", "grid"):
-            mode = rest.pop() if rest and not rest[-1].lstrip("-").isdigit() else None
+            words = [i for i, part in enumerate(rest) if not part.lstrip("-").isdigit()]
+            kwargs = {}
+            if words:
+                first = words[0]
+                tail = rest[first:]
+                rest = rest[:first]
+                kwargs["mode"] = tail[0]
+                if len(tail) > 1:
+                    if name != "diagonal" or tail[0] != "canvas":
+                        raise InputError(f"bad transform spec {spec!r}: only diagonal:N:canvas takes a fill "
+                                         f"(black, mean or inpaint)")
+                    kwargs["fill"] = tail[1]
+                    if len(tail) > 2:
+                        kwargs["object_size"] = _ints(tail[2:3], spec)[0]
+                    if len(tail) > 3:
+                        raise InputError(f"bad transform spec {spec!r}: use diagonal:N:canvas[:FILL[:OBJECT_PX]]")
             args = _ints(rest, spec)
-            kwargs = {} if mode is None else {"mode": mode}
             cls = {"diagonal": DiagonalSweep, "sequence": ImageNetPSequence, "grid": ShiftGrid}[name]
             return cls(*args, **kwargs)
         if name in ("rotate", "scale", "brightness"):

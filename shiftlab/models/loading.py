@@ -9,7 +9,10 @@ A model spec is one of::
     "path/to/file.py:factory"    factory() from that file
 
 Nothing is downloaded: architectures start from random weights unless ``weights=PATH`` names a local
-checkpoint, which is read with ``torch.load(..., weights_only=True)``.
+checkpoint, which is read with ``torch.load(..., weights_only=True)``. Random initialisation follows
+``seed``, so the same spec and seed give the same network. The loaded model records where it came from in
+``model.shiftlab_source`` (spec, weights file and its sha256, whether the weights are random), which audits
+copy into their JSON and use to warn about untrained networks.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from shiftlab.errors import InputError, ShapeError
 from shiftlab.models._device import to_device
 from shiftlab.models.pretrained import pretrained
 
-__all__ = ["SelectOutput", "load_model", "load_weights", "output_kind", "select_output"]
+__all__ = ["SelectOutput", "file_sha256", "load_model", "load_weights", "output_kind", "select_output"]
 
 _SPEC_FORMS = "timm:NAME, torchvision:NAME, pretrained:NAME or path/to/file.py:factory"
 _DEFAULT_DICT_KEYS = ("logits", "out")
@@ -64,7 +67,13 @@ def _torchvision_model(name: str) -> nn.Module:
     # detection/segmentation builders would otherwise fetch ImageNet weights for their backbone
     if "weights_backbone" in inspect.signature(builder).parameters:
         kwargs["weights_backbone"] = None
-    return builder(**kwargs)
+    model = builder(**kwargs)
+    from shiftlab.models.preprocessing import torchvision_preprocessing
+
+    prep = torchvision_preprocessing(name)
+    if prep is not None:
+        model.shiftlab_preprocessing = prep
+    return model
 
 
 def _file_model(spec: str) -> nn.Module:
@@ -82,9 +91,21 @@ def _file_model(spec: str) -> nn.Module:
     sys.path.insert(0, str(path.resolve().parent))  # let the file import its neighbours
     try:
         module_spec.loader.exec_module(module)
-    except BaseException:
+    except SyntaxError as exc:
+        sys.modules.pop(module_name, None)
+        raise InputError(f"{path} has a syntax error at line {exc.lineno}: {exc.msg}") from None
+    except ImportError as exc:
+        sys.modules.pop(module_name, None)
+        missing = getattr(exc, "name", None)
+        what = f"module {missing!r}, which is not installed" if isinstance(exc, ModuleNotFoundError) and missing \
+            else str(exc).splitlines()[0][:160]
+        raise InputError(f"{path} failed to import {what}") from None
+    except (KeyboardInterrupt, SystemExit):
         sys.modules.pop(module_name, None)
         raise
+    except BaseException as exc:
+        sys.modules.pop(module_name, None)
+        raise InputError(f"{path} raised {type(exc).__name__} while loading: {_first_line(exc)}") from None
     finally:
         sys.path.remove(str(path.resolve().parent))
     factory = getattr(module, factory_name, None)
@@ -93,10 +114,20 @@ def _file_model(spec: str) -> nn.Module:
         raise InputError(f"{path} has no attribute {factory_name!r}{_suggest(factory_name, public)}")
     if not callable(factory):
         raise InputError(f"{path}:{factory_name} is not callable")
-    model = factory()
+    try:
+        model = factory()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}:{factory_name}() raised {type(exc).__name__}: {_first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise InputError(f"{path}:{factory_name}() returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else "(no message)"
 
 
 def _build(spec) -> nn.Module:
@@ -182,6 +213,15 @@ def load_weights(model: nn.Module, path) -> nn.Module:
         raise InputError(f"weights {path.name} do not fit the model: " + "; ".join(p for p in parts if p))
     model.load_state_dict(state, strict=True)
     return model
+
+
+def file_sha256(path) -> str:
+    """The sha256 of a file's bytes, as hex (for the reproducibility record)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def select_output(output, key=None) -> torch.Tensor:
@@ -271,7 +311,7 @@ class SelectOutput(nn.Module):
         return f"key={self.key!r}"
 
 
-def load_model(spec, weights=None, device=None, output_key=None) -> nn.Module:
+def load_model(spec, weights=None, device=None, output_key=None, seed: int | None = 0) -> nn.Module:
     """A model in eval mode on ``device``, from a module or a name.
 
     Args:
@@ -283,15 +323,45 @@ def load_model(spec, weights=None, device=None, output_key=None) -> nn.Module:
         output_key: for models returning a tuple/list (int) or dict (str): the model is wrapped in
             :class:`SelectOutput`. Without it the model is returned unwrapped; pass its outputs through
             :func:`select_output` (first element, or the ``"logits"``/``"out"`` entry) when needed.
+        seed: the random initialisation of a name-built model is drawn with this seed (without touching
+            the caller's random state); ``None`` leaves torch's global generator as it is.
 
     Unknown names, missing files and checkpoints that do not fit raise :class:`~shiftlab.errors.InputError`.
 
     >>> load_model("timm:resnet18").training
     False
     """
-    model = _build(spec)
+    if isinstance(seed, bool) or (seed is not None and not isinstance(seed, int)):
+        raise InputError(f"seed must be an int or None, got {seed!r}")
+    if isinstance(spec, nn.Module) or seed is None:
+        model = _build(spec)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _build(spec)
     if weights is not None:
         load_weights(model, weights)
+    source = _provenance(spec, weights, seed)
     if output_key is not None:
         model = SelectOutput(model, output_key)
+    if source is not None:
+        model.shiftlab_source = source
     return to_device(model.eval(), device)
+
+
+def _provenance(spec, weights, seed) -> dict | None:
+    """Where a loaded model came from: the spec, the weights file and its sha256, whether weights are random."""
+    if isinstance(spec, nn.Module):
+        return None
+    text = os.fspath(spec)
+    kind = text.partition(":")[0]
+    random_init = None  # a factory file may load weights itself: unknown
+    if kind in ("timm", "torchvision"):
+        random_init = weights is None
+    elif kind == "pretrained":
+        random_init = False
+    if weights is not None:
+        random_init = False
+    return {"spec": text, "weights": None if weights is None else str(weights),
+            "weights_sha256": None if weights is None else file_sha256(Path(weights).expanduser()),
+            "random_init": random_init, "seed": seed}

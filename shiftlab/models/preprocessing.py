@@ -34,6 +34,9 @@ class Preprocessing:
         input_size: (H, W) of the centre crop fed to the model.
         resize_size: the shorter side is resized to this before the centre crop (256 for a 224 crop).
         interpolation: ``"bilinear"`` or ``"bicubic"`` (or ``"nearest"``, ``"area"``).
+        fixed_size: the model was made for ``input_size`` (it says so in its configuration); ``False`` when
+            the numbers are defaults, so images may be measured at their own size.
+        source: where the numbers come from (for the record).
 
     >>> p = Preprocessing()
     >>> p.input_size, p.resize_size
@@ -45,6 +48,8 @@ class Preprocessing:
     input_size: tuple[int, int] = (224, 224)
     resize_size: int = 256
     interpolation: str = "bilinear"
+    fixed_size: bool = True
+    source: str = "ImageNet defaults"
 
     def __post_init__(self):
         if len(self.mean) != len(self.std):
@@ -55,6 +60,48 @@ class Preprocessing:
             raise InputError(f"unknown interpolation {self.interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
         if self.resize_size < max(self.input_size):
             raise InputError(f"resize_size {self.resize_size} is smaller than input_size {self.input_size}")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise InputError(f"mean and std must be finite, got {self.mean} and {self.std}")
+
+    @property
+    def crop_pct(self) -> float:
+        """``input size / resize size`` (0.875 for 224 of 256)."""
+        return max(self.input_size) / self.resize_size
+
+    def with_overrides(self, mean=None, std=None, interpolation=None, crop_pct=None, input_size=None) -> "Preprocessing":
+        """A copy with the given fields replaced (``None`` keeps a field); ``source`` says what was overridden.
+
+        ``crop_pct`` in (0, 1] sets ``resize_size = floor(input / crop_pct)``; ``input_size`` an int or (H, W).
+        """
+        fields = {"mean": self.mean, "std": self.std, "interpolation": self.interpolation,
+                  "input_size": self.input_size, "fixed_size": self.fixed_size}
+        changed = [name for name, value in (("mean", mean), ("std", std), ("interpolation", interpolation),
+                                            ("crop_pct", crop_pct), ("input_size", input_size)) if value is not None]
+        if mean is not None:
+            fields["mean"] = tuple(float(v) for v in mean)
+        if std is not None:
+            fields["std"] = tuple(float(v) for v in std)
+        if interpolation is not None:
+            fields["interpolation"] = interpolation
+        pct = self.crop_pct
+        if crop_pct is not None:
+            if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+                raise InputError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
+            pct = float(crop_pct)
+        if input_size is not None:
+            size = (int(input_size),) * 2 if isinstance(input_size, int) else tuple(int(v) for v in input_size)
+            if len(size) != 2 or min(size) < 1:
+                raise InputError(f"input_size must be a positive int or (H, W), got {input_size!r}")
+            fields["input_size"], fields["fixed_size"] = size, True
+        resize = max(max(fields["input_size"]), int(math.floor(max(fields["input_size"]) / pct + 1e-9)))
+        source = self.source if not changed else f"{self.source}; given: {', '.join(changed)}"
+        return Preprocessing(resize_size=resize, source=source, **fields)
+
+    def to_dict(self) -> dict:
+        """The values, as written in an audit's JSON."""
+        return {"input_size": list(self.input_size), "resize_size": self.resize_size,
+                "crop_pct": round(self.crop_pct, 6), "interpolation": self.interpolation, "mean": list(self.mean),
+                "std": list(self.std), "fixed_size": self.fixed_size, "source": self.source}
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / std`` per channel, for images in [0, 1].
@@ -94,17 +141,25 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def preprocessing(model: nn.Module | None = None) -> Preprocessing:
     """The input preprocessing ``model`` expects.
 
-    Read from a timm-style ``model.pretrained_cfg`` dict (``mean``, ``std``, ``input_size`` as (C, H, W),
-    ``crop_pct``, ``interpolation``) when the model has one; ImageNet defaults otherwise (mean
-    (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225), resize 256, centre crop 224, bilinear).
-    ``resize_size`` is ``floor(H / crop_pct)``, as timm computes it.
+    In order: a :class:`Preprocessing` stored on the model as ``shiftlab_preprocessing`` (what
+    :func:`~shiftlab.models.load_model` records from torchvision's weight metadata); a timm-style
+    ``model.pretrained_cfg`` dict (``mean``, ``std``, ``input_size`` as (C, H, W), ``crop_pct``,
+    ``interpolation``); else ImageNet defaults (mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225), resize
+    256, centre crop 224, bilinear) with ``fixed_size=False``. ``resize_size`` is ``floor(H / crop_pct)``, as
+    timm computes it.
 
     >>> preprocessing(nn.Identity()).mean
     (0.485, 0.456, 0.406)
     """
+    if model is not None:
+        stored = getattr(model, "shiftlab_preprocessing", None)
+        inner = _unwrap(model)
+        stored = stored if isinstance(stored, Preprocessing) else getattr(inner, "shiftlab_preprocessing", None)
+        if isinstance(stored, Preprocessing):
+            return stored
     cfg = getattr(_unwrap(model), "pretrained_cfg", None) if model is not None else None
     if not isinstance(cfg, dict):
-        return Preprocessing()
+        return Preprocessing(fixed_size=False, source="ImageNet defaults (the model declares no preprocessing)")
     mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
     std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
     size = tuple(int(v) for v in cfg.get("input_size", (3, 224, 224)))
@@ -115,7 +170,29 @@ def preprocessing(model: nn.Module | None = None) -> Preprocessing:
     if interpolation not in INTERPOLATIONS:
         interpolation = "bicubic" if "cubic" in str(interpolation) else "bilinear"
     return Preprocessing(mean=mean, std=std, input_size=input_size, resize_size=resize_size,
-                         interpolation=interpolation)
+                         interpolation=interpolation, fixed_size=True, source="timm pretrained_cfg")
+
+
+def torchvision_preprocessing(name: str) -> Preprocessing | None:
+    """The preprocessing of torchvision model ``name``'s default weights (crop, resize, mean, std), if any."""
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        t = weights.transforms()
+    except (ValueError, KeyError, AttributeError, TypeError):
+        return None
+    crop = getattr(t, "crop_size", None)
+    resize = getattr(t, "resize_size", None)
+    if not crop or not resize:
+        return None
+    crop = int(crop[0]) if isinstance(crop, (list, tuple)) else int(crop)
+    resize = int(resize[0]) if isinstance(resize, (list, tuple)) else int(resize)
+    mode = str(getattr(t, "interpolation", "bilinear")).lower()
+    interpolation = "bicubic" if "cubic" in mode else "bilinear"
+    return Preprocessing(mean=tuple(float(v) for v in t.mean), std=tuple(float(v) for v in t.std),
+                         input_size=(crop, crop), resize_size=max(crop, resize), interpolation=interpolation,
+                         fixed_size=True, source=f"torchvision {type(weights).__name__} metadata")
 
 
 def _as_batch(image) -> torch.Tensor:

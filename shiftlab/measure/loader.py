@@ -1,0 +1,160 @@
+"""Streaming an image source into the audit: a ``DataLoader`` whose workers decode and resize. Private.
+
+The audited images are cut into *batches* in dataset-index order: batch ``b`` holds the images
+``selection[b * per_batch:(b + 1) * per_batch]``. A batch is the unit of work everywhere: a process of a
+``torchrun`` launch takes the batches ``b`` with ``b % world_size == rank``, a checkpoint records which
+batches are done, and every per-image statistic is tagged with its batch. Because a batch holds the same
+images however the work is split, any split (processes, machines, resumed runs) computes each image in the
+same batch as the single-process run, which is what makes their results equal exactly.
+
+Each worker turns one image into the protocol's *source size*: the shorter side resized (antialiased when
+shrinking) to ``short_side``, then a centre crop; or, with resizing off, a centre crop only. An image that
+cannot be read or used becomes a *failure* (its index, path and reason), which the audit counts and lists.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from shiftlab.errors import ShiftlabError
+
+__all__ = ["Sizing", "PreparedImages", "LoadedBatch", "collate", "batch_plan", "default_workers", "make_loader"]
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How a worker sizes an image: to ``source`` (H, W), shorter side first to ``short_side`` if ``resize``."""
+
+    source: tuple[int, int]
+    short_side: int
+    interpolation: str
+    resize: bool
+    channels: int
+
+
+def _prepare(image: torch.Tensor, sizing: Sizing) -> tuple[torch.Tensor, bool]:
+    """One (C, H, W) image in [0, 1] -> the source size; also whether it had to be enlarged."""
+    from shiftlab.data.images import resize_shorter_side
+
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or not image.is_floating_point():
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ShiftlabError(f"not a floating (C, H, W) image tensor: {shape}")
+    c, h, w = image.shape
+    if c != sizing.channels:
+        if c == 1:
+            image = image.expand(sizing.channels, -1, -1)
+        elif c == 4 and sizing.channels == 3:
+            image = image[:3]
+        elif c in (3, 4) and sizing.channels == 1:  # grey model, colour file: luminance (ITU-R 601)
+            weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype).view(3, 1, 1)
+            image = (image[:3] * weights).sum(0, keepdim=True)
+        else:
+            raise ShiftlabError(f"has {c} channels, the model takes {sizing.channels}")
+    sh, sw = sizing.source
+    upscaled = False
+    if sizing.resize:
+        upscaled = min(h, w) < sizing.short_side
+        if min(h, w) != sizing.short_side:
+            image = resize_shorter_side(image[None].float(), sizing.short_side, sizing.interpolation)[0]
+        h, w = image.shape[-2:]
+        if h < sh or w < sw:  # a very elongated image: the shorter side fits but not the other
+            image = resize_shorter_side(image[None], max(sh, sw), sizing.interpolation)[0]
+            h, w = image.shape[-2:]
+    elif h < sh or w < sw:
+        raise ShiftlabError(f"is {h}x{w}, smaller than the {sh}x{sw} the protocol needs (resizing is off)")
+    top, left = (h - sh) // 2, (w - sw) // 2
+    return image[:, top:top + sh, left:left + sw].contiguous(), upscaled
+
+
+class PreparedImages(torch.utils.data.Dataset):
+    """``source[i]`` sized for the audit: ``(i, image or None, label, failure reason or None, upscaled)``."""
+
+    def __init__(self, source, sizing: Sizing):
+        self.source = source
+        self.sizing = sizing
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        from shiftlab.data.sources import ImageSource
+
+        try:
+            if isinstance(self.source, ImageSource):
+                image, label = self.source.load(index), int(self.source.labels[index])
+            else:
+                item = self.source[index]
+                image, label = (item[0], int(item[1])) if isinstance(item, (tuple, list)) else (item, -1)
+            image, upscaled = _prepare(image, self.sizing)
+        except ShiftlabError as exc:
+            return index, None, -1, str(exc), False
+        return index, image, label, None, upscaled
+
+
+@dataclass
+class LoadedBatch:
+    """What the loader hands the audit for one batch."""
+
+    number: int
+    indices: np.ndarray  # the images that loaded, in order
+    images: torch.Tensor | None  # (b, C, H, W) at the source size, or None when none loaded
+    labels: torch.Tensor  # (b,) as stored in the data (-1: none)
+    failures: list  # (index, reason) of the images that did not load
+    upscaled: int
+
+    def pin_memory(self):
+        if self.images is not None:
+            self.images = self.images.pin_memory()
+        return self
+
+
+class _Collate:
+    """Collate prepared items into a :class:`LoadedBatch`; picklable for worker processes."""
+
+    def __init__(self, numbers: dict[tuple[int, ...], int] | None = None):
+        self.numbers = numbers or {}
+
+    def __call__(self, items) -> LoadedBatch:
+        key = tuple(int(i[0]) for i in items)
+        ok = [i for i in items if i[1] is not None]
+        failures = [(int(i[0]), i[3]) for i in items if i[1] is None]
+        images = torch.stack([i[1] for i in ok]) if ok else None
+        labels = torch.tensor([i[2] for i in ok], dtype=torch.int64)
+        return LoadedBatch(self.numbers.get(key, -1), np.asarray([int(i[0]) for i in ok], np.int64), images,
+                           labels, failures, sum(bool(i[4]) for i in ok))
+
+
+collate = _Collate()
+
+
+def batch_plan(selection: np.ndarray, per_batch: int) -> list[np.ndarray]:
+    """The batches of an audit: consecutive runs of ``per_batch`` selected indices."""
+    return [selection[s:s + per_batch] for s in range(0, len(selection), per_batch)]
+
+
+def default_workers(source, n_batches: int) -> int:
+    """Loader worker processes: none for data in memory or a single batch; else one per spare core, up to 4."""
+    from shiftlab.data.sources import ImageSource
+
+    if n_batches <= 1 or (isinstance(source, ImageSource) and source.in_memory):
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores - 1))
+
+
+def make_loader(source, sizing: Sizing, batches: Sequence[tuple[int, np.ndarray]], workers: int,
+                pin_memory: bool) -> torch.utils.data.DataLoader:
+    """A DataLoader yielding one :class:`LoadedBatch` per ``(number, indices)`` in ``batches``, in order."""
+    batch_indices = [[int(i) for i in idx] for _, idx in batches]
+    numbers = {tuple(idx): int(b) for (b, _), idx in zip(batches, batch_indices)}
+    kwargs = {}
+    if workers > 0:
+        kwargs = {"prefetch_factor": 2, "persistent_workers": False}
+    return torch.utils.data.DataLoader(PreparedImages(source, sizing), batch_sampler=batch_indices,
+                                       num_workers=int(workers), collate_fn=_Collate(numbers),
+                                       pin_memory=bool(pin_memory), **kwargs)

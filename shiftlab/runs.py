@@ -1,0 +1,221 @@
+"""One ``shiftlab audit`` run as data: its options, the command line that repeats it, and its execution.
+
+The CLI parses its flags into an :class:`AuditRun` and calls :meth:`AuditRun.execute`; the report builds the
+same objects for each of its figures, so the ``shiftlab audit ...`` line printed beside a figure
+(:meth:`AuditRun.command`) reproduces its numbers exactly: both go through :func:`shiftlab.audit` with the
+same arguments.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field, fields, replace
+
+from shiftlab.errors import InputError
+
+__all__ = ["AuditRun", "parse_fix", "FIX_METHODS"]
+
+FIX_METHODS = ("blur", "aps")
+_FIX_OPTIONS = ("circular",)
+
+
+def parse_fix(spec: str | None) -> dict | None:
+    """``"blur"``, ``"aps"``, ``"aps:circular"`` -> keyword arguments of :func:`shiftlab.antialias`."""
+    if spec is None:
+        return None
+    parts = [p.strip() for p in str(spec).split(":")]
+    method, options = parts[0], parts[1:]
+    if method not in FIX_METHODS:
+        raise InputError(f"--fix must be blur or aps, optionally followed by :circular, got {spec!r}")
+    unknown = [o for o in options if o not in _FIX_OPTIONS]
+    if unknown or len(set(options)) != len(options):
+        raise InputError(f"--fix {spec!r}: unknown option {unknown[0] if unknown else options[0]!r}; "
+                         f"options: {', '.join(_FIX_OPTIONS)}")
+    return {"method": method, "circular": "circular" in options}
+
+
+def _floats(values, flag: str) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    out = tuple(float(v) for v in values)
+    if len(out) not in (1, 3):
+        raise InputError(f"{flag} takes 1 or 3 numbers, got {len(out)}")
+    return out * 3 if len(out) == 1 else out
+
+
+@dataclass(frozen=True)
+class AuditRun:
+    """The options of one audit (CLI flags, without the dashes); defaults are the CLI's defaults.
+
+    Options that decide the numbers are part of :meth:`command`; ``device``, ``workers``, ``progress`` and
+    ``checkpoint`` decide only how the work is done.
+    """
+
+    model: str
+    data: str = "photos"
+    transform: str | None = None
+    weights: str | None = None
+    fix: str | None = None
+    reference: str | None = None
+    metrics: tuple[str, ...] | None = None
+    layers: str | None = None
+    seed: int = 0
+    limit: int | None = None
+    batch_size: int = 32
+    output_key: str | None = None
+    margin: int | None = None
+    no_resize: bool = False
+    image_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
+    class_map: str | None = None
+    predictions: bool = False
+    threads: int | None = None
+    # how, not what
+    device: str | None = None
+    workers: int | None = None
+    amp: bool = False
+    checkpoint: str | None = None
+    checkpoint_every: int = 20
+    extra: dict = field(default_factory=dict, compare=False)
+
+    _FLAG_ORDER = ("model", "weights", "fix", "reference", "data", "limit", "transform", "metrics", "layers", "seed",
+                   "batch_size", "output_key", "margin", "no_resize", "image_size", "mean", "std", "interpolation",
+                   "crop_pct", "class_map", "threads", "amp")
+
+    def with_(self, **changes) -> AuditRun:
+        return replace(self, **changes)
+
+    # --------------------------------------------------------------------------------------- command
+    def command(self) -> str:
+        """The ``shiftlab audit ...`` line that repeats this run (non-default options only)."""
+        defaults = {f.name: f.default for f in fields(self) if f.name != "extra"}
+        parts = ["shiftlab", "audit"]
+        for name in self._FLAG_ORDER:
+            value = getattr(self, name)
+            if name != "model" and value == defaults.get(name):
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                if value:
+                    parts.append(flag)
+                continue
+            if isinstance(value, tuple):
+                if name == "metrics":
+                    parts += [flag, ",".join(value)]
+                else:
+                    parts += [flag, *(f"{v:g}" for v in value)]
+                continue
+            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+        return shlex.join(parts)
+
+    # --------------------------------------------------------------------------------------- checks
+    def check(self) -> None:
+        """Every option is valid (one-line errors naming the flag), before anything is loaded."""
+        from shiftlab.measure.protocols import parse_protocol
+
+        if self.transform is not None:
+            parse_protocol(self.transform)
+        parse_fix(self.fix)
+        for name, minimum in (("batch_size", 1), ("limit", 1), ("margin", 0), ("image_size", 1), ("threads", 1),
+                              ("workers", 0), ("checkpoint_every", 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
+        if self.metrics is not None and not self.metrics:
+            raise InputError("--metrics names no metric")
+        _floats(self.mean, "--mean")
+        std = _floats(self.std, "--std")
+        if std is not None and any(v <= 0 for v in std):
+            raise InputError(f"--std must be positive, got {', '.join(f'{v:g}' for v in std)}")
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
+            raise InputError(f"--crop-pct must be in (0, 1], got {self.crop_pct:g}")
+        if self.interpolation is not None:
+            from shiftlab.data.images import INTERPOLATIONS
+
+            if self.interpolation not in INTERPOLATIONS:
+                raise InputError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
+                                 f"{self.interpolation!r}")
+        if self.amp and self.device is not None and not str(self.device).startswith("cuda"):
+            raise InputError("--amp needs a CUDA device")
+
+    # --------------------------------------------------------------------------------------- run
+    def load(self, device=None):
+        """The model to audit and its reference (the unconverted model with ``fix``), as modules."""
+        import copy
+
+        from shiftlab.models import load_model
+
+        model = load_model(self.model, weights=self.weights, device=device, output_key=_key(self.output_key),
+                           seed=self.seed)
+        reference = None
+        fix = parse_fix(self.fix)
+        if fix is not None:
+            from shiftlab.fix.antialias import antialias
+
+            original = model
+            model, _ = antialias(copy.deepcopy(original), **fix)
+            model.shiftlab_source = {**(getattr(original, "shiftlab_source", None) or {}), "fix": self.fix}
+            reference = original
+        if self.reference is not None:
+            reference = load_model(self.reference, device=device, output_key=_key(self.output_key), seed=self.seed)
+        return model, reference
+
+    def preprocessing_overrides(self) -> dict | None:
+        out = {k: v for k, v in (("mean", _floats(self.mean, "--mean")), ("std", _floats(self.std, "--std")),
+                                  ("interpolation", self.interpolation), ("crop_pct", self.crop_pct)) if v is not None}
+        return out or None
+
+    def execute(self, progress: bool | str = False, model=None, reference=None):
+        """Run the audit; ``model``/``reference`` may be passed pre-loaded (they must be what :meth:`load` gives)."""
+        import torch
+
+        from shiftlab.data.sources import open_images
+        from shiftlab.measure.audit import audit
+        from shiftlab.measure.labels import read_class_map
+
+        self.check()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        class_map = read_class_map(self.class_map) if self.class_map is not None else None
+        device = self.device
+        if device is None or device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        source = open_images(self.data, limit=self.limit)
+        if model is None:
+            model, loaded_reference = self.load(device)
+            reference = loaded_reference if reference is None else reference
+        layers = _layers(self.layers, model)
+        return audit(model, source, transform=self.transform, metrics=list(self.metrics) if self.metrics else None,
+                     batch_size=self.batch_size, device=device, layers=layers, seed=self.seed, margin=self.margin,
+                     image_size=self.image_size, preprocessing=self.preprocessing_overrides(),
+                     resize=False if self.no_resize else None, progress=progress, workers=self.workers,
+                     class_map=class_map, reference=reference, predictions=self.predictions,
+                     checkpoint=self.checkpoint, checkpoint_every=self.checkpoint_every, amp=self.amp,
+                     channels_last=True, command=self.extra.get("command") or self.command())
+
+
+def _key(text):
+    if text is None:
+        return None
+    return int(text) if str(text).lstrip("-").isdigit() else text
+
+
+def _layers(text: str | None, model):
+    if text is None:
+        return None
+    text = text.strip()
+    if text in ("all", "stages"):
+        return text
+    import torch.nn as nn
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InputError("--layers names no layer; use all, stages, layer names or a module type such as Conv2d")
+    module_names = {n for n, _ in model.named_modules()}
+    types = [getattr(nn, n) for n in names if n not in module_names and isinstance(getattr(nn, n, None), type)]
+    if types and len(types) == len(names):
+        return tuple(types)
+    return names
