@@ -194,7 +194,7 @@ class AuditRun:
                      resize=False if self.no_resize else None, progress=progress, workers=self.workers,
                      class_map=class_map, reference=reference, predictions=self.predictions,
                      checkpoint=self.checkpoint, checkpoint_every=self.checkpoint_every, amp=self.amp,
-                     channels_last=True, command=self.extra.get("command") or self.command())
+                     channels_last=None, command=self.extra.get("command") or self.command())
 
 
 def _key(text):

@@ -104,7 +104,7 @@ def test_audit_equals_the_pure_metric_functions():
     x = torch.rand(5, 3, 20, 20)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     protocol = DiagonalSweep(4, mode="crop")
-    r = audit(model, x, transform=protocol, normalize=False, batch_size=100)
+    r = audit(model, x, transform=protocol, normalize=False, batch_size=100, channels_last=False)
     with torch.inference_mode():
         copies = protocol.make(x, torch.arange(5), 0)
         logits = model(copies.inputs).view(5, 5, -1).transpose(0, 1)

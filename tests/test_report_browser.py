@@ -65,7 +65,7 @@ def test_every_image_loaded(opened):
     driver, results = opened
     images = driver.execute_script(
         "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
-    assert len(images) >= 8, images  # classic demos, five experiments, shift map
+    assert len(images) >= 10, images  # classic demos, six figures, thumbnails
     broken = [src for src, complete, width in images if not complete or width == 0]
     assert not broken, f"images that did not load: {broken}"
     assert {src for src, _, _ in images} == {f for f in results["figures"].values()}
@@ -74,10 +74,11 @@ def test_every_image_loaded(opened):
 def test_headline_numbers_are_on_the_page(opened):
     driver, results = opened
     text = driver.find_element("tag name", "body").text
-    sc = results["shift_consistency"]
-    crop = results["jaggedness"]["protocols"]["crop"]
-    for metric in (sc["crop_consistency"], sc["circular_consistency"], sc["worst_case"], crop["top1_change"],
-                   results["accuracy"]):
+    audits = results["audits"]
+    for key, name in (("consistency.crop", "consistency"), ("consistency.circular", "consistency"),
+                      ("worst_case", "worst_case_stability"), ("sweep.crop", "top1_change"),
+                      ("consistency.crop", "accuracy")):
+        metric = audits[key]["result"]["metrics"][name]
         value = f"{100 * metric['value']:.1f}%"
         interval = f"{100 * metric['ci'][0]:.1f}%–{100 * metric['ci'][1]:.1f}%"
         assert value in text and interval in text and f"n = {metric['n']}" in text, (value, interval)

@@ -14,14 +14,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
                         help=f"model to measure (default {DEFAULT_MODEL}; also timm:NAME, torchvision:NAME, "
                              "file.py:factory)")
+    parser.add_argument("--weights", metavar="PATH", help="local checkpoint for --model (read with weights_only=True)")
     parser.add_argument("--data", default=None, metavar="SPEC",
-                        help="images: a folder, a .npz, a CIFAR-10 folder (default: the bundled photos)")
+                        help="images: a folder, a .txt list, a .npz, a CIFAR-10 folder (default: the bundled photos)")
+    parser.add_argument("--image-size", type=int, metavar="PX",
+                        help="model input size (default: the model's own; 224 for a model that declares none)")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"report folder (default {DEFAULT_OUT}/)")
-    parser.add_argument("--quick", action="store_true", help="fewer photos and views: a preview in under 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="two photos and fewer views: a preview in seconds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random crops and shifts (default 0)")
     parser.add_argument("--experiments", default=None, metavar="DIR",
                         help="also render the training-experiment results (JSON) found in DIR")
-    parser.add_argument("--device", default=None, help="torch device (default: where the model is, cpu)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty folder that does not hold a previous report")
     parser.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
@@ -32,27 +35,41 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from shiftlab.errors import InputError
+    from shiftlab.measure import distributed
     from shiftlab.report.html import check_output_folder
 
     out = check_output_folder(args.out, force=args.force)  # refuse before spending minutes
+    if args.image_size is not None and args.image_size < 1:
+        raise InputError(f"--image-size must be at least 1, got {args.image_size}")
     training = load_experiment_results(args.experiments) if args.experiments is not None else None
+    world = distributed.init_from_environment()
 
-    from shiftlab.experiments.pretrained import run_report_experiments
+    from shiftlab.experiments.pretrained import run_report_experiments, thumbnails
     from shiftlab.report.html import write_report
 
     started = time.perf_counter()
-    progress = not args.no_progress
+    progress = not args.no_progress and world.is_main
     if progress:
-        print(f"shiftlab: loading {args.model} and {args.data or 'the bundled photos'}", file=sys.stderr)
+        print(f"shiftlab: measuring {args.model} on {args.data or 'the bundled photos'}", file=sys.stderr)
     results = run_report_experiments(args.model, args.data, quick=args.quick, seed=args.seed, progress=progress,
-                                     device=args.device)
+                                     device=args.device, weights=args.weights, image_size=args.image_size)
+    if not world.is_main:
+        return 0
     results["classic"], classic_figures = classic_demonstrations(progress)
     if training:
         results["training_experiments"] = training
-    page = write_report(results, out, force=True, extra_figures=classic_figures, progress=progress)
+    size = tuple(results["model"]["input_size"])
+    pre = results["model"].get("preprocessing") or {}
+    thumbs = thumbnails(results["settings"]["data"], results["data"]["indices"], size,
+                        pre.get("interpolation", "bilinear"), limit=results["settings"]["budget"].get("max_images"))
+    page = write_report(results, out, force=True, extra_figures=classic_figures, progress=progress,
+                        images={f"thumb:{i}": a for i, a in thumbs.items()})
     seconds = time.perf_counter() - started
     print(f"shiftlab: report written to {page} ({seconds:.0f} s); open it in a browser: "
           f"{Path(page).resolve().as_uri()}", file=sys.stderr)
+    for warning in results.get("warnings", []):
+        print(f"shiftlab: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -191,6 +191,7 @@ class AuditResult:
     upscaled: int = 0
     ignored: int = 0
     reproducibility: dict | None = None
+    classes: int | None = None
 
     @property
     def n(self) -> int:
@@ -280,7 +281,9 @@ class AuditResult:
         _, prob = _reduce(self.series[("record", "probability")], self.protocol["copies"])
         _, tracked = _reduce(self.series[("record", "tracked")], 1)
         _, top5 = _reduce(self.series[("record", "top5")], 10)
-        return {"index": idx.tolist(), "top1": top1.astype(np.int64).tolist(),
+        _, guard = _reduce(self.series[("guard", "top1")], 2)
+        return {"index": idx.tolist(), "label": guard[:, 1].astype(np.int64).tolist(),
+                "top1": top1.astype(np.int64).tolist(),
                 "tracked_class": tracked[:, 0].astype(np.int64).tolist(),
                 "tracked_probability": prob.tolist(),
                 "top5": [[[int(c), float(p)] for c, p in zip(row[:5], row[5:]) if c >= 0] for row in top5]}
@@ -308,6 +311,7 @@ class AuditResult:
             "margin": self.margin,
             "confidence": self.confidence,
             "output": self.output,
+            "classes": self.classes,
             "n_images": self.n,
             "images": {"audited": self.n, "skipped": len(self.skipped), "upscaled": int(self.upscaled),
                        "ignored_files": int(self.ignored)},
@@ -384,7 +388,7 @@ def merge(results: Iterable[AuditResult]) -> AuditResult:
                        dict(sorted(layer_info.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order
                                    else len(order))), series, omitted, first.labels, first.preprocessing,
                        first.source, list(first.notes), sum(r.upscaled for r in results),
-                       first.ignored, first.reproducibility)
+                       first.ignored, first.reproducibility, first.classes)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -897,7 +901,8 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
         checkpoint: a folder: write this process's partial statistics there every ``checkpoint_every``
             batches (atomically), and resume from it when it holds a checkpoint of the same audit.
         amp: mixed precision on CUDA (``torch.autocast``, float16); metrics are computed in float64.
-        channels_last: run the model in channels-last memory format (default: on for spec-loaded models).
+        channels_last: run the model in channels-last memory format (default: on, except for float64 models and
+            for models with shiftlab's own layers (converted models), which run faster in the contiguous format).
         command: the command line to record in ``reproducibility``.
 
     Returns:
@@ -907,7 +912,6 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
         Input: images (N, C, H, W) or (C, H, W) each; model output (B, K) or (B, K', H', W').
     """
     from shiftlab.measure import distributed, loader
-    from shiftlab.measure.labels import resolve_labels
 
     # ---------------------------------------------------------------------------- scalar arguments
     batch_size = _check_int("batch_size", batch_size, 1)
@@ -1019,66 +1023,71 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
         if reference_result.protocol != protocol.to_dict() or reference_result.seed != seed:
             raise InputError("the reference audit used another protocol or seed; its views are not these views")
     chosen_layers = _select_layers(model, layers)
-    K = protocol.num_copies
-    per_batch, groups = _forward_groups(protocol, batch_size, bool(chosen_layers))
-    pairs_by_group = _group_pairs(protocol, groups)
-    batches = loader.batch_plan(all_indices, per_batch)
-    mine = [b for b in range(len(batches)) if b % world.size == world.rank]
-    if workers is None:
-        workers = loader.default_workers(src, len(mine))
-    if channels_last is None:
-        channels_last = spec_model
     dtype = _model_dtype(model)
+    if channels_last is None:  # faster for torch's own layers (measured: +12-25%), slower for shiftlab's
+        channels_last = dtype != torch.float64 and not any(
+            type(m).__module__.startswith("shiftlab.") for m in model.modules()) and not any(
+            isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters())
+    sizing = loader.Sizing(sizes.source, sizes.short_side, prep.interpolation, sizes.resize, C)
 
-    # ---------------------------------------------------------------------------- checkpoint
-    state = {"chunks": {}, "done": set(), "failures": {}, "upscaled": {}, "layer_info": {}, "decisions": None}
-    store = None
-    if checkpoint is not None:
-        from shiftlab.measure.checkpoint import CheckpointStore, fingerprint_model
-
-        fingerprint = {
-            "model": fingerprint_model(model), "model_spec": str(model_desc), "data": str(data_desc),
-            "images": int(n_total), "names": _names_digest(src, all_indices), "protocol": protocol.spec(),
-            "seed": int(seed), "batch_size": int(batch_size), "per_batch": int(per_batch),
-            "metrics": metric_names, "layers": sorted(chosen_layers), "margin": int(margin),
-            "preprocessing": prep.to_dict(), "input": list(sizes.model_in), "resize": sizes.resize,
-            "normalize": "model" if normalize is True else str(bool(normalize)), "class_map": class_map,
-            "reference": None if reference is None else str(type(reference).__name__), "predictions": bool(predictions),
-            "world_size": int(world.size), "dtype": str(dtype), "channels_last": bool(channels_last),
-            "amp": bool(amp)}
-        store = CheckpointStore(checkpoint, world.rank, world.size, fingerprint)
-        store.check_folder()
-        saved = store.load()
-        if saved is not None:
-            state = saved
-            state["failures"] = {int(k): v for k, v in state["failures"].items()}
-            state["upscaled"] = {int(k): v for k, v in state["upscaled"].items()}
-    todo = [b for b in mine if b not in state["done"]]
-
-    # ---------------------------------------------------------------------------- the run
-    ctx = _Batch(state["chunks"], state["layer_info"], protocol, int(margin))
-    handles = [m.register_forward_hook(ctx.hook(name)) for name, m in chosen_layers.items()]
-    label_lookup = None  # dataset labels mapped into the model's classes, once the output size is known
-    decisions = state["decisions"]
-    if decisions is not None and decisions.get("labels_table") is not None:
-        label_lookup = torch.tensor(decisions["labels_table"], dtype=torch.int64)
-    reference_lookup = _reference_lookup(reference_result) if reference_result is not None else None
+    engine = _Engine(model=model, reference_model=reference_model, protocol=protocol, device=dev, dtype=dtype,
+                     norm_fn=norm_fn, output_key=output_key, seed=seed, amp=amp, channels_last=channels_last,
+                     record=bool(predictions), batch_size=batch_size)
+    if reference_result is not None:
+        engine.reference_lookup = _reference_lookup(reference_result)
     was_training = model.training
     ref_training = reference_model.training if reference_model is not None else False
-    model.eval()
-    if reference_model is not None:
-        reference_model.eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-        if reference_model is not None:
-            reference_model.to(memory_format=torch.channels_last)
-    pin = dev.type == "cuda"
-    data_loader = loader.make_loader(src, loader.Sizing(sizes.source, sizes.short_side, prep.interpolation,
-                                                        sizes.resize, C), [(b, batches[b]) for b in todo],
-                                     workers, pin)
-    label = progress if isinstance(progress, str) else "auditing"
-    since_save = 0
+    handles = []
     try:
+        engine.prepare_models()
+        # ------------------------------------------------------------------------ probe: what the model outputs
+        first, _ = loader._prepare(probe, sizing)
+        output_kind, classes = engine.probe(first)
+        wanted, omitted = _choose_metrics(metric_names, protocol, output_kind, classes,
+                                          reference_model is not None or reference_result is not None)
+        labels_doc, table, item_labels = None, None, False
+        if output_kind == "logits":
+            labels_doc, table, item_labels, wanted, omitted = _decide_labels(src, classes, class_map, wanted,
+                                                                             omitted)
+        engine.decide(output_kind, classes, wanted, table, item_labels)
+        per_batch = engine.plan(bool(chosen_layers) or output_kind == "dense")
+        batches = loader.batch_plan(all_indices, per_batch)
+        mine = [b for b in range(len(batches)) if b % world.size == world.rank]
+        if workers is None:
+            workers = loader.default_workers(src, len(mine))
+
+        # ------------------------------------------------------------------------ checkpoint
+        state = {"chunks": {}, "done": set(), "failures": {}, "upscaled": {}, "layer_info": {}}
+        store = None
+        if checkpoint is not None:
+            from shiftlab.measure.checkpoint import CheckpointStore, fingerprint_model
+
+            fingerprint = {
+                "model": fingerprint_model(model), "model_spec": str(model_desc), "data": str(data_desc),
+                "images": int(n_total), "names": _names_digest(src, all_indices), "protocol": protocol.spec(),
+                "seed": int(seed), "batch_size": int(batch_size), "per_batch": int(per_batch),
+                "metrics": list(wanted), "layers": sorted(chosen_layers), "margin": int(margin),
+                "preprocessing": prep.to_dict(), "input": list(sizes.model_in), "resize": sizes.resize,
+                "normalize": "model" if normalize is True else str(bool(normalize)), "class_map": class_map,
+                "reference": None if reference is None else type(reference).__name__,
+                "predictions": bool(predictions), "world_size": int(world.size), "dtype": str(dtype),
+                "channels_last": bool(channels_last), "amp": bool(amp)}
+            store = CheckpointStore(checkpoint, world.rank, world.size, fingerprint)
+            store.check_folder()
+            saved = store.load()
+            if saved is not None:
+                state = saved
+                state["failures"] = {int(k): v for k, v in state["failures"].items()}
+                state["upscaled"] = {int(k): v for k, v in state["upscaled"].items()}
+        todo = [b for b in mine if b not in state["done"]]
+
+        # ------------------------------------------------------------------------ the run
+        ctx = _Batch(state["chunks"], state["layer_info"], protocol, int(margin))
+        engine.ctx = ctx
+        handles = [m.register_forward_hook(ctx.hook(name)) for name, m in chosen_layers.items()]
+        data_loader = loader.make_loader(src, sizing, [(b, batches[b]) for b in todo], workers, dev.type == "cuda")
+        label = progress if isinstance(progress, str) else "auditing"
+        since_save = 0
         with torch.inference_mode():
             for loaded in track(data_loader, label, total=len(todo), enabled=bool(progress)):
                 b = loaded.number
@@ -1086,14 +1095,8 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
                                         for i, r in loaded.failures]
                 state["upscaled"][b] = int(loaded.upscaled)
                 if loaded.images is not None:
-                    decisions = _run_batch(
-                        ctx, b, loaded, model, reference_model, reference_lookup, protocol, groups, pairs_by_group,
-                        dev, dtype, norm_fn, output_key, seed, amp, channels_last, decisions, metric_names,
-                        src, class_map, resolve_labels, predictions, label_lookup)
-                    if decisions.get("labels_table") is not None and label_lookup is None:
-                        label_lookup = torch.tensor(decisions["labels_table"], dtype=torch.int64)
+                    engine.run_batch(b, loaded)
                 state["done"].add(b)
-                state["decisions"] = decisions
                 since_save += 1
                 if store is not None:
                     if since_save >= checkpoint_every:
@@ -1105,46 +1108,39 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
     finally:
         for h in handles:
             h.remove()
-        ctx.active = False
-        if channels_last:
-            model.to(memory_format=torch.contiguous_format)
-            if reference_model is not None:
-                reference_model.to(memory_format=torch.contiguous_format)
+        engine.restore_models()
         model.train(was_training)
         if reference_model is not None:
             reference_model.train(ref_training)
 
     # ---------------------------------------------------------------------------- gather and build
-    parts = distributed.gather(state)
-    state = _combine(parts)
-    decisions = state["decisions"]
-    if decisions is None:
-        raise InputError(f"no image of {data_desc} could be read ({sum(len(v) for v in state['failures'].values())} "
-                         f"skipped)")
-    if decisions["output"] == "dense":
+    state = _combine(distributed.gather(state))
+    if output_kind == "dense":
         state["layer_info"].pop("(output)", None)
     failures = sorted((f for fs in state["failures"].values() for f in fs), key=lambda f: f[0])
     failed = {f[0] for f in failures}
     audited = np.asarray([i for i in all_indices if int(i) not in failed], dtype=np.int64)
+    if len(audited) == 0:
+        raise InputError(f"no image of {data_desc} could be read ({len(failures)} skipped, e.g. {failures[0][1]}: "
+                         f"{failures[0][2]})")
     skipped = [(str(p), str(r)) for p, r in getattr(src, "skipped", [])] + [(str(p), str(r)) for _, p, r in failures]
     notes = [n for n in (sizes.note,) if n]
     upscaled = sum(state["upscaled"].values())
     if upscaled:
         notes.append(f"{upscaled} image(s) smaller than {sizes.short_side} px on the shorter side were enlarged "
                      f"to it (upscaled)")
-    labels_doc = decisions.get("labels")
-    result = AuditResult(
+    return AuditResult(
         protocol=protocol.to_dict(), seed=int(seed), margin=int(margin), confidence=float(confidence),
-        model=str(model_desc), data=str(data_desc), output=decisions["output"],
-        metric_names=tuple(decisions["wanted"]), parameters=protocol.parameters, indices=audited, skipped=skipped,
+        model=str(model_desc), data=str(data_desc), output=output_kind, metric_names=tuple(wanted),
+        parameters=protocol.parameters, indices=audited, skipped=skipped,
         layer_info=dict(sorted(state["layer_info"].items(), key=lambda kv: _layer_order(kv[0], chosen_layers))),
-        series=state["chunks"], omitted=dict(decisions["omitted"]), labels=labels_doc,
+        series=state["chunks"], omitted=dict(omitted), labels=labels_doc,
         preprocessing={**prep.to_dict(), "model_input": list(sizes.model_in), "source_size": list(sizes.source),
                        "short_side": sizes.short_side, "resize": sizes.resize,
                        "normalize": "model" if normalize is True else ("custom" if callable(normalize) else "none")},
         source=source_info, notes=notes, upscaled=int(upscaled), ignored=int(getattr(src, "ignored", 0)),
-        reproducibility=_reproducibility(command, dev, seed, source_info, world, workers, amp))
-    return result
+        reproducibility=_reproducibility(command, dev, seed, source_info, world, workers, amp),
+        classes=classes or None)
 
 
 def _check_size_arg(image_size):
@@ -1181,10 +1177,10 @@ def _reference_lookup(result: AuditResult) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _combine(parts: list[dict]) -> dict:
-    """The states of all ranks as one (chunks of a batch kept once)."""
+    """The states of all ranks as one."""
     if len(parts) == 1:
         return parts[0]
-    out = {"chunks": {}, "done": set(), "failures": {}, "upscaled": {}, "layer_info": {}, "decisions": None}
+    out = {"chunks": {}, "done": set(), "failures": {}, "upscaled": {}, "layer_info": {}}
     for part in parts:
         for key, items in part["chunks"].items():
             out["chunks"].setdefault(key, []).extend(items)
@@ -1193,97 +1189,181 @@ def _combine(parts: list[dict]) -> dict:
         out["upscaled"].update(part["upscaled"])
         for name, info in part["layer_info"].items():
             out["layer_info"].setdefault(name, info)
-        if out["decisions"] is None and part["decisions"] is not None:
-            out["decisions"] = part["decisions"]
     return out
 
 
-def _run_batch(ctx: _Batch, number: int, loaded, model, reference_model, reference_lookup, protocol: Protocol,
-               groups, pairs_by_group, dev, dtype, norm_fn, output_key, seed, amp, channels_last, decisions,
-               metric_names, src, class_map, resolve_labels, record, label_lookup) -> dict:
-    """Every forward pass of one batch; returns the decisions made at the first batch (output kind, metrics,
-    label mapping)."""
-    idx = loaded.indices
-    B = len(idx)
-    images = loaded.images.to(dev, non_blocking=dev.type == "cuda").to(dtype)
-    check_finite(images, f"images (batch starting at index {int(idx[0])})")
-    if norm_fn is not None:
-        low, high = float(images.min()), float(images.max())
-        if low < -1e-6 or high > 1 + 1e-6:
-            raise ShapeError(f"images must be in pixel space [0, 1] (got values in [{low:.3g}, {high:.3g}]); "
-                             f"shiftlab normalises with the model's preprocessing (or pass normalize=False)")
-    K = protocol.num_copies
-    index_tensor = torch.as_tensor(idx)
-    logits_full: list = [None] * K
-    ref_top1 = torch.full((B, K), -1, dtype=torch.int64) if (reference_model is not None
-                                                            or reference_lookup is not None) else None
-    output_kind = None if decisions is None else decisions["output"]
-    for copies, pairs in zip(groups, pairs_by_group):
-        made = protocol.make(images, index_tensor, seed, copies=copies)
-        x = made.inputs if norm_fn is None else norm_fn(made.inputs)
-        if channels_last and x.ndim == 4:
+class _Engine:
+    """The forward passes of an audit: the models, the protocol, the plan of which inputs go together."""
+
+    #: at most this many images in one batch when copies of several images are packed together
+    MAX_IMAGES_PER_BATCH = 64
+
+    def __init__(self, model, reference_model, protocol: Protocol, device, dtype, norm_fn, output_key, seed: int,
+                 amp: bool, channels_last: bool, record: bool, batch_size: int):
+        self.model, self.reference_model, self.protocol = model, reference_model, protocol
+        self.device, self.dtype, self.norm_fn, self.output_key = device, dtype, norm_fn, output_key
+        self.seed, self.amp, self.channels_last, self.record = seed, amp, channels_last, record
+        self.batch_size = batch_size
+        self.reference_lookup = None
+        self.ctx: _Batch | None = None
+
+    # ---------------------------------------------------------------------------------------- models
+    def prepare_models(self) -> None:
+        for m in (self.model, self.reference_model):
+            if m is not None:
+                m.eval()
+                if self.channels_last:
+                    m.to(memory_format=torch.channels_last)
+
+    def restore_models(self) -> None:
+        if self.ctx is not None:
+            self.ctx.active = False
+        if self.channels_last:
+            for m in (self.model, self.reference_model):
+                if m is not None:
+                    m.to(memory_format=torch.contiguous_format)
+
+    def forward(self, model, x: torch.Tensor, output_key=None) -> torch.Tensor:
+        if self.norm_fn is not None:
+            x = self.norm_fn(x)
+        if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        shifts = made.shifts
-        ctx.start(number, idx, copies, pairs, tuple(x.shape[-2:]), shifts)
-        del made
-        out = _forward(model, x, output_key, amp, dev)
-        ctx.active = False
-        if out.shape[0] != len(copies) * B:
-            raise ShiftlabError(f"the model returned {out.shape[0]} outputs for a batch of {len(copies) * B} inputs")
+        return _forward(model, x, output_key, self.amp, self.device)
+
+    def probe(self, image: torch.Tensor) -> tuple[str, int]:
+        """One forward pass on copy 0 of one image, before any work: the output kind and the class count."""
+        images = image[None].to(self.device, self.dtype)
+        with torch.inference_mode():
+            x = self.protocol.make(images, torch.zeros(1, dtype=torch.long), self.seed, copies=[0]).inputs
+            out = self.forward(self.model, x, self.output_key)
+        if not out.is_floating_point():
+            raise ShiftlabError(f"the model output is {out.dtype}, not floating point")
+        if out.ndim == 2:
+            return "logits", int(out.shape[1])
+        if out.ndim == 4:
+            return "dense", int(out.shape[1])
+        raise ShiftlabError(f"the model output has shape {tuple(out.shape)}; the metrics need logits (B, K) or a "
+                            f"dense map (B, K, H, W)")
+
+    def decide(self, output_kind: str, classes: int, wanted, table, item_labels: bool) -> None:
+        self.output_kind, self.classes, self.wanted = output_kind, classes, tuple(wanted)
+        self.label_table = None if table is None else torch.as_tensor(table, dtype=torch.int64)
+        self.item_labels = item_labels
+
+    # ---------------------------------------------------------------------------------------- plan
+    def plan(self, pairs: bool) -> int:
+        """Decide how inputs are grouped into forward passes; return the images per batch.
+
+        With pairs to compare inside a pass (layer errors, dense outputs), the copies of an image go through
+        the model together (split into groups that each hold whole pairs when K > batch size). Otherwise the
+        copies of several images are packed densely: ``batch_size / gcd(batch_size, K)`` images per batch make a
+        whole number of full passes.
+        """
+        K = self.protocol.num_copies
+        if pairs:
+            self.mode = "groups"
+            per_batch, self.groups = _forward_groups(self.protocol, self.batch_size, True)
+            self.pairs_by_group = _group_pairs(self.protocol, self.groups)
+            return per_batch
+        self.mode = "packed"
+        per_batch = self.batch_size // math.gcd(self.batch_size, K)
+        return max(1, min(per_batch, max(1, self.MAX_IMAGES_PER_BATCH)))
+
+    # ---------------------------------------------------------------------------------------- a batch
+    def run_batch(self, number: int, loaded) -> None:
+        idx = loaded.indices
+        images = loaded.images.to(self.device, non_blocking=self.device.type == "cuda").to(self.dtype)
+        check_finite(images, f"images (batch starting at index {int(idx[0])})")
+        if self.norm_fn is not None:
+            low, high = float(images.min()), float(images.max())
+            if low < -1e-6 or high > 1 + 1e-6:
+                raise ShapeError(f"images must be in pixel space [0, 1] (got values in [{low:.3g}, {high:.3g}]); "
+                                 f"shiftlab normalises with the model's preprocessing (or pass normalize=False)")
+        index_tensor = torch.as_tensor(idx)
+        if self.mode == "groups":
+            logits, ref_top1 = self._grouped(number, idx, images, index_tensor)
+        else:
+            logits, ref_top1 = self._packed(idx, images, index_tensor)
+        if self.output_kind == "dense":
+            return
+        B = len(idx)
+        if self.label_table is not None:
+            labels = self.label_table[index_tensor]
+        elif self.item_labels:
+            labels = torch.where(loaded.labels < self.classes, loaded.labels, torch.full_like(loaded.labels, -1))
+        else:
+            labels = torch.full((B,), -1, dtype=torch.int64)
+        if self.reference_lookup is not None:
+            ref_idx, ref_vals = self.reference_lookup
+            pos = np.searchsorted(ref_idx, idx)
+            if (pos >= len(ref_idx)).any() or (ref_idx[np.minimum(pos, len(ref_idx) - 1)] != idx).any():
+                raise InputError("the reference audit does not cover every image of this one")
+            ref_top1 = torch.from_numpy(ref_vals[pos])
+        self.ctx.batch, self.ctx.indices = number, idx
+        _classification_rows(self.ctx, self.protocol, logits, labels, self.wanted, ref_top1, self.record)
+
+    def _check_out(self, out: torch.Tensor, expected: int, idx) -> torch.Tensor:
+        if out.shape[0] != expected:
+            raise ShiftlabError(f"the model returned {out.shape[0]} outputs for a batch of {expected} inputs")
+        want = 2 if self.output_kind == "logits" else 4
+        if out.ndim != want:
+            raise ShiftlabError(f"the model output changed rank from {want} to {out.ndim}")
         if not out.is_floating_point() or not bool(torch.isfinite(out).all()):
             raise ShiftlabError(f"the model output contains NaN or Inf (or is not floating point), in the batch "
                                 f"starting at image {int(idx[0])}")
-        if output_kind is None:
-            if out.ndim == 2:
-                output_kind = "logits"
-            elif out.ndim == 4:
-                output_kind = "dense"
-            else:
-                raise ShiftlabError(f"the model output has shape {tuple(out.shape)}; the metrics need logits "
-                                    f"(B, K) or a dense map (B, K, H, W)")
-        if output_kind == "dense":
-            if out.ndim != 4:
-                raise ShiftlabError(f"the model output changed rank to {out.ndim}")
-            ctx.start(number, idx, copies, pairs, tuple(x.shape[-2:]), shifts)
-            ctx.features(("metric",), "(output)", out)
-            ctx.active = False
-            continue
-        out = out.reshape(len(copies), B, -1)
-        for pos, k in enumerate(copies):
-            if logits_full[k] is None:
-                logits_full[k] = out[pos].float()
-        if reference_model is not None:
-            ref = _forward(reference_model, x, None, amp, dev).reshape(len(copies), B, -1)
+        return out
+
+    def _packed(self, idx, images, index_tensor):
+        """Copy-major inputs of all images, cut into passes of ``batch_size``."""
+        K, B, bs = self.protocol.num_copies, len(idx), self.batch_size
+        total = K * B
+        logits = None
+        ref = torch.full((total,), -1, dtype=torch.int64) if self.reference_model is not None else None
+        for s in range(0, total, bs):
+            e = min(total, s + bs)
+            k0, k1 = s // B, (e - 1) // B
+            made = self.protocol.make(images, index_tensor, self.seed, copies=list(range(k0, k1 + 1)))
+            x = made.inputs[s - k0 * B:e - k0 * B]
+            del made
+            out = self._check_out(self.forward(self.model, x, self.output_key), e - s, idx)
+            if logits is None:
+                logits = torch.empty((total, out.shape[1]), dtype=torch.float32, device=out.device)
+            logits[s:e] = out.float()
+            if ref is not None:
+                ref[s:e] = M.top1(self.forward(self.reference_model, x)).cpu()
+        logits = logits.reshape(K, B, -1).transpose(0, 1)
+        return logits, None if ref is None else ref.reshape(K, B).transpose(0, 1)
+
+    def _grouped(self, number, idx, images, index_tensor):
+        """The copies of each image in groups that hold whole pairs; hooks compare inside each group."""
+        K, B = self.protocol.num_copies, len(idx)
+        logits_full: list = [None] * K
+        ref_top1 = torch.full((B, K), -1, dtype=torch.int64) if self.reference_model is not None else None
+        for copies, pairs in zip(self.groups, self.pairs_by_group):
+            made = self.protocol.make(images, index_tensor, self.seed, copies=copies)
+            x, shifts = made.inputs, made.shifts
+            del made
+            self.ctx.start(number, idx, copies, pairs, tuple(x.shape[-2:]), shifts)
+            try:
+                out = self._check_out(self.forward(self.model, x, self.output_key), len(copies) * B, idx)
+            finally:
+                self.ctx.active = False
+            if self.output_kind == "dense":
+                self.ctx.start(number, idx, copies, pairs, tuple(x.shape[-2:]), shifts)
+                self.ctx.features(("metric",), "(output)", out)
+                self.ctx.active = False
+                continue
+            out = out.reshape(len(copies), B, -1)
             for pos, k in enumerate(copies):
-                ref_top1[:, k] = M.top1(ref[pos]).cpu()
-    if decisions is None:
-        classes = 0 if output_kind == "dense" else int(logits_full[0].shape[-1])
-        wanted, omitted = _choose_metrics(metric_names, protocol, output_kind, classes,
-                                          reference_model is not None or reference_lookup is not None)
-        labels_doc, table, item_labels = None, None, False
-        if output_kind == "logits":
-            labels_doc, table, item_labels, wanted, omitted = _decide_labels(src, classes, class_map, wanted,
-                                                                             omitted, resolve_labels)
-        decisions = {"output": output_kind, "wanted": list(wanted), "omitted": omitted, "labels": labels_doc,
-                     "labels_table": table, "item_labels": item_labels, "classes": classes}
-    if output_kind == "dense":
-        return decisions
-    logits = torch.stack(logits_full, 1)  # (B, K, classes)
-    if decisions["labels_table"] is not None:
-        table = torch.as_tensor(decisions["labels_table"], dtype=torch.int64)
-        labels = table[index_tensor]
-    elif decisions.get("item_labels"):
-        labels = torch.where(loaded.labels < decisions["classes"], loaded.labels, torch.full_like(loaded.labels, -1))
-    else:
-        labels = torch.full((B,), -1, dtype=torch.int64)
-    if reference_lookup is not None:
-        ref_idx, ref_vals = reference_lookup
-        pos = np.searchsorted(ref_idx, idx)
-        if (pos >= len(ref_idx)).any() or (ref_idx[np.minimum(pos, len(ref_idx) - 1)] != idx).any():
-            raise InputError("the reference audit does not cover every image of this one")
-        ref_top1 = torch.from_numpy(ref_vals[pos])
-    _classification_rows(ctx, protocol, logits, labels, decisions["wanted"], ref_top1, record)
-    return decisions
+                if logits_full[k] is None:
+                    logits_full[k] = out[pos].float()
+            if self.reference_model is not None:
+                ref = self.forward(self.reference_model, x).reshape(len(copies), B, -1)
+                for pos, k in enumerate(copies):
+                    ref_top1[:, k] = M.top1(ref[pos]).cpu()
+        if self.output_kind == "dense":
+            return None, None
+        return torch.stack(logits_full, 1), ref_top1
 
 
 def _forward(model, x, output_key, amp: bool, dev) -> torch.Tensor:
@@ -1302,9 +1382,10 @@ def _forward(model, x, output_key, amp: bool, dev) -> torch.Tensor:
     return out
 
 
-def _decide_labels(src, classes: int, class_map, wanted, omitted, resolve_labels):
+def _decide_labels(src, classes: int, class_map, wanted, omitted):
     """Whether accuracy can be computed, the label table (index -> model class) and why not when it cannot."""
     from shiftlab.data.sources import ImageSource
+    from shiftlab.measure.labels import resolve_labels
 
     wanted = list(wanted)
     omitted = dict(omitted)

@@ -137,11 +137,15 @@ def batch_plan(selection: np.ndarray, per_batch: int) -> list[np.ndarray]:
     return [selection[s:s + per_batch] for s in range(0, len(selection), per_batch)]
 
 
+MIN_BATCHES_FOR_WORKERS = 8  # starting a worker process costs about a second: not worth it for a few batches
+
+
 def default_workers(source, n_batches: int) -> int:
-    """Loader worker processes: none for data in memory or a single batch; else one per spare core, up to 4."""
+    """Loader worker processes: none for data in memory or fewer than 8 batches; else one per spare core, up
+    to 4."""
     from shiftlab.data.sources import ImageSource
 
-    if n_batches <= 1 or (isinstance(source, ImageSource) and source.in_memory):
+    if n_batches < MIN_BATCHES_FOR_WORKERS or (isinstance(source, ImageSource) and source.in_memory):
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(4, cores - 1))

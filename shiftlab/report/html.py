@@ -44,10 +44,20 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 td.num .small { white-space: normal; display: inline-block; min-width: 7em; }
 table.wide { font-size: 0.85rem; }
 .small { font-size: 0.85rem; color: var(--muted); }
-nav ol { columns: 2; font-size: 0.95rem; padding-left: 20px; }
 a { color: var(--accent); }
 code { background: #f0f2f5; padding: 1px 4px; border-radius: 3px; font-size: 0.9em; }
 .ok { color: var(--good); font-weight: 600; }
+.banner { border: 2px solid var(--bad); background: #fdf1f0; border-radius: 8px; padding: 10px 16px; margin: 14px 0; }
+.banner ul { margin: 6px 0 0; padding-left: 20px; }
+.card.flagged { background: #f2f2f2; }
+.card.flagged .value { color: #888; text-decoration: line-through; }
+.card .flag { color: var(--bad); font-size: 0.85rem; margin-top: 4px; }
+.card details { margin-top: 6px; font-size: 0.8rem; }
+.card details code { display: block; white-space: pre-wrap; word-break: break-all; }
+.reproduce { margin: 6px 0 18px; }
+.reproduce code.cmd { display: block; white-space: pre-wrap; word-break: break-all; margin: 3px 0; font-size: 0.8rem; }
+img.thumb { width: 48px; height: 48px; border-radius: 3px; border: 1px solid var(--line); }
+nav ul { columns: 2; font-size: 0.95rem; padding-left: 20px; }
 .fail { color: var(--bad); font-weight: 600; }
 """
 
@@ -87,31 +97,48 @@ def format_metric(metric: Mapping | None, percent: bool = True) -> tuple[str, st
     return fmt(metric.get("value")), ", ".join(p for p in (ci, f"n = {n}" if n is not None else "") if p)
 
 
-def headline_metrics(results: Mapping) -> list[tuple[str, dict, bool]]:
-    """The summary's numbers: (what it is, metric dict, is a percentage), in page order."""
+def _audit(results: Mapping, key: str) -> Mapping:
+    return ((results.get("audits") or {}).get(key) or {})
+
+
+def _m(results: Mapping, key: str, name: str) -> Mapping | None:
+    return ((_audit(results, key).get("result") or {}).get("metrics") or {}).get(name)
+
+
+def _command(results: Mapping, key: str) -> str | None:
+    return _audit(results, key).get("command")
+
+
+def headline_metrics(results: Mapping) -> list[tuple[str, Mapping, bool, str]]:
+    """The summary's numbers: (what it is, metric dict, is a percentage, audit key), in page order."""
     out = []
-    if results.get("accuracy"):
-        out.append(("top-1 accuracy on the labelled photos (centre crop)", results["accuracy"], True))
-    sc = results.get("shift_consistency") or {}
-    if sc.get("crop_consistency"):
-        out.append(("crop consistency: same top-1 for two random crops (offsets 0–31 px)",
-                    sc["crop_consistency"], True))
-    if sc.get("circular_consistency"):
-        out.append(("circular consistency: same top-1 for two random circular shifts",
-                    sc["circular_consistency"], True))
-    crop = ((results.get("jaggedness") or {}).get("protocols") or {}).get("crop") or {}
-    if crop.get("top1_change"):
-        out.append(("P(top-1 change) when the crop moves by one pixel diagonally", crop["top1_change"], True))
-    if sc.get("worst_case"):
-        g = sc.get("grid", "?")
-        out.append((f"photos whose top-1 survives every shift of a {g}×{g} px grid", sc["worst_case"], True))
-    for row in (results.get("fixes") or {}).get("models", []):
-        if row.get("name") == "antialias(aps, circular=True)" and row.get("circular_consistency"):
-            out.append(("circular consistency after antialias(aps, circular=True), no retraining",
-                        row["circular_consistency"], True))
-            if row.get("agreement"):
-                out.append(("…at a price: that converted network's top-1 agrees with the original's on the same views",
-                            row["agreement"], True))
+    acc = _m(results, "consistency.crop", "accuracy")
+    if acc:
+        out.append(("top-1 accuracy on the labelled photos (over the random crops)", acc, True, "consistency.crop"))
+    for key, what in (("consistency.crop", "crop consistency: same top-1 for two random crops (offsets 0–31 px)"),
+                      ("consistency.circular", "circular consistency: same top-1 for two random circular shifts")):
+        m = _m(results, key, "consistency")
+        if m:
+            out.append((what, m, True, key))
+    tc = _m(results, "sweep.crop", "top1_change")
+    if tc:
+        out.append(("P(top-1 change) when the crop moves by one pixel diagonally", tc, True, "sweep.crop"))
+    wc = _m(results, "worst_case", "worst_case_stability")
+    if wc:
+        g = ((_audit(results, "worst_case").get("result") or {}).get("protocol") or {}).get("n", "?")
+        out.append((f"photos whose top-1 survives every shift of a {g}×{g} px grid", wc, True, "worst_case"))
+    key = "aps:circular/consistency.circular"
+    m = _m(results, key, "consistency")
+    if m:
+        out.append(("circular consistency after antialias(aps, circular=True), no retraining", m, True, key))
+        agree = _m(results, "aps:circular/consistency.crop", "reference_agreement")
+        if agree and agree.get("value") is not None:
+            if agree["value"] >= 0.995:
+                what = "that converted network's top-1 agrees with the original's on the same views"
+            else:
+                what = ("…at a price: that converted network's top-1 agrees with the original's on only this "
+                        "share of the same views")
+            out.append((what, agree, True, "aps:circular/consistency.crop"))
     return out
 
 
@@ -122,120 +149,157 @@ def _figure(figures: Mapping[str, str], key: str, alt: str, caption: str) -> str
             f"<figcaption>{caption}</figcaption></figure>")
 
 
+def _reproduce(results: Mapping, keys, extra: list[str] | None = None) -> str:
+    """The commands that reproduce a figure's numbers, to the same digits."""
+    commands = [c for c in (_command(results, k) for k in keys) if c]
+    commands += list(extra or [])
+    if not commands:
+        return ""
+    lines = "".join(f"<code class='cmd'>{_e(c)}</code>" for c in dict.fromkeys(commands))
+    return f"<div class='reproduce'><span class='small'>Reproduce these numbers:</span>{lines}</div>"
+
+
 def _section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{_e(anchor)}"><h2>{_e(title)}</h2>{body}</section>'
 
 
-def _summary(results: Mapping) -> str:
-    cards = []
-    for what, metric, percent in headline_metrics(results):
-        value, ci = format_metric(metric, percent)
-        cards.append(f'<div class="card"><div class="value">{_e(value)}</div><div class="ci">{_e(ci)}</div>'
-                     f'<div class="what">{_e(what)}</div></div>')
+def _card(what: str, metric: Mapping, percent: bool, command: str | None) -> str:
+    value, ci = format_metric(metric, percent)
+    images = metric.get("images")
+    if images is not None and ci:
+        ci += f" ({images} photos)"
+    flagged = metric.get("flag")
+    cls = "card flagged" if flagged else "card"
+    note = "<div class='flag'>not meaningful: the model's predictions are constant</div>" if flagged else ""
+    cmd = f"<details><summary>command</summary><code>{_e(command)}</code></details>" if command else ""
+    return (f'<div class="{cls}"><div class="value">{_e(value)}</div><div class="ci">{_e(ci)}</div>'
+            f'<div class="what">{_e(what)}</div>{note}{cmd}</div>')
+
+
+def _summary(results: Mapping, figures: Mapping[str, str]) -> str:
+    cards = [_card(what, metric, percent, _command(results, key))
+             for what, metric, percent, key in headline_metrics(results)]
+    omitted = ((_audit(results, "consistency.crop").get("result") or {}).get("omitted") or {}).get("accuracy")
+    if omitted:
+        cards.insert(0, f'<div class="card"><div class="value">–</div><div class="what">accuracy left out: '
+                        f"{_e(omitted)}</div></div>")
     rows = []
     for p in results.get("predictions", []):
         label = p.get("label_name")
-        cells = [f"<td>{_e(p.get('image'))}</td>"]
-        for prefix in ("", "whole_"):
-            if p.get(f"{prefix}top1") is None:
-                cells.append("<td></td>")
-                continue
-            verdict = ""
-            if label is not None:
-                right = p.get("label") == p.get(f"{prefix}top1")
-                verdict = f' <span class="{"ok" if right else "fail"}">{"✓" if right else "✗"}</span>'
-            cells.append(f"<td>{_e(p.get(f'{prefix}top1_name'))} <span class='small'>({_e(p.get(f'{prefix}top1'))}), "
-                         f"{_e(format_percent(p.get(f'{prefix}probability')))}</span>{verdict}</td>")
+        thumb = figures.get(f"thumb:{p.get('index')}")
+        image = f'<img class="thumb" src="{_e(thumb)}" alt="{_e(p.get("image"))}">' if thumb else ""
+        cells = [f"<td>{image}</td>", f"<td>{_e(p.get('image'))}</td>"]
+        verdict = ""
+        if label is not None:
+            right = p.get("label") == p.get("top1")
+            verdict = f' <span class="{"ok" if right else "fail"}">{"✓" if right else "✗"}</span>'
+        top5 = ", ".join(f"{name} {format_percent(prob)}" for _, name, prob in (p.get("top5") or [])[1:4])
+        cells.append(f"<td>{_e(p.get('top1_name'))} <span class='small'>({_e(p.get('top1'))}), "
+                     f"{_e(format_percent(p.get('probability')))}</span>{verdict}"
+                     f"<br><span class='small'>then: {_e(top5)}</span></td>")
         cells.append(f"<td>{_e(label)}</td>" if label is not None else "<td><span class=small>no label</span></td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     table = ""
     if rows:
         size = "×".join(str(v) for v in (results.get("model") or {}).get("input_size", []))
-        table = ("<h3>What the network sees in each photo</h3><table><thead><tr><th>photo</th>"
-                 f"<th>top-1, centre crop (resize, then crop {_e(size)})</th><th>top-1, whole square resized to "
-                 f"{_e(size)}</th><th>label</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        table = ("<h3>What the network sees in each photo</h3><table><thead><tr><th></th><th>photo</th>"
+                 f"<th>top-1 on the centre crop ({_e(size)}), then the next classes</th><th>label</th></tr></thead>"
+                 "<tbody>" + "".join(rows) + "</tbody></table>"
                  "<p class='small'>The experiments below track the label's class where the photo has one, "
-                 "else the centre crop's top-1 class.</p>")
+                 "else the class of each audit's reference view.</p>" + _reproduce(results, ["rotation"]))
     return _section("summary", "Summary", '<div class="cards">' + "".join(cards) + "</div>" + table)
 
 
-def _jaggedness(results: Mapping, figures: Mapping[str, str]) -> str:
-    sweep = results.get("jaggedness")
-    if not sweep:
+def _banner(results: Mapping) -> str:
+    warnings = results.get("warnings") or []
+    if not warnings:
         return ""
-    parts = []
+    items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+    return f"<div class='banner' role='alert'><b>Read these numbers with care:</b><ul>{items}</ul></div>"
+
+
+_SWEEP_TITLES = {"sweep.crop": "crop (the window moves)", "sweep.canvas_black": "canvas, black fill",
+                 "sweep.canvas_inpaint": "canvas, inpainted fill"}
+
+
+def _jaggedness(results: Mapping, figures: Mapping[str, str]) -> str:
+    keys = [k for k in _SWEEP_TITLES if _audit(results, k)]
+    if not keys:
+        return ""
     rows = []
-    for protocol, entry in sweep.get("protocols", {}).items():
-        prob = entry.get("probability") or []
-        steps = [max(abs(a - b) for a, b in zip(p[1:], p[:-1])) for p in prob if len(p) > 1]
-        worst = max(steps) if steps else None
-        tc, mac = entry.get("top1_change"), entry.get("mean_abs_change")
-        rows.append(f"<tr><td>{_e(protocol.replace('_', ', '))}</td>"
+    for key in keys:
+        tc, mac = _m(results, key, "top1_change"), _m(results, key, "mean_abs_change")
+        rows.append(f"<tr><td>{_e(_SWEEP_TITLES[key])}</td>"
                     f"<td class='num'>{_e(' '.join(_pair(tc)))}</td><td class='num'>{_e(' '.join(_pair(mac, False)))}</td>"
-                    f"<td class='num'>{_e(_format_number(worst))}</td></tr>")
-    crop = sweep.get("protocols", {}).get("crop", {})
-    crop_prob = crop.get("probability") or []
-    jumps = [max(abs(a - b) for a, b in zip(p[1:], p[:-1])) for p in crop_prob if len(p) > 1]
-    sentence = ("Each line is one photo; the x axis moves the 224-px window diagonally one pixel at a time. "
-                "A shift-invariant network would draw flat lines.")
-    if jumps:
-        sentence += (f" Instead, a single 1-px step changed the tracked class's probability by up to "
-                     f"{format_percent(max(jumps))} (crop protocol), and the canvas protocols, where the whole "
-                     f"object stays visible, are no smoother.")
-    parts.append(_figure(figures, "jaggedness", "top-class probability against diagonal shift", _e(sentence)))
-    parts.append("<table><thead><tr><th>protocol</th><th>P(top-1 change), 1-px step</th>"
-                 "<th>mean |Δ p(top-1)|</th><th>largest 1-px jump</th></tr></thead><tbody>"
-                 + "".join(rows) + "</tbody></table>")
-    return _section("jaggedness", "1. Jaggedness: the photo moves one pixel at a time", "".join(parts))
+                    "</tr>")
+    n = len((results.get("data") or {}).get("names") or [])
+    sentence = (f"Each line is one of the {n} photos; the x axis moves the view diagonally one pixel at a time, and "
+                "a red cross marks a step where the top-1 class changed. A shift-invariant network would draw flat "
+                "lines without crosses. In the canvas protocols the whole photo, shrunk, moves on a canvas: no "
+                "content enters or leaves the view.")
+    body = _figure(figures, "jaggedness", "probability of the tracked class against diagonal shift", _e(sentence))
+    body += ("<table><thead><tr><th>protocol</th><th>P(top-1 change), 1-px step</th>"
+             "<th>mean |Δ p(top-1)|</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+    body += _reproduce(results, keys)
+    return _section("jaggedness", "1. Jaggedness: the photo moves one pixel at a time", body)
 
 
 def _pair(metric, percent: bool = True) -> tuple[str, str]:
     value, ci = format_metric(metric, percent)
+    if metric and metric.get("images") is not None and ci:
+        ci += f", {metric['images']} photos"
     return value, f"({ci})" if ci else ""
 
 
 def _consistency(results: Mapping, figures: Mapping[str, str]) -> str:
-    sc = results.get("shift_consistency")
-    if not sc:
+    if not _audit(results, "consistency.crop"):
         return ""
-    crop, _ = format_metric(sc.get("crop_consistency"))
-    circ, _ = format_metric(sc.get("circular_consistency"))
-    worst, _ = format_metric(sc.get("worst_case"))
-    g = sc.get("grid")
+    crop, _ = format_metric(_m(results, "consistency.crop", "consistency"))
+    circ, _ = format_metric(_m(results, "consistency.circular", "consistency"))
+    worst, _ = format_metric(_m(results, "worst_case", "worst_case_stability"))
+    g = ((_audit(results, "worst_case").get("result") or {}).get("protocol") or {}).get("n", "?")
     sentence = (f"Two random crops of the same photo get the same top-1 class {crop} of the time, two random "
-                f"circular shifts {circ}; {worst} of the photos keep their top-1 class over all "
-                f"{_e(g)}×{_e(g)} one-pixel shifts. Bars show 95% intervals; pairs from one photo are not "
-                f"independent, so read the intervals as a lower bound on the uncertainty.")
+                f"circular shifts {circ}; {worst} of the photos keep their top-1 class over all {g}×{g} one-pixel "
+                f"shifts. Bars show 95% intervals computed over photos (the pairs of one photo are not "
+                f"independent), with the number of pairs n and of photos.")
     body = _figure(figures, "shift_metrics", "shift metrics with 95% intervals", _e(sentence))
-    body += _figure(figures, "shift_map", "probability of the top-1 class over a grid of shifts",
-                    _e(f"The shift map: each square is one photo, each cell the probability of its centre-crop "
-                       f"class when the crop starts at (dy, dx), 0 to {_e(g - 1 if isinstance(g, int) else g)} px. "
-                       f"A shift-invariant network would paint every square in one flat colour."))
+    body += _figure(figures, "shift_map", "probability of the tracked class over a grid of shifts",
+                    _e(f"The shift map: each square is one photo, each cell the probability of its tracked class when "
+                       f"the crop window starts at (dy, dx), 0 to {g - 1 if isinstance(g, int) else g} px; a white "
+                       f"cross marks a shift whose top-1 differs from the unshifted window's. A shift-invariant "
+                       f"network would paint every square in one flat colour, without crosses."))
+    body += _reproduce(results, ["consistency.crop", "consistency.circular", "worst_case", "sweep.crop",
+                                 "sweep.canvas_black", "sweep.canvas_inpaint"])
     return _section("consistency", "2. Consistency under random shifts", body)
 
 
 def _layer_profile(results: Mapping, figures: Mapping[str, str]) -> str:
+    from shiftlab.report.plots import layer_rows
+
     lp = results.get("layer_profile")
     if not lp:
         return ""
-    layers = lp.get("layers", [])
-    inv = [(l.get("one_pixel_invariance") or {}).get("value") for l in layers]
+    rows = layer_rows(results)
     sentence = ("Red: how much each layer's spatially averaged features change when the input moves by one pixel "
-                "(circular shift; exactly zero for any stack of stride-1 circular convolutions). Blue: the "
-                "equivariance error for the smallest shift the layer can represent (a crop moved by the layer's "
-                f"cumulative stride, compared one feature cell away, {_e(lp.get('margin', 16))} px inside the "
-                "border). Dashed lines mark the layers that subsample with stride 2, dotted lines asymmetric "
-                "'same' padding, both found by shiftlab inspect.")
-    if inv and all(v is not None for v in inv):
-        k = max(range(len(inv)), key=lambda i: inv[i])
-        first = layers[0]
-        sentence += (f" The 1-px change is {format_percent(inv[0])} after {first.get('name')} and peaks at "
-                     f"{format_percent(inv[k])} at {layers[k].get('name')} (stride {layers[k].get('stride')}).")
+                "(a circular shift; exactly zero for any stack of stride-1 circular convolutions). Blue: the "
+                "equivariance error ‖φ(Tx) − T′φ(x)‖ / ‖φ(x)‖ for crop moves that are multiples of the layer's "
+                "cumulative stride, compared 16 px inside the border. Dashed lines mark the layers that subsample "
+                "with stride 2, dotted lines asymmetric 'same' padding, both found by shiftlab inspect.")
+    inv = [(r, r["invariance"]["value"]) for r in rows if r.get("invariance") and r["invariance"].get("value")
+           is not None]
+    if inv:
+        top = max(inv, key=lambda t: t[1])
+        sentence += (f" The 1-px change is {format_percent(inv[0][1])} after {inv[0][0]['name']} and peaks at "
+                     f"{format_percent(top[1])} at {top[0]['name']} (stride {top[0]['stride']}).")
     body = _figure(figures, "layer_profile", "equivariance error along the depth of the network", _e(sentence))
     amap = lp.get("aliasing_map") or {}
     findings = amap.get("findings") or []
+    size = "×".join(str(v) for v in (results.get("model") or {}).get("input_size", []))
+    inspect_cmd = (f"shiftlab inspect --model {(results.get('settings') or {}).get('model')} --input-size "
+                   f"{size.replace('×', ' ')}")
+    body += _reproduce(results, ["sweep.crop", "layers.invariance"], [inspect_cmd])
     if findings:
-        rows = "".join(
+        table_rows = "".join(
             f"<tr><td>{_e(f.get('name'))}</td><td>{_e(f.get('module_type'))}</td><td>{_e(f.get('kind'))}</td>"
             f"<td>{_e(f.get('detail'))}</td><td class='num'>{_e(_stride(f.get('stride')))}</td>"
             f"<td class='num'>{_e(_stride(f.get('cumulative_stride')))}</td></tr>" for f in findings)
@@ -244,7 +308,8 @@ def _layer_profile(results: Mapping, figures: Mapping[str, str]) -> str:
                  f"breaks exact shift equivariance, in the order data flows through them (<code>shiftlab "
                  f"inspect</code>). Total stride {_e(total)}: only circular shifts that are multiples of it commute "
                  f"with every subsampling layer.</p><table><thead><tr><th>layer</th><th>type</th><th>kind</th>"
-                 f"<th>detail</th><th>stride</th><th>cumulative stride</th></tr></thead><tbody>{rows}</tbody></table>")
+                 f"<th>detail</th><th>stride</th><th>cumulative stride</th></tr></thead><tbody>{table_rows}"
+                 f"</tbody></table>")
     return _section("layers", "3. Where equivariance breaks inside the network", body)
 
 
@@ -255,39 +320,54 @@ def _stride(value) -> str:
 
 
 def _fixes(results: Mapping, figures: Mapping[str, str]) -> str:
+    from shiftlab.report.plots import fix_rows
+
     fx = results.get("fixes")
     if not fx:
         return ""
     head = ("<tr><th>model</th><th>crop consistency</th><th>circular consistency</th>"
-            "<th>P(top-1 change), 1 px</th><th>stable over grid</th><th>same top-1 as original</th>"
+            "<th>top-1 kept over a 1-px step</th><th>stable over grid</th><th>same top-1 as original</th>"
             "<th>top-1 accuracy</th></tr>")
-    rows = []
-    for row in fx.get("models", []):
-        replaced = row.get("replacements")
-        note = "" if replaced is None else f"<br><span class='small'>{_e(replaced)} layers replaced</span>"
-        cells = [f"<td>{_e(row.get('name'))}{note}</td>"]
-        for key in ("crop_consistency", "circular_consistency", "top1_change", "worst_case", "agreement", "accuracy"):
-            value, ci = format_metric(row.get(key))
+    rows, keys = [], []
+    for row in fix_rows(results):
+        rep = row.get("replacements")
+        note = ""
+        if rep is not None:
+            note = f"<br><span class='small'>{_e(rep['replaced'])} layers replaced"
+            note += f", {_e(rep['kept'])} kept</span>" if rep.get("kept") else "</span>"
+        cells = [f"<td>{_e(row['name'])}{note}</td>"]
+        for key in ("crop_consistency", "circular_consistency", "top1_kept", "worst_case", "agreement", "accuracy"):
+            metric, audit_key = row[key]
+            keys.append(audit_key)
+            value, ci = format_metric(metric)
+            if row["model"] == "original" and key == "agreement":
+                value, ci = "(itself)", ""
             cells.append(f"<td class='num'>{_e(value)}<br><span class='small'>{_e(ci)}</span></td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    sentence = ("The fixes applied to the pretrained weights without any retraining. Anti-aliasing and adaptive "
-                "subsampling change the features the later layers were trained on, so the price is paid in "
-                "agreement with the original network; the published gains come after fine-tuning.")
+    sentence = ("The fixes applied to the pretrained weights without any retraining, measured on the same views as "
+                "the original (same seed). Anti-aliasing and adaptive subsampling change the features the later "
+                "layers were trained on, so the price is paid in agreement with the original network; the "
+                "published gains come after fine-tuning.")
     body = _figure(figures, "fixes", "shift metrics before and after the fixes", _e(sentence))
     body += "<table class='wide'><thead>" + head + "</thead><tbody>" + "".join(rows) + "</tbody></table>"
     cert = fx.get("certify")
+    extra = []
     if cert:
         verdict = ("<span class='ok'>certified</span>" if cert.get("passed") else "<span class='fail'>not certified</span>")
-        shifts = (f"every shift of one period" if cert.get("full_period")
+        shifts = ("every shift of one period" if cert.get("full_period")
                   else f"{_e(cert.get('shifts_checked'))} shifts of one period, including (1, 1)")
         size = _stride(cert.get("input_size"))
-        body += (f"<h3>Certificate: the APS model under circular shifts</h3><p>{verdict}: on "
+        reason = f" ({_e(cert.get('reason'))})" if cert.get("reason") else ""
+        body += (f"<h3>Certificate: the APS model under circular shifts</h3><p>{verdict}{reason}: on "
                  f"{_e(cert.get('n_inputs'))} random {_e(size)} input(s) in {_e(cert.get('dtype'))}, {shifts} "
                  f"(total stride {_e(_stride(cert.get('total_stride')))}), the logits moved by at most "
                  f"{_e(_format_number(cert.get('max_abs_deviation')))} (relative "
                  f"{_e(_format_number(cert.get('max_rel_deviation')))}; tolerance "
                  f"{_e(_format_number(cert.get('tolerance')))}). Circular invariance is exact; agreement with the "
                  f"original network is another matter (the table above).</p>")
+        if cert.get("command"):
+            extra.append(cert["command"])
+    body += _reproduce(results, keys, extra)
     return _section("fixes", "4. The fixes on the real network, without retraining", body)
 
 
@@ -295,21 +375,23 @@ _UNIT_SUFFIX = {"rotation": "°", "scale": "×", "brightness": "×"}
 
 
 def _invariances(results: Mapping, figures: Mapping[str, str]) -> str:
-    inv = results.get("invariances")
-    if not inv:
+    kinds = [k for k in ("rotation", "scale", "brightness") if _audit(results, k)]
+    if not kinds:
         return ""
     parts = []
-    for kind, entry in inv.items():
-        values, stab = entry.get("values", []), entry.get("stability", [])
-        if values and stab:
-            worst = min(range(len(stab)), key=lambda i: stab[i].get("value", 1))
-            parts.append(f"{format_percent(stab[worst].get('value'))} keep it at {kind} "
-                         f"{values[worst]:g}{_UNIT_SUFFIX.get(kind, '')}")
-    sentence = ("Top-1 stability (the fraction of photos keeping their centre-crop class) and that class's mean "
-                "probability, against rotation angle (degrees, counter-clockwise; the corners a rotation uncovers "
-                "are filled), zoom factor and brightness factor. At the worst setting of each, "
+    for kind in kinds:
+        curve = (_m(results, kind, "agreement") or {}).get("curve") or {}
+        values, agree = curve.get("parameters") or [], curve.get("value") or []
+        if values and agree:
+            worst = min(range(len(agree)), key=lambda i: agree[i])
+            parts.append(f"{format_percent(agree[worst])} keep it at {kind} {values[worst]:g}{_UNIT_SUFFIX.get(kind, '')}")
+    sentence = ("Top: the fraction of photos keeping the top-1 class they have at the reference value (no rotation, "
+                "no zoom, unchanged brightness), with 95% intervals; bottom: the tracked class's probability, one "
+                "line per photo; against rotation angle (degrees, counter-clockwise; the corners a rotation "
+                "uncovers are filled), zoom factor and brightness factor. At the worst setting of each, "
                 + "; ".join(parts) + ".")
     body = _figure(figures, "invariances", "stability under rotation, scale and brightness", _e(sentence))
+    body += _reproduce(results, kinds)
     return _section("invariances", "5. Rotation, scale and lighting", body)
 
 
@@ -392,22 +474,35 @@ def _method(results: Mapping) -> str:
     budget = s.get("budget", {})
     m = results.get("model", {})
     d = results.get("data", {})
+    pre = m.get("preprocessing") or {}
     size = "×".join(str(v) for v in m.get("input_size", []))
+    repro = ((_audit(results, "sweep.crop").get("result") or {}).get("reproducibility") or {})
+    versions = ", ".join(f"{k} {v}" for k, v in (repro.get("versions") or {}).items() if v)
     rows = [
-        ("model", s.get("model")), ("architecture", f"{m.get('name')} ({m.get('parameters', 0):,} parameters)"),
-        ("input size", f"{size} px"), ("data", s.get("data")),
+        ("model", s.get("model")), ("weights", s.get("weights") or "the model's own"),
+        ("architecture", f"{m.get('name')} ({m.get('parameters', 0):,} parameters, {m.get('classes')} classes)"),
+        ("input", f"{size} px; resize {pre.get('resize_size')}, {pre.get('interpolation')} "
+                  f"(crop {pre.get('crop_pct')}); mean {pre.get('mean')}, std {pre.get('std')}; {pre.get('source')}"),
+        ("data", s.get("data")),
         ("photos", f"{d.get('n_images')} ({d.get('labelled', 0)} with a label the model has)"),
         ("seed", s.get("seed")), ("quick", s.get("quick")),
-        ("random pairs per photo", budget.get("pairs_per_image")),
+        ("random pairs per photo", budget.get("passes")),
         ("run time", f"{run.get('seconds', '?')} s on {run.get('threads', '?')} threads ({run.get('device', '?')})"),
-        ("shiftlab", results.get("shiftlab_version")),
+        ("versions", versions), ("platform", repro.get("platform")),
     ]
     table = "<table><tbody>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows) + "</tbody></table>"
-    text = ("<p>Every photo is resized (shorter side to the input size + 32 px) and centre-cropped to a square base. "
-            "<b>Crop</b>: a window of the input size at offset (dy, dx) in the base. <b>Canvas</b>: the base "
-            "downscaled by 32 px and pasted at (dy, dx) into a black or inpainted canvas. <b>Circular</b>: the "
-            "centre window rolled by (dy, dx). Intervals are 95% Wilson intervals for proportions and t intervals "
-            "for means; views of one photo are not independent.</p>")
+    text = ("<p>Every number on this page comes from <code>shiftlab audit</code> (the same engine, the same "
+            "arguments): each figure lists the commands that reproduce its numbers to the same digits, and "
+            "<code>results.json</code> holds every audit's full result (format: docs/report-json.md). "
+            "Each photo is resized as the model expects (shorter side to the resize size, then a centre crop), "
+            "and the protocols cut their views from it: <b>crop</b>, a window of the input size at offset (dy, dx); "
+            "<b>canvas</b>, the photo shrunk and pasted at (dy, dx) into a black or inpainted canvas; "
+            "<b>circular</b>, the centre window rolled by (dy, dx).</p>"
+            "<p>Intervals are 95% intervals computed over photos, not over pairs: the views of one photo are not "
+            "independent, so an interval's width is set by the number of photos (Wilson intervals at the "
+            "effective sample size of the cluster-robust variance for proportions, cluster-robust t intervals "
+            "for means, never outside the metric's range). Each interval gives n (pairs, steps or views) and the "
+            "number of photos behind it.</p>")
     skipped = d.get("skipped") or []
     if skipped:
         text += ("<p>Unreadable files skipped: " + ", ".join(f"{_e(p)} ({_e(r)})" for p, r in skipped) + "</p>")
@@ -419,10 +514,12 @@ def render_html(results: Mapping, figures: Mapping[str, str]) -> str:
 
     Every string from ``results`` is escaped; sections whose results are missing are left out.
     """
+    import re
+
     s = results.get("settings", {})
     title = f"shiftlab report: {s.get('model', 'model')} on {s.get('data', 'data')}"
     sections = [
-        _summary(results),
+        _summary(results, figures),
         _classic(results, figures),
         _jaggedness(results, figures),
         _consistency(results, figures),
@@ -433,8 +530,6 @@ def render_html(results: Mapping, figures: Mapping[str, str]) -> str:
         _method(results),
     ]
     sections = [sec for sec in sections if sec]
-    import re
-
     toc = "".join(
         f'<li><a href="#{a}">{t}</a></li>'
         for a, t in re.findall(r'<section id="([^"]*)"><h2>(.*?)</h2>', "".join(sections))
@@ -451,14 +546,15 @@ def render_html(results: Mapping, figures: Mapping[str, str]) -> str:
         f'<meta name="generator" content="{_e(GENERATOR)}">\n'
         f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
         "<h1>Does the network give the same answer when the photo moves?</h1>\n"
-        f'<p class="meta">{meta}</p>\n'
-        f"<nav><ol>{toc}</ol></nav>\n" + "\n".join(sections) + "\n</main>\n</body>\n</html>\n"
+        f'<p class="meta">{meta}</p>\n{_banner(results)}\n'
+        f"<nav><ul>{toc}</ul></nav>\n" + "\n".join(sections) + "\n</main>\n</body>\n</html>\n"
     )
 
 
 # ------------------------------------------------------------------------------------------ writing
 
 SCHEMA_PREFIX = "shiftlab-report/"
+_STAGING_MARK = ".shiftlab-staging"
 
 
 def is_report_folder(path) -> bool:
@@ -475,11 +571,12 @@ def is_report_folder(path) -> bool:
 
 
 def render_figures(results: Mapping, folder, force: bool = True, extra_figures: Mapping | None = None,
-                   progress: bool = False) -> dict[str, str]:
+                   progress: bool = False, images: Mapping | None = None) -> dict[str, str]:
     """Draw every figure the results allow into ``folder``; return key -> path relative to the page.
 
     ``extra_figures`` (key -> matplotlib figure) are saved too: the classic demonstrations, whose maps are
-    not part of the saved results, are drawn when they are computed.
+    not part of the saved results, are drawn when they are computed. ``images`` (key -> uint8 (H, W, 3)
+    array) are saved as PNG (the photos' thumbnails).
     """
     from pathlib import Path
 
@@ -488,27 +585,25 @@ def render_figures(results: Mapping, folder, force: bool = True, extra_figures: 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from shiftlab._io import save_figure
+    from shiftlab._io import atomic_write_bytes, save_figure
     from shiftlab._progress import track
     from shiftlab.report import plots
 
     folder = Path(folder)
-    names = (results.get("data") or {}).get("names")
-    tracked = [p.get("label_name") or p.get("top1_name") for p in results.get("predictions") or []]
+    audits = results.get("audits") or {}
     jobs = [(key, lambda fig=fig: fig) for key, fig in (extra_figures or {}).items()]
-    if results.get("jaggedness"):
-        jobs.append(("jaggedness", lambda: plots.plot_jaggedness(results["jaggedness"], names=names,
-                                                                 class_names=tracked)))
-    if results.get("shift_consistency"):
-        jobs.append(("shift_metrics", lambda: plots.plot_shift_metrics(results["shift_consistency"],
-                                                                       results.get("jaggedness"))))
-        jobs.append(("shift_map", lambda: plots.plot_shift_map(results["shift_consistency"], names=names)))
-    if (results.get("layer_profile") or {}).get("layers"):
-        jobs.append(("layer_profile", lambda: plots.plot_layer_profile(results["layer_profile"])))
-    if (results.get("fixes") or {}).get("models"):
-        jobs.append(("fixes", lambda: plots.plot_fix_comparison(results["fixes"])))
-    if results.get("invariances"):
-        jobs.append(("invariances", lambda: plots.plot_invariances(results["invariances"])))
+    if any((audits.get(k) or {}).get("result", {}).get("predictions") for k in plots.SWEEPS):
+        jobs.append(("jaggedness", lambda: plots.plot_jaggedness(results)))
+    if plots.shift_bars(results):
+        jobs.append(("shift_metrics", lambda: plots.plot_shift_metrics(results)))
+    if (audits.get("worst_case") or {}).get("result", {}).get("predictions"):
+        jobs.append(("shift_map", lambda: plots.plot_shift_map(results)))
+    if plots.layer_rows(results):
+        jobs.append(("layer_profile", lambda: plots.plot_layer_profile(results)))
+    if len(plots.fix_rows(results)) > 1:
+        jobs.append(("fixes", lambda: plots.plot_fix_comparison(results)))
+    if any(audits.get(k) for k in plots.INVARIANCES):
+        jobs.append(("invariances", lambda: plots.plot_invariances(results)))
     if results.get("training_experiments"):
         from shiftlab.report import experiment_plots
 
@@ -529,6 +624,16 @@ def render_figures(results: Mapping, folder, force: bool = True, extra_figures: 
             finally:
                 plt.close(fig)
             figures[key if suffix is None else f"{key}:{suffix}"] = f"{folder.name}/{file_name}.png"
+    for key, array in (images or {}).items():
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        file_name = _slug(str(key).replace(":", "_"))
+        atomic_write_bytes(folder / f"{file_name}.png", buffer.getvalue(), force=force)
+        figures[str(key)] = f"{folder.name}/{file_name}.png"
     return figures
 
 
@@ -539,35 +644,79 @@ def _slug(name: str) -> str:
 
 
 def write_report(results: Mapping, out_dir, force: bool = False, extra_figures: Mapping | None = None,
-                 progress: bool = False):
+                 progress: bool = False, images: Mapping | None = None):
     """Write ``results.json``, the figures and ``index.html`` into ``out_dir``; return the page's path.
 
-    Refuses (InputError) a non-empty folder that is not a previous shiftlab report unless ``force``.
-    Each file is written atomically; the page last.
+    Refuses (InputError) a non-empty folder that is not a previous shiftlab report unless ``force``. The whole
+    report is written into a staging folder next to ``out_dir`` and swapped in at the end, so an interrupted
+    run never leaves a mix of two reports (into a forced folder that holds other files, the three report
+    entries are replaced one by one, the page last).
     """
-    from pathlib import Path
+    import shutil
 
     from shiftlab._io import atomic_write_text, write_json
 
     out = check_output_folder(out_dir, force)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = render_figures(results, out / "figures", extra_figures=extra_figures, progress=progress)
+    staging = out.parent / f".{out.name}.staging"
+    _remove_ours(staging)
+    staging.mkdir(parents=True)
+    (staging / _STAGING_MARK).write_text("a shiftlab report being written\n")
+    figures = render_figures(results, staging / "figures", extra_figures=extra_figures, progress=progress,
+                             images=images)
     to_save = dict(results)
     to_save["figures"] = figures
-    write_json(out / "results.json", to_save, force=True)
-    return atomic_write_text(out / "index.html", render_html(to_save, figures), force=True)
+    write_json(staging / "results.json", to_save, force=True)
+    atomic_write_text(staging / "index.html", render_html(to_save, figures), force=True)
+    (staging / _STAGING_MARK).unlink()
+    replace_whole = not out.exists() or is_report_folder(out) or not any(out.iterdir())
+    if replace_whole:
+        previous = out.parent / f".{out.name}.previous"
+        _remove_ours(previous)
+        if out.exists():
+            out.rename(previous)
+        staging.rename(out)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:  # --force into a folder with other files: replace our three entries, the page last
+        import os
+
+        old = out / ".figures.previous"
+        shutil.rmtree(old, ignore_errors=True)
+        if (out / "figures").exists():
+            (out / "figures").rename(old)
+        (staging / "figures").rename(out / "figures")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(staging / "results.json", out / "results.json")
+        os.replace(staging / "index.html", out / "index.html")
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / "index.html"
 
 
-def check_output_folder(out_dir, force: bool = False):
-    """The report folder as a Path, if it may be written: absent, empty, a previous report, or ``force``."""
-    from pathlib import Path
+def _remove_ours(folder) -> None:
+    """Remove a staging (or previous-report) folder left by an interrupted run; never a user's folder."""
+    import shutil
 
     from shiftlab.errors import InputError
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} is a file, not a folder; choose another --out")
+    if not folder.exists():
+        return
+    if folder.is_dir() and ((folder / _STAGING_MARK).exists() or is_report_folder(folder) or not any(folder.iterdir())):
+        shutil.rmtree(folder)
+        return
+    raise InputError(f"{folder} is in the way of the report and was not made by shiftlab; move it away")
+
+
+def check_output_folder(out_dir, force: bool = False):
+    """The report folder as a Path, if it may be written: absent, empty, a previous report, or ``force``; and
+    its parent can be written (checked before any work)."""
+    from pathlib import Path
+
+    from shiftlab._io import check_output_folder_path
+    from shiftlab.errors import InputError
+
+    out = Path(out_dir).expanduser()
+    check_output_folder_path(out, "--out")
     if out.is_dir() and any(out.iterdir()) and not is_report_folder(out) and not force:
         raise InputError(f"{out} is not empty and holds no previous shiftlab report; "
                          "choose another --out or pass --force")
+    check_output_folder_path(out.parent if str(out.parent) else Path("."), "--out")
     return out

@@ -1,8 +1,9 @@
-"""Figures for the pretrained-network experiments (``shiftlab.experiments.pretrained``).
+"""Figures of the report, drawn from its saved results (``results.json``: a collection of audit results).
 
-Each function takes the saved result dict of one experiment (as in ``results.json``) and an optional
-matplotlib ``ax`` (or axes), imports matplotlib inside (Agg backend), and returns the figure. Nothing
-here computes a measurement.
+Each function takes the results dict (and an optional matplotlib ``ax`` or axes), imports matplotlib inside
+(Agg backend), and returns the figure. Nothing here computes a measurement: values, intervals and counts are
+read from the audits' metrics; curves of single photos from the audits' recorded predictions. Every string
+that came from outside (photo and class names) is drawn literally (no mathtext).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ __all__ = [
     "plot_layer_profile",
     "plot_fix_comparison",
     "plot_invariances",
+    "SWEEPS",
 ]
 
-_PROTOCOL_TITLES = {"crop": "crop (window moves)", "canvas_black": "canvas, black fill",
-                    "canvas_inpaint": "canvas, inpainted fill"}
+SWEEPS = {"sweep.crop": "crop (window moves)", "sweep.canvas_black": "canvas, black fill",
+          "sweep.canvas_inpaint": "canvas, inpainted fill"}
 _COLORS = ["#2458a6", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d5a97", "#30343f", "#e07a5f", "#3d405b",
            "#81b29a"]
+FLIP_COLOR = "#b3261e"
 
 
 def _pyplot():
@@ -36,99 +39,164 @@ def _new(plt, nrows=1, ncols=1, figsize=(9, 3.6), **kw):
     return fig, axes
 
 
-def _err(metric):
-    v = metric["value"]
-    lo, hi = metric["ci"]
+def _text_kw() -> dict:
+    return {"usetex": False, "parse_math": False}
+
+
+def metric(results: dict, key: str, name: str) -> dict | None:
+    """The metric ``name`` of audit ``key`` (``{"value", "ci", "n", "images", ...}``), or None."""
+    audit = (results.get("audits") or {}).get(key)
+    if not audit:
+        return None
+    return (audit["result"].get("metrics") or {}).get(name)
+
+
+def _predictions(results: dict, key: str) -> dict | None:
+    audit = (results.get("audits") or {}).get(key)
+    return None if not audit else audit["result"].get("predictions")
+
+
+def _err(m):
+    v = m["value"]
+    lo, hi = m["ci"]
     return v, max(v - lo, 0.0), max(hi - v, 0.0)
 
 
-def plot_jaggedness(sweep: dict, names: list[str] | None = None, class_names: list[str] | None = None,
-                    max_lines: int = 6, axes=None):
-    """Probability of the tracked class against the diagonal shift, one panel per protocol.
+def _complement(m: dict) -> dict:
+    return {**m, "value": 1 - m["value"], "ci": [1 - m["ci"][1], 1 - m["ci"][0]]}
 
-    ``sweep`` is ``results["jaggedness"]``; ``names`` label the lines (photo names).
-    """
+
+def _names(results: dict, preds: dict) -> list[str]:
+    names = (results.get("data") or {}).get("names") or []
+    indices = (results.get("data") or {}).get("indices") or []
+    by_index = dict(zip(indices, names))
+    return [by_index.get(i, f"image {i}") for i in preds["index"]]
+
+
+def _class_name(results: dict, c: int) -> str:
+    return (results.get("class_names") or {}).get(str(c), f"class {c}")
+
+
+def plot_jaggedness(results: dict, axes=None):
+    """The tracked class's probability against the diagonal shift, one panel per sweep, one line per photo;
+    red crosses mark the steps where the top-1 class changed."""
     plt = _pyplot()
-    protocols = list(sweep["protocols"])
+    keys = [k for k in SWEEPS if _predictions(results, k)]
     if axes is None:
-        fig, grid = _new(plt, 1, len(protocols), figsize=(4.2 * len(protocols), 3.6), sharey=True)
+        fig, grid = _new(plt, 1, len(keys), figsize=(4.2 * len(keys), 3.8), sharey=True)
         axes = list(grid[0])
     else:
         axes = list(axes)
         fig = axes[0].figure
-    offsets = sweep["offsets"]
-    for ax, protocol in zip(axes, protocols):
-        prob = sweep["protocols"][protocol]["probability"]
-        for i, line in enumerate(prob[:max_lines]):
-            label = names[i] if names and i < len(names) else f"photo {i}"
-            if class_names and i < len(class_names):
-                label = f"{label}: {class_names[i]}"
-            ax.plot(offsets, line, marker=".", markersize=3, linewidth=1.2, color=_COLORS[i % len(_COLORS)],
+    for ax, key in zip(axes, keys):
+        preds = _predictions(results, key)
+        names = _names(results, preds)
+        params = results["audits"][key]["result"]["protocol"]
+        n = params["n"]
+        offsets = list(range(n + 1))
+        flip_label = "top-1 changed"
+        for i, (probs, top1) in enumerate(zip(preds["tracked_probability"], preds["top1"])):
+            label = f"{names[i]}: {_class_name(results, preds['tracked_class'][i])}"
+            ax.plot(offsets, probs, marker=".", markersize=3, linewidth=1.1, color=_COLORS[i % len(_COLORS)],
                     label=label)
-        ax.set_title(_PROTOCOL_TITLES.get(protocol, protocol), fontsize=10)
+            flips = [k for k in range(1, len(top1)) if top1[k] != top1[k - 1]]
+            if flips:
+                ax.scatter(flips, [probs[k] for k in flips], marker="x", s=22, color=FLIP_COLOR, zorder=3,
+                           linewidths=1.2, label=flip_label)
+                flip_label = None
+        ax.set_title(SWEEPS[key], fontsize=10)
         ax.set_xlabel("diagonal shift (pixels)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("probability of the class")
-    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].set_ylabel("probability of the tracked class")
+    handles, labels = [], []
+    for ax in axes:
+        for h, lbl in zip(*ax.get_legend_handles_labels()):
+            if lbl not in labels:
+                handles.append(h)
+                labels.append(lbl)
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(handles)), fontsize=8,
-                   bbox_to_anchor=(0.5, -0.02 - 0.045 * ((len(handles) - 1) // 3)), frameon=False)
-    fig.tight_layout(rect=(0, 0.08 + 0.04 * ((len(handles) - 1) // 3), 1, 1))
+        rows = (len(handles) + 2) // 3
+        leg = fig.legend(handles, labels, loc="lower center", ncol=min(3, len(handles)), fontsize=8,
+                         bbox_to_anchor=(0.5, 0.0), frameon=False)
+        for text in leg.get_texts():
+            text.set_parse_math(False)
+        fig.tight_layout(rect=(0, 0.05 + 0.045 * rows, 1, 1))
     return fig
 
 
-def plot_shift_metrics(consistency: dict, sweep: dict | None = None, ax=None):
-    """Horizontal bars with 95% intervals: consistencies, 1 - P(top-1 change) per protocol, worst case."""
+def shift_bars(results: dict) -> list[tuple[str, dict, str]]:
+    """The bars of :func:`plot_shift_metrics`: (label, metric, audit key), in page order."""
+    rows = []
+    for key, label in (("consistency.crop", "crop consistency (two random crops)"),
+                       ("consistency.circular", "circular consistency (two random rolls)")):
+        m = metric(results, key, "consistency")
+        if m:
+            rows.append((label, m, key))
+    for key, title in SWEEPS.items():
+        m = metric(results, key, "top1_change")
+        if m:
+            rows.append((f"top-1 kept over a 1-px step, {title}", _complement(m), key))
+    m = metric(results, "worst_case", "worst_case_stability")
+    if m:
+        g = results["audits"]["worst_case"]["result"]["protocol"]["n"]
+        rows.append((f"photos keeping their top-1 over all {g}x{g} 1-px shifts", m, "worst_case"))
+    return rows
+
+
+def plot_shift_metrics(results: dict, ax=None):
+    """Horizontal bars with 95% image-level intervals: consistencies, 1 - P(top-1 change), the worst case."""
     plt = _pyplot()
-    rows = [("crop consistency (two random crops)", consistency["crop_consistency"]),
-            ("circular consistency (two random rolls)", consistency["circular_consistency"])]
-    if sweep:
-        for protocol, entry in sweep["protocols"].items():
-            if entry.get("top1_change"):
-                tc = entry["top1_change"]
-                rows.append((f"top-1 kept over a 1-px step, {_PROTOCOL_TITLES.get(protocol, protocol)}",
-                             {"value": 1 - tc["value"], "ci": [1 - tc["ci"][1], 1 - tc["ci"][0]], "n": tc["n"]}))
-    g = consistency.get("grid")
-    rows.append((f"top-1 kept over all {g}x{g} 1-px shifts (worst case)", consistency["worst_case"]))
+    rows = shift_bars(results)
     if ax is None:
         fig, grid = _new(plt, figsize=(9, 0.55 * len(rows) + 1.2))
         ax = grid[0][0]
     else:
         fig = ax.figure
     ys = list(range(len(rows)))[::-1]
-    for y, (label, m) in zip(ys, rows):
+    for y, (label, m, _) in zip(ys, rows):
         v, lo, hi = _err(m)
-        ax.barh(y, v, color="#9db4d8", edgecolor="#2458a6")
+        flagged = bool(m.get("flag"))
+        ax.barh(y, v, color="#d0d0d0" if flagged else "#9db4d8", edgecolor="#777777" if flagged else "#2458a6")
         ax.errorbar(v, y, xerr=[[lo], [hi]], color="black", capsize=4, linewidth=1.2)
-        ax.text(min(v + hi, 1.0) + 0.01, y, f"{100 * v:.1f}%  (n = {m['n']})", va="center", fontsize=8)
+        ax.text(min(v + hi, 1.0) + 0.01, y, f"{100 * v:.1f}%  (n = {m['n']}, {m.get('images', '?')} photos)"
+                + ("  not meaningful" if flagged else ""), va="center", fontsize=8, **_text_kw())
     ax.set_yticks(ys)
     ax.set_yticklabels([r[0] for r in rows], fontsize=9)
-    ax.set_xlim(0, 1.18)
+    ax.set_xlim(0, 1.3)
     ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_xticklabels(["0%", "25%", "50%", "75%", "100%"])
-    ax.set_xlabel("fraction of pairs / photos (95% interval)")
+    ax.set_xlabel("fraction of pairs / steps / photos (95% interval over photos)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def plot_shift_map(consistency: dict, names: list[str] | None = None, max_images: int = 10):
-    """Small multiples: the probability of each photo's class over the grid of crop offsets (dy, dx)."""
+def plot_shift_map(results: dict, max_images: int = 10):
+    """Small multiples: the tracked class's probability over the grid of crop offsets (dy, dx); cells where the
+    top-1 differs from the unshifted crop's are crossed."""
+    import math
+
     plt = _pyplot()
-    maps = consistency["grid_probability"][:max_images]
-    n = len(maps)
+    preds = _predictions(results, "worst_case")
+    g = results["audits"]["worst_case"]["result"]["protocol"]["n"]
+    names = _names(results, preds)
+    n = min(len(preds["index"]), max_images)
     ncols = min(5, n)
-    nrows = (n + ncols - 1) // ncols
+    nrows = math.ceil(n / ncols)
     fig, axes = _new(plt, nrows, ncols, figsize=(2.3 * ncols + 0.8, 2.4 * nrows + 0.3))
     image = None
     for i, ax in enumerate(axes.flat):
         if i >= n:
             ax.axis("off")
             continue
-        image = ax.imshow(maps[i], vmin=0, vmax=1, cmap="viridis", origin="upper")
-        ax.set_title(names[i] if names and i < len(names) else f"photo {i}", fontsize=9)
-        g = len(maps[i])
+        probs = [preds["tracked_probability"][i][r * g:(r + 1) * g] for r in range(g)]
+        image = ax.imshow(probs, vmin=0, vmax=1, cmap="viridis", origin="upper")
+        top1 = preds["top1"][i]
+        for k, c in enumerate(top1):
+            if c != top1[0]:
+                ax.plot(k % g, k // g, marker="x", color="white", markersize=5, markeredgewidth=1.2)
+        ax.set_title(names[i], fontsize=9, **_text_kw())
         ax.set_xticks([0, g - 1])
         ax.set_yticks([0, g - 1])
         ax.set_xlabel("dx (pixels)", fontsize=8)
@@ -137,36 +205,50 @@ def plot_shift_map(consistency: dict, names: list[str] | None = None, max_images
     fig.tight_layout()
     if image is not None:
         bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.85, pad=0.02)
-        bar.set_label("probability of the class")
+        bar.set_label("probability of the tracked class")
     return fig
 
 
-def plot_layer_profile(profile: dict, ax=None):
-    """Per-layer 1-px invariance and grid-aligned equivariance errors against depth, subsampling marked."""
+def layer_rows(results: dict) -> list[dict]:
+    """Per profiled layer: name, stride, the equivariance error (sweep.crop) and the 1-px pooled invariance
+    error (layers.invariance), as metric dicts, and the marks from the aliasing map."""
+    profile = results.get("layer_profile") or {}
+    sweep = ((results.get("audits") or {}).get("sweep.crop") or {}).get("result", {}).get("layers", {})
+    inv = ((results.get("audits") or {}).get("layers.invariance") or {}).get("result", {}).get("layers", {})
+    rows = []
+    for depth, name in enumerate(profile.get("layers", [])):
+        entry = sweep.get(name) or {}
+        stride = entry.get("stride") or (inv.get(name) or {}).get("stride")
+        rows.append({"name": name, "depth": depth, "stride": None if stride is None else max(stride),
+                     "equivariance": entry.get("equivariance"),
+                     "invariance": (inv.get(name) or {}).get("pooled_invariance"),
+                     "marks": (profile.get("marks") or {}).get(name, [])})
+    return rows
+
+
+def plot_layer_profile(results: dict, ax=None):
+    """Per-layer 1-px invariance and equivariance errors against depth, subsampling marked."""
     plt = _pyplot()
-    layers = profile["layers"]
+    rows = layer_rows(results)
     if ax is None:
         fig, grid = _new(plt, figsize=(10, 4.6))
         ax = grid[0][0]
     else:
         fig = ax.figure
-    for key, label, color in (("one_pixel_invariance", "1-px shift: change of the averaged features", "#d1495b"),
-                              ("aligned_error", "shift by the stride: equivariance error inside the border",
+    for key, label, color in (("invariance", "1-px circular shift: change of the averaged features", "#d1495b"),
+                              ("equivariance", "crop moved by a multiple of the stride: equivariance error",
                                "#2458a6")):
-        pts = [(l["depth"], l[key]) for l in layers if l.get(key)]
+        pts = [(r["depth"], r[key]) for r in rows if r.get(key) and r[key].get("value") is not None]
         if not pts:
             continue
         xs = [p[0] for p in pts]
         ax.plot(xs, [p[1]["value"] for p in pts], marker="o", markersize=4, color=color, label=label)
-        ax.fill_between(xs, [p[1]["ci"][0] for p in pts], [p[1]["ci"][1] for p in pts], color=color, alpha=0.15,
-                        linewidth=0)
-    tops = [l[k]["value"] for l in layers for k in ("one_pixel_invariance", "aligned_error") if l.get(k)]
-    his = [l[k]["ci"][1] for l in layers for k in ("one_pixel_invariance", "aligned_error") if l.get(k)]
-    if tops:
-        ax.set_ylim(0, max(min(max(his), 1.5 * max(tops)), 1e-3) * 1.05)
+        ax.fill_between(xs, [p[1]["ci"][0] if p[1]["ci"][0] is not None else p[1]["value"] for p in pts],
+                        [p[1]["ci"][1] if p[1]["ci"][1] is not None else p[1]["value"] for p in pts],
+                        color=color, alpha=0.15, linewidth=0)
     seen = set()
-    for l in layers:
-        for mark in l.get("marks", []):
+    for r in rows:
+        for mark in r.get("marks", []):
             if mark.startswith("stride"):
                 style = dict(color="black", linestyle="--", linewidth=0.9, alpha=0.7)
                 key, offset = "subsamples (" + mark + ")", 0.0
@@ -175,87 +257,131 @@ def plot_layer_profile(profile: dict, ax=None):
                 key, offset = "asymmetric 'same' padding", 0.15
             else:
                 continue
-            ax.axvline(l["depth"] + offset, label=None if key in seen else key, **style)
+            ax.axvline(r["depth"] + offset, label=None if key in seen else key, **style)
             seen.add(key)
-    xs = [l["depth"] for l in layers]
-    ax.set_xticks(xs)
-    ax.set_xticklabels([f"{l['name']} (/{l['stride']})" for l in layers], rotation=60, ha="right", fontsize=7)
+    ax.set_xticks([r["depth"] for r in rows])
+    ax.set_xticklabels([f"{r['name']} (/{r['stride']})" for r in rows], rotation=60, ha="right", fontsize=7)
+    for t in ax.get_xticklabels():
+        t.set_parse_math(False)
     ax.set_xlabel("layer output, in data-flow order (cumulative stride)")
     ax.set_ylabel("relative error")
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
 
 
-def plot_fix_comparison(fixes: dict, ax=None):
+def fix_rows(results: dict) -> list[dict]:
+    """One row per model (the original, then each fix): the metrics of the fix comparison, with audit keys."""
+    fx = results.get("fixes") or {}
+    budget = (results.get("settings") or {}).get("budget") or {}
+    sweep, grid = f"sweep{budget.get('fix_sweep', 16)}", f"grid{budget.get('fix_grid', 4)}"
+    rows = []
+    for model in fx.get("models", []):
+        prefix = "" if model == "original" else f"{model}/"
+        sweep_key = f"original/{sweep}" if model == "original" else f"{model}/{sweep}"
+        grid_key = f"original/{grid}" if model == "original" else f"{model}/{grid}"
+        crop_key, circ_key = f"{prefix}consistency.crop", f"{prefix}consistency.circular"
+        tc = metric(results, sweep_key, "top1_change")
+        rows.append({
+            "model": model, "name": (fx.get("titles") or {}).get(model, model),
+            "replacements": (fx.get("replacements") or {}).get(model),
+            "crop_consistency": (metric(results, crop_key, "consistency"), crop_key),
+            "circular_consistency": (metric(results, circ_key, "consistency"), circ_key),
+            "top1_kept": (None if tc is None else _complement(tc), sweep_key),
+            "worst_case": (metric(results, grid_key, "worst_case_stability"), grid_key),
+            "agreement": (metric(results, crop_key, "reference_agreement"), crop_key),
+            "accuracy": (metric(results, crop_key, "accuracy"), crop_key),
+        })
+    return rows
+
+
+FIX_COLUMNS = (("crop_consistency", "crop\nconsistency"), ("circular_consistency", "circular\nconsistency"),
+               ("top1_kept", "top-1 kept\nover a 1-px step"), ("worst_case", "stable over\nthe grid"),
+               ("agreement", "same top-1 as\nthe original"))
+
+
+def plot_fix_comparison(results: dict, ax=None):
     """Grouped bars with 95% intervals: each metric for the original and the converted models."""
     plt = _pyplot()
-    metrics = [("crop_consistency", "crop\nconsistency"), ("circular_consistency", "circular\nconsistency"),
-               ("top1_change", "top-1 kept\nover a 1-px step"), ("worst_case", "stable over\nthe grid"),
-               ("agreement", "same top-1 as\nthe original")]
-    models = fixes["models"]
+    rows = fix_rows(results)
     if ax is None:
         fig, grid = _new(plt, figsize=(10, 4))
         ax = grid[0][0]
     else:
         fig = ax.figure
-    width = 0.8 / max(len(models), 1)
-    for j, row in enumerate(models):
-        for i, (key, _) in enumerate(metrics):
-            m = row.get(key)
-            if not m:
+    width = 0.8 / max(len(rows), 1)
+    for j, row in enumerate(rows):
+        for i, (key, _) in enumerate(FIX_COLUMNS):
+            m = row[key][0]
+            if not m or m.get("value") is None:
                 continue
-            if key == "top1_change":
-                m = {"value": 1 - m["value"], "ci": [1 - m["ci"][1], 1 - m["ci"][0]], "n": m["n"]}
             v, lo, hi = _err(m)
-            x = i + (j - (len(models) - 1) / 2) * width
+            x = i + (j - (len(rows) - 1) / 2) * width
             ax.bar(x, v, width * 0.92, color=_COLORS[j % len(_COLORS)], label=row["name"] if i == 0 else None)
             ax.errorbar(x, v, yerr=[[lo], [hi]], color="black", capsize=3, linewidth=1)
-    ax.set_xticks(range(len(metrics)))
-    ax.set_xticklabels([m[1] for m in metrics], fontsize=9)
+    ax.set_xticks(range(len(FIX_COLUMNS)))
+    ax.set_xticklabels([m[1] for m in FIX_COLUMNS], fontsize=9)
     ax.set_ylim(0, 1.08)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_yticklabels(["0%", "25%", "50%", "75%", "100%"])
-    ax.set_ylabel("fraction (95% interval)")
+    ax.set_ylabel("fraction (95% interval over photos)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
     fig.tight_layout()
     return fig
 
 
-def plot_invariances(invariances: dict, axes=None):
-    """Top-1 stability (top row) and the class's mean probability (bottom row) for each transformation."""
+INVARIANCES = {"rotation": "rotation", "scale": "scale", "brightness": "brightness"}
+
+
+def plot_invariances(results: dict, axes=None):
+    """Top row: the fraction of photos keeping their top-1 (agreement with the reference value, 95% interval).
+    Bottom row: the tracked class's probability, one line per photo."""
     plt = _pyplot()
-    kinds = list(invariances)
+    kinds = [k for k in INVARIANCES if (results.get("audits") or {}).get(k)]
     if axes is None:
-        fig, axes = _new(plt, 2, len(kinds), figsize=(4 * len(kinds), 5.6), sharey="row")
+        fig, axes = _new(plt, 2, len(kinds), figsize=(4 * len(kinds), 5.8), sharey="row")
     else:
         fig = axes[0][0].figure
     for col, kind in enumerate(kinds):
-        entry = invariances[kind]
-        xs = entry["values"]
-        for row, key, ylabel in ((0, "stability", "photos keeping their top-1"),
-                                 (1, "probability", "mean probability of the class")):
-            ax = axes[row][col]
-            v = [m["value"] for m in entry[key]]
-            ax.plot(xs, v, marker="o", markersize=4, color="#2458a6")
-            ax.fill_between(xs, [m["ci"][0] for m in entry[key]], [m["ci"][1] for m in entry[key]],
-                            color="#2458a6", alpha=0.15, linewidth=0)
-            ax.set_ylim(-0.02, 1.02)
-            ax.grid(alpha=0.3)
-            if col == 0:
-                ax.set_ylabel(ylabel)
-            if row == 0:
-                ax.set_title(kind, fontsize=10)
-            if row == 1:
-                ax.set_xlabel(entry.get("unit", ""))
+        audit = results["audits"][kind]
+        proto = audit["result"]["protocol"]
+        values = proto.get("angles") or proto.get("factors")
+        ref = values[0]
+        curve = (metric(results, kind, "agreement") or {}).get("curve") or {}
+        pts = sorted([(ref, 1.0, 1.0, 1.0)] + [(p, v, c[0], c[1]) for p, v, c in
+                                                zip(curve.get("parameters", []), curve.get("value", []),
+                                                    curve.get("ci", []))])
+        ax = axes[0][col]
+        xs = [p[0] for p in pts]
+        ax.plot(xs, [p[1] for p in pts], marker="o", markersize=4, color="#2458a6")
+        ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], color="#2458a6", alpha=0.15, linewidth=0)
+        ax.set_title(INVARIANCES[kind], fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        if col == 0:
+            ax.set_ylabel("photos keeping their top-1")
+        preds = audit["result"].get("predictions")
+        ax2 = axes[1][col]
+        if preds:
+            order = sorted(range(len(values)), key=lambda i: values[i])
+            for i, probs in enumerate(preds["tracked_probability"]):
+                ax2.plot([values[k] for k in order], [probs[k] for k in order], color=_COLORS[i % len(_COLORS)],
+                         linewidth=1, alpha=0.8)
+        ax2.set_ylim(-0.02, 1.02)
+        ax2.grid(alpha=0.3)
+        ax2.set_xlabel(audit.get("unit", ""))
+        if col == 0:
+            ax2.set_ylabel("probability of the tracked class")
+        for a in (ax, ax2):
             if kind == "scale":
-                ax.set_xscale("log")
-                ax.set_xticks(xs)
-                ax.set_xticklabels([f"{x:g}" for x in xs], fontsize=7)
-                ax.minorticks_off()
-            if kind == "rotation" and len(xs) > 1 and max(xs) - min(xs) >= 180:
-                ax.set_xticks([x for x in xs if x % 90 == 0])
+                a.set_xscale("log")
+                a.set_xticks(sorted(values))
+                a.set_xticklabels([f"{x:g}" for x in sorted(values)], fontsize=7)
+                a.minorticks_off()
+            if kind == "rotation" and max(values) - min(values) >= 180:
+                a.set_xticks([x for x in sorted(values) if x % 90 == 0])
     fig.tight_layout()
     return fig
