@@ -59,6 +59,10 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     ensure_venv()
     env = dict(os.environ)
+    # glibc returns every large freed block to the kernel, so torch pays page faults on each forward pass;
+    # these keep that memory in the process (see shiftlab/_runtime.py; the CLI sets the same with mallopt)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 30))
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(2 << 30))
     if command == "setup":
         return 0
     if command == "demo":

@@ -245,3 +245,62 @@ def test_exception_folders_and_paths(tmp_path):
         load_dataset(interpolation="lanczos")
     with pytest.raises(InputError, match="path"):
         load_dataset(42)
+
+
+# ------------------------------------------------------------------------------------------ image sources
+def test_feature_16bit_png_and_float_tiff_load_at_their_true_values(tmp_path):
+    from shiftlab.data.sources import decode_image
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (32, 1))
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    x = decode_image(tmp_path / "g16.png")
+    assert abs(float(x.mean()) - 0.5) < 1e-3 and float(x.max()) == 1.0  # not saturated at 0.996
+    img = Image.fromarray(np.full((8, 8), 0.25, np.float32), mode="F")
+    img.save(tmp_path / "f.tiff")
+    assert np.allclose(decode_image(tmp_path / "f.tiff"), 0.25)  # not black
+    Image.fromarray(np.full((8, 8), 7.0, np.float32), mode="F").save(tmp_path / "bad.tiff")
+    with pytest.raises(InputError, match=r"float images must be in \[0, 1\]"):
+        decode_image(tmp_path / "bad.tiff")
+
+
+def test_feature_oversized_images_are_skipped_and_counted_without_a_warning(tmp_path, monkeypatch, recwarn):
+    from PIL import Image as PILImage
+
+    from shiftlab.data.sources import decode_image, open_images
+
+    _png(tmp_path / "big.png", (10, 20, 30), size=(300, 300))
+    _png(tmp_path / "ok.png", (10, 20, 30), size=(100, 100))
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 50_000)  # 300x300 is over, as a 14000x13000 photo is
+    with pytest.raises(InputError, match="pixel limit"):
+        decode_image(tmp_path / "big.png")
+    data = load_dataset(tmp_path, image_size=64)
+    assert data.names == ["ok.png"] and "pixel limit" in data.skipped[0][1]
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]
+    source = open_images(tmp_path)
+    assert len(source) == 2  # listed; the big one fails when it is read, and the audit counts it
+
+
+def test_feature_folder_sources_filter_by_extension_and_list_unreadable_class_folders(tmp_path, monkeypatch):
+    import os as _os
+
+    from shiftlab.data.sources import open_images
+
+    _png(tmp_path / "cat" / "1.png", (255, 0, 0))
+    _png(tmp_path / "cat" / "deep" / "2.JPG", (255, 0, 0))
+    (tmp_path / "cat" / "notes.txt").write_text("labels are folder names")
+    _png(tmp_path / "dog" / "1.png", (0, 255, 0))
+    (tmp_path / "locked").mkdir()
+    real = _os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(_os, "scandir", scandir)
+    source = open_images(tmp_path)
+    assert source.class_names == ["cat", "dog", "locked"]
+    assert source.names == [os.path.join("cat", "1.png"), os.path.join("cat", "deep", "2.JPG"),
+                            os.path.join("dog", "1.png")]
+    assert source.labels.tolist() == [0, 0, 1] and source.ignored == 1  # notes.txt: not an image, not an error
+    assert [(os.path.basename(p), "folder cannot be read" in r) for p, r in source.skipped] == [("locked", True)]

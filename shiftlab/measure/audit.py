@@ -994,6 +994,8 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
     prep = _parse_preprocessing(model_preprocessing(model), preprocessing)
     own = tuple(int(v) for v in probe.shape[-2:])
     wanted_size = None if image_size is None else _check_size_arg(image_size)
+    if wanted_size is not None and tuple(prep.input_size) != wanted_size:
+        prep = prep.with_overrides(input_size=wanted_size)  # the resize follows (same crop_pct)
     protocol = parse_protocol(transform) if transform is not None else _default_protocol(
         wanted_size or (tuple(prep.input_size) if (from_files and prep.fixed_size) else own))
     sizes = _sizes(protocol, prep, own, wanted_size, resize, from_files, uniform)
