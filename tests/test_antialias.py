@@ -324,3 +324,104 @@ def test_dense_pool_samples_are_the_pool_and_gradients_agree(k, s, p, d, ceil):
             torch.testing.assert_close(grad_got, grad_want, rtol=1e-12, atol=1e-12)
             with torch.no_grad():  # the in-place fast path gives the same numbers
                 assert torch.equal(DensePool2d(pool)(x), dense.detach())
+
+
+# --- blur before the strided conv (placement="before", MosaicML Composer's blur_first) ------------------------
+
+@pytest.mark.parametrize("name", ["tv_resnet18", "tv_mobilenet_v2", "timm_resnet26d", "timm_lite0"])
+def test_blur_before_with_filter_size_one_is_the_original_function(name):
+    model = make(name).double()
+    converted, report = antialias(model, "blur", filter_size=1, placement="before", keep_stem=False)
+    assert report
+    x = torch.randn(2, 3, 49, 49, dtype=F64)
+    with torch.no_grad():
+        got, want = converted(x), model(x)
+    if name in ("tv_resnet18", "tv_mobilenet_v2"):  # every conv runs as before and max pools are exact: bit for bit
+        assert torch.equal(got, want)
+    assert relative_gap(got, want) < 1e-12
+    # negative control: a real blur before the conv changes the function
+    blurred, _ = antialias(model, "blur", filter_size=3, placement="before")
+    with torch.no_grad():
+        assert relative_gap(blurred(x), want) > 1e-6
+
+
+def test_blur_before_keeps_strides_and_blurs_each_strided_conv_input():
+    model = make("tv_resnet18").double()
+    converted, report = antialias(model, "blur", filter_size=3, placement="before")
+    by_name = {r.name: r for r in report}
+    block, original = converted.layer2[0], model.layer2[0]
+    assert block.conv1.stride == (2, 2) and converted.conv1.stride == (2, 2)  # the stem is kept, as with "after"
+    assert by_name["layer2.0.conv1"].after.startswith("BlurPool2d(filter_size=3, stride=1")
+    assert "stride=(2, 2)" in by_name["layer2.0.conv1"].after
+    assert by_name["layer2.0.downsample.0"].after.startswith("BlurPool2d(filter_size=3, stride=2")  # as "after"
+    assert isinstance(converted.maxpool[1], BlurPool2d)  # pools as Zhang's
+    x = torch.randn(1, 64, 16, 16, dtype=F64)
+    with torch.no_grad():  # BasicBlock by hand: blur (stride 1), then the strided conv
+        hidden = torch.relu(original.bn1(nn.functional.conv2d(blur_pool2d(x, 3, 1, "reflect"), original.conv1.weight,
+                                                              stride=2, padding=1)))
+        main = original.bn2(original.conv2(hidden))
+        shortcut = original.downsample[1](nn.functional.conv2d(blur_pool2d(x, 3, 2, "reflect"),
+                                                               original.downsample[0].weight))
+        torch.testing.assert_close(block(x), torch.relu(main + shortcut), rtol=1e-12, atol=1e-12)
+    converted.load_state_dict(model.state_dict(), strict=True)
+    assert list(converted.state_dict()) == list(model.state_dict())
+
+
+def test_blur_before_raises_shift_consistency_of_a_network():
+    """As test_blur_raises_shift_consistency_of_a_network, for the cheaper placement; filter 1 is the control."""
+    model = make("tv_resnet18")
+    torch.manual_seed(1)
+    x = nn.functional.avg_pool2d(torch.randn(4, 3, 68, 68), 5, 1)
+
+    def mean_change(net):
+        with torch.no_grad():
+            y = net(x)
+            return sum(relative_gap(net(torch.roll(x, s, (-2, -1))), y) for s in [(0, 1), (1, 0), (1, 1), (0, 3)])
+
+    blurred, _ = antialias(model, "blur", filter_size=5, placement="before")
+    unblurred, _ = antialias(model, "blur", filter_size=1, placement="before")
+    assert mean_change(blurred) < 0.5 * mean_change(model)
+    assert mean_change(unblurred) == pytest.approx(mean_change(model), rel=1e-6)  # negative control
+
+
+def test_blur_before_with_circular_padding_and_same_convs():
+    model = make("timm_lite0").double()
+    converted, report = antialias(model, "blur", filter_size=3, placement="before", circular=True)
+    convs = [m for m in converted.modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)]
+    assert convs and all(type(m).__name__ == "SamePaddedConv2d" and m.pad_mode == "circular" for m in convs
+                         if m.kernel_size != (1, 1))
+    blurs = [m for m in converted.modules() if isinstance(m, BlurPool2d) and m.stride == 1]
+    assert blurs and all(m.padding_mode == "circular" for m in blurs)
+    # circular padding everywhere and a total stride of 32: invariant to shifts by multiples of 32
+    x = torch.randn(2, 3, 64, 64, dtype=F64)
+    assert circular_invariance_gap(converted, x, [(32, 0), (0, 32)]) < 1e-10
+    assert circular_invariance_gap(converted, x, [(1, 0)]) > 1e-4  # and not to others: blur is not APS
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="aps", placement="before"), "placement='before' is for method='blur'"),
+    (dict(method="blur", placement="first"), "placement must be one of after, before"),
+    (dict(method="blur", placement=None), "placement"),
+])
+def test_antialias_exception_on_bad_placement(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        antialias(make("tv_resnet18"), **kwargs)
+
+
+def test_cli_fix_placement_flag_converts_and_says_how_to_load(tmp_path, capsys):
+    from shiftlab.cli import main
+
+    out = tmp_path / "fixed.pt"
+    assert main(["fix", "--model", "torchvision:resnet18", "--method", "blur", "--placement", "before",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "stride=1, padding_mode='reflect') first, then Conv2d(64, 128" in text
+    assert "placement='before'" in text  # in the load instructions
+    model, _ = antialias(torchvision.models.resnet18(), "blur", placement="before")
+    model.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    with pytest.raises(SystemExit):
+        main(["fix", "--model", "torchvision:resnet18", "--method", "blur", "--placement", "first",
+              "--out", str(tmp_path / "x.pt")])
+    assert main(["fix", "--model", "torchvision:resnet18", "--method", "aps", "--placement", "before",
+                 "--out", str(tmp_path / "y.pt")]) == 2
+    assert "placement='before' is for method='blur'" in capsys.readouterr().err

@@ -144,3 +144,73 @@ def test_exception_model_not_returning_a_tensor():
 
     with pytest.raises(InputError, match="one tensor"):
         certify(DictOut(), 8, shifts=[(1, 1)], channels=3)
+
+
+# ---- non-finite outputs never pass (issue 12) --------------------------------------------------------------
+
+class Broken(nn.Module):
+    """A circular, exactly invariant net whose output is made NaN or Inf: everywhere, or only for some inputs."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.net = adaptive_net()
+        self.how = how
+
+    def forward(self, x):
+        y = self.net(x)
+        if self.how == "nan":
+            return y * float("nan")
+        if self.how == "inf":
+            return y + float("inf")
+        # NaN only where the top-left pixel is negative: the unshifted output can be finite, some shifted ones not
+        return y + torch.log(x[:, :1, 0, 0]) * 0
+
+
+@pytest.mark.parametrize("how", ["nan", "inf", "some"])
+def test_feature_non_finite_outputs_fail_certification(how):
+    net = Broken(how)
+    result = certify(net, (8, 8), n_inputs=2)
+    assert not result.passed
+    assert result.non_finite > 0 and "NaN or Inf" in result.reason
+    assert result.max_rel_deviation == float("inf") and result.max_abs_deviation == float("inf")
+    d = result.to_dict()
+    assert d["passed"] is False and d["max_rel_deviation"] is None and d["non_finite"] == result.non_finite
+    import json
+    json.loads(json.dumps(d, allow_nan=False))  # strict JSON
+    with pytest.raises(AssertionError, match="NaN or Inf"):
+        assert_certified(net, (8, 8))
+    # negative control: the same net without the breakage is certified, with no reason given
+    fine = certify(net.net, (8, 8))
+    assert fine.passed and fine.non_finite == 0 and fine.reason is None
+
+
+def test_feature_cli_fix_certify_reports_a_nan_model_as_not_certified(tmp_path, capsys):
+    from shiftlab.cli import main
+
+    factory = tmp_path / "nan_net.py"
+    factory.write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)\n"
+        "    def forward(self, x):\n"
+        "        return self.conv(x).mean((2, 3)) * float('nan')\n"
+        "def make():\n"
+        "    return Net()\n")
+    code = main(["fix", "--model", f"{factory}:make", "--method", "aps", "--circular", "--out",
+                 str(tmp_path / "fixed.pt"), "--certify", "16", "16"])
+    out = capsys.readouterr().out
+    line = [l for l in out.splitlines() if l.startswith("certify")][0]
+    assert code == 0 and "NOT certified" in line and "NaN or Inf" in line and ": invariant" not in line
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(n_inputs="a"), "n_inputs"), (dict(n_inputs=0), "n_inputs"), (dict(n_inputs=2.5), "n_inputs"),
+    (dict(batch=True), "batch"), (dict(batch=0), "batch"), (dict(seed=-1), "seed"), (dict(seed="0"), "seed"),
+    (dict(channels="3"), "channels"), (dict(channels=0), "channels"),
+])
+def test_exception_bad_counts_name_the_argument(kwargs, name):
+    with pytest.raises(InputError, match=name) as info:
+        certify(strided_circular_net(), 8, **kwargs)
+    assert "\n" not in str(info.value)

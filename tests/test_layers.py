@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shiftlab.errors import ShapeError
+from shiftlab.errors import ShapeError, ShiftlabError
 from shiftlab.layers import (
     PADDING_MODES,
     APSPool2d,
@@ -430,3 +430,145 @@ def test_blur_pool2d_works_with_autograd_after_inference_mode():
     y = torch.randn(1, 2, 7, 9, requires_grad=True)
     blur_pool2d(y, 3, 2, "reflect").sum().backward()
     assert y.grad is not None and y.grad.abs().sum() > 0
+
+
+# --- low-precision blur (issue 12: float16 overflowed) --------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("filter_size", range(1, 8))
+def test_blur_pool2d_half_precision_matches_a_float64_reference(dtype, filter_size):
+    """The taps of a 7-tap filter sum to 64 per axis: summed before normalising, 20.0 became 81920 > 65504."""
+    torch.manual_seed(filter_size)
+    for x in (torch.full((1, 1, 16, 16), 20.0), 1000 * torch.rand(2, 3, 13, 16), torch.randn(2, 3, 9, 8)):
+        low = x.to(dtype)
+        for padding_mode in PADDING_MODES:
+            got = blur_pool2d(low, filter_size, 2, padding_mode)
+            want = reference_blur_pool(low.double(), filter_size, 2, padding_mode)
+            assert got.dtype == dtype and torch.isfinite(got).all()
+            # one rounding to the dtype at the end: within half an ulp of the float64 result
+            torch.testing.assert_close(got.double(), want, rtol=2.0 ** -8 if dtype == torch.float16 else 2.0 ** -7,
+                                       atol=1e-3)
+            assert torch.equal(BlurPool2d(filter_size=filter_size, padding_mode=padding_mode)(low), got)
+    assert torch.equal(blur_pool2d(torch.full((1, 1, 16, 16), 20.0).half(), 7), torch.full((1, 1, 8, 8), 20.0).half())
+
+
+def test_blur_pool2d_half_precision_gradients_and_aps_blur():
+    x = (100 * torch.rand(1, 2, 8, 8)).half().requires_grad_()
+    blur_pool2d(x, 7, 2).sum().backward()
+    assert x.grad.dtype == torch.float16 and torch.isfinite(x.grad).all()
+    big = torch.full((1, 2, 8, 8), 3000.0, dtype=torch.float16)
+    assert torch.equal(aps_pool2d(big, 2, filter_size=7), torch.full((1, 2, 4, 4), 3000.0, dtype=torch.float16))
+
+
+# --- input checks: every bad input raises a ShiftlabError, never another exception ------------------------------
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.uint8, torch.bool,
+          torch.complex64]
+
+
+@st.composite
+def maybe_bad_tensors(draw):
+    """Tensors of any rank 0..5 with sizes 0..6 and any dtype, in several layouts; or things that are not tensors."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.sampled_from([None, 1.0, [[1.0, 2.0]], "x", (1, 1, 4, 4)]))
+    shape = draw(st.lists(st.integers(0, 6), min_size=0, max_size=5))
+    if draw(st.integers(0, 7)):  # mostly 4-D, so that the argument checks are reached
+        shape = [draw(st.integers(0, 3)), draw(st.integers(0, 4)), draw(st.integers(0, 7)), draw(st.integers(0, 7))]
+    dtype = draw(mostly_valid(st.sampled_from(DTYPES[:4]), st.sampled_from(DTYPES[4:])))
+    x = (10 * torch.randn(shape)).to(dtype) if shape else torch.tensor(1.0).to(dtype)
+    layout = draw(st.sampled_from(["contiguous", "channels_last", "transposed", "expanded"]))
+    if x.ndim == 4 and layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif x.ndim == 4 and layout == "transposed":
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    elif x.ndim == 4 and layout == "expanded" and x.shape[0] > 0:
+        x = x[:1].expand(x.shape)
+    return x
+
+
+def mostly_valid(valid, bad):
+    """Valid values three times in four, so that most examples reach the checks after this argument's."""
+    return st.integers(0, 3).flatmap(lambda i: bad if i == 0 else valid)
+
+
+SIZES = mostly_valid(st.integers(1, 4), st.one_of(st.integers(-2, 9), st.sampled_from([None, 2.0, True, "3", (2, 2)])))
+MODES = mostly_valid(st.sampled_from(PADDING_MODES), st.sampled_from(["constant", "", None, 3, ("reflect",)]))
+
+
+def _call(kind, x, filter_size, stride, padding_mode, kernel_size):
+    if kind == "blur_pool2d":
+        return blur_pool2d(x, filter_size, stride, padding_mode)
+    if kind == "BlurPool2d":
+        return BlurPool2d(filter_size=filter_size, stride=stride, padding_mode=padding_mode)(x)
+    if kind == "max_blur_pool2d":
+        return max_blur_pool2d(x, kernel_size, filter_size, stride, padding_mode)
+    if kind == "MaxBlurPool2d":
+        return MaxBlurPool2d(kernel_size, filter_size, stride, padding_mode)(x)
+    if kind == "aps_pool2d":
+        return aps_pool2d(x, stride, filter_size, padding_mode)
+    if kind == "APSPool2d":
+        return APSPool2d(stride, filter_size, padding_mode)(x)
+    if kind == "aps_phase":
+        return aps_phase(x, stride)
+    if kind == "polyphase_norms":
+        return polyphase_norms(x, stride)
+    if kind == "polyphase_energies":
+        return polyphase_energies(x, stride)
+    return binomial_filter(filter_size)
+
+
+KINDS = ["blur_pool2d", "BlurPool2d", "max_blur_pool2d", "MaxBlurPool2d", "aps_pool2d", "APSPool2d", "aps_phase",
+         "polyphase_norms", "polyphase_energies", "binomial_filter"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(KINDS), x=maybe_bad_tensors(), filter_size=SIZES, stride=SIZES, padding_mode=MODES,
+       kernel_size=SIZES)
+def test_exception_property_every_bad_input_raises_a_shiftlab_error(kind, x, filter_size, stride, padding_mode,
+                                                                    kernel_size):
+    try:
+        out = _call(kind, x, filter_size, stride, padding_mode, kernel_size)
+    except ShiftlabError:
+        return
+    # a valid call: the shape is the documented one, and the layout of the input does not matter
+    if kind == "binomial_filter":
+        assert out.shape == (filter_size, filter_size)
+        return
+    b, c, h, w = x.shape
+    if kind in ("aps_phase",):
+        assert out.shape == (b,) and out.dtype == torch.int64
+    elif kind in ("polyphase_norms", "polyphase_energies"):
+        assert out.shape == (b, stride * stride)
+    else:
+        if "max" in kind.lower():
+            h, w = h - kernel_size + 1, w - kernel_size + 1
+        assert out.shape == (b, c, math.ceil(h / stride), math.ceil(w / stride))
+    torch.testing.assert_close(out, _call(kind, x.contiguous(), filter_size, stride, padding_mode, kernel_size),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: aps_pool2d(torch.randn(2, 0, 4, 4)),
+    lambda: APSPool2d()(torch.randn(2, 0, 4, 4)),
+    lambda: aps_phase(torch.randn(1, 0, 4, 4)),
+    lambda: polyphase_energies(torch.randn(1, 0, 4, 4)),
+    lambda: APSPool2d(shared="not a SharedPhase"),
+    lambda: BlurPool2d(channels=0),
+    lambda: BlurPool2d(channels="3"),
+    lambda: binomial_filter(3, dtype=torch.int64),
+    lambda: binomial_filter(3, dtype="float32"),
+    lambda: SharedPhase(stride=0),
+    lambda: blur_pool2d(torch.randn(1, 1, 8, 8), padding_mode=["reflect"]),
+])
+def test_exception_zero_channels_and_bad_options_raise_one_line_shiftlab_errors(call):
+    with pytest.raises(ShiftlabError) as info:
+        call()
+    assert "\n" not in str(info.value) and len(str(info.value)) < 200
+
+
+def test_blur_pool2d_zero_channels_and_empty_batches_are_fine():
+    assert blur_pool2d(torch.randn(2, 0, 8, 8)).shape == (2, 0, 4, 4)
+    assert blur_pool2d(torch.randn(0, 3, 8, 8)).shape == (0, 3, 4, 4)
+    assert aps_pool2d(torch.randn(0, 3, 8, 8)).shape == (0, 3, 4, 4)
+    with pytest.raises(ShapeError, match="channel"):
+        aps_pool2d(torch.randn(2, 0, 4, 4))

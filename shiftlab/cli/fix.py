@@ -18,6 +18,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--stem", choices=("keep", "convert"), default=None,
                         help="the first strided conv: kept strided by default with blur (as Zhang 2019 and timm "
                              "do), converted by default with aps")
+    parser.add_argument("--placement", choices=("after", "before"), default=None,
+                        help="with --method blur, where the blur of a strided conv goes: after (default, Zhang 2019: "
+                             "the conv at stride 1, the blur after its activation) or before (the cheaper blur_first "
+                             "of MosaicML Composer: blur at stride 1, then the conv at its stride)")
     parser.add_argument("--out", required=True, metavar="FILE", help="where to save the converted state_dict (.pt)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     parser.add_argument("--certify", nargs=2, type=int, metavar=("H", "W"), default=None,
@@ -32,6 +36,8 @@ def _conversion_kwargs(args) -> dict:
         kwargs["filter_size"] = args.filter_size
     if args.stem is not None:
         kwargs["keep_stem"] = args.stem == "keep"
+    if args.placement is not None:
+        kwargs["placement"] = args.placement
     return kwargs
 
 
@@ -83,6 +89,9 @@ def run(args) -> int:
 
         shifts = "period" if args.shifts == 0 else args.shifts
         result = certify(converted, tuple(args.certify), shifts=shifts)
+        if result.non_finite:
+            print(f"certify at {args.certify[0]}x{args.certify[1]}: NOT certified: {result.reason}")
+            return 0
         verdict = "invariant" if result.passed else "NOT invariant"
         print(f"certify at {args.certify[0]}x{args.certify[1]}: {verdict} to circular shifts: max relative deviation "
               f"{result.max_rel_deviation:.3g} over {result.shifts_checked} shifts ({result.dtype}, tolerance "

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shiftlab.errors import ShapeError
+from shiftlab.layers.blur_pool import in_graph_capture
 
 __all__ = ["RunAfter", "RunBefore", "SamePaddedConv2d", "DensePool2d", "same_padding"]
 
@@ -178,7 +179,8 @@ class DensePool2d(nn.Module):
     border windows take the maximum of their taps inside the map): building it took about a third of the
     dense pool's time on a ResNet stem's output. With ``circular=True`` the input is instead padded
     circularly to keep its size (``padding`` before, the rest of ``kernel - 1`` after) and the pool counts
-    every element.
+    every element. Under graph capture (``torch.export``, ``torch.jit.trace``, ONNX export) a max pool is
+    written as a -inf padding and one stride-1 ``max_pool2d``, the same values.
 
     Shape:
         Input: (B, C, H, W). Output: (B, C, H', W') with H' = (pool output - 1) * s + 1, or H if circular.
@@ -198,6 +200,8 @@ class DensePool2d(nn.Module):
 
     def _reduce(self, x: Tensor) -> Tensor:
         """Max or sum over every window of an already padded map (stride 1, no padding)."""
+        if self.kind == "max" and in_graph_capture():  # one MaxPool node in an exported graph
+            return F.max_pool2d(x, self.kernel_size, stride=1, dilation=self.dilation)
         return _window_reduce(x, self.kernel_size, self.dilation, self.kind)
 
     def _mean(self, total: Tensor) -> Tensor:
@@ -215,6 +219,8 @@ class DensePool2d(nn.Module):
             needed = (_pool_length(n, k, s, p, d, self.ceil_mode) - 1) * s + 1
             extra.append(max(needed - (n + 2 * p - d * (k - 1)), 0))
         pads = (pw, pw + extra[1], ph, ph + extra[0])
+        if self.kind == "max" and in_graph_capture():  # a static graph: pad with -inf, then one max pool
+            return self._reduce(F.pad(x, pads, value=float("-inf")) if any(pads) else x)
         if self.kind == "max":  # -inf padding, without building it
             x = _max_axis_unpadded(x, -2, kh, dh, ph, ph + extra[0])
             return _max_axis_unpadded(x, -1, kw, dw, pw, pw + extra[1])

@@ -8,11 +8,17 @@ non-adaptive subsampling fails it at the odd shifts.
 
 :func:`certify` measures the largest deviation; :func:`assert_certified` applies the dtype's tolerance
 (1e-10 relative in float64, 1e-5 in float32).
+
+A model whose output holds NaN or Inf (for the unshifted or any shifted input) is never certified: the
+deviations of such outputs mean nothing (NaN compares false with everything), so the result then reports
+infinite deviations, the count of non-finite values and a ``reason``, and ``passed`` is False.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 from dataclasses import asdict, dataclass
 
 import torch
@@ -41,6 +47,8 @@ class CertifyResult:
         dtype: the dtype the model and inputs were cast to (``"float64"``).
         tolerance: the relative tolerance of that dtype (1e-10 for float64, 1e-5 for float32).
         full_period: whether every shift of one period was checked.
+        non_finite: how many output values were NaN or Inf (unshifted and shifted inputs); any makes
+            the deviations infinite and the certification fail.
     """
 
     max_abs_deviation: float
@@ -53,15 +61,32 @@ class CertifyResult:
     dtype: str
     tolerance: float
     full_period: bool
+    non_finite: int = 0
 
     @property
     def passed(self) -> bool:
-        """Whether ``max_rel_deviation`` is within the dtype's tolerance."""
-        return self.max_rel_deviation <= self.tolerance
+        """Whether every output was finite and ``max_rel_deviation`` is within the dtype's tolerance."""
+        return self.non_finite == 0 and self.max_rel_deviation <= self.tolerance
+
+    @property
+    def reason(self) -> str | None:
+        """Why the certification failed, in one line; None if it passed."""
+        if self.non_finite:
+            return (f"the model's output holds {self.non_finite} NaN or Inf value(s) on random {self.dtype} inputs; "
+                    "a model with non-finite outputs cannot be certified")
+        if not self.passed:
+            return (f"relative deviation {self.max_rel_deviation:.3g} > {self.tolerance:.3g} at shift "
+                    f"{self.worst_shift}")
+        return None
 
     def to_dict(self) -> dict:
+        """The fields, ``passed`` and ``reason``, JSON-ready (infinite deviations become None)."""
         d = asdict(self)
         d["passed"] = self.passed
+        d["reason"] = self.reason
+        for key in ("max_abs_deviation", "max_rel_deviation"):
+            if not math.isfinite(d[key]):
+                d[key] = None
         for key in ("worst_shift", "total_stride", "input_size"):
             if d[key] is not None:
                 d[key] = list(d[key])
@@ -125,6 +150,17 @@ def _as_output(out) -> torch.Tensor:
     return out
 
 
+def _positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise InputError(f"{name} must be {kind}, got {value!r}")
+    return int(value)
+
+
+def _count_non_finite(out: torch.Tensor) -> int:
+    return int((~torch.isfinite(out)).sum())
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
@@ -165,7 +201,12 @@ def certify(
         progress: show a progress bar on stderr.
 
     Returns:
-        :class:`CertifyResult`; ``result.passed`` applies the dtype's tolerance.
+        :class:`CertifyResult`; ``result.passed`` applies the dtype's tolerance and is False whenever an
+        output holds NaN or Inf (``result.reason`` says so).
+
+    Raises:
+        InputError: a bad model, shifts, ``n_inputs``, ``batch``, ``seed`` or ``channels``.
+        ShapeError: a bad ``dtype`` or ``input_size``.
 
     Shape:
         - Random inputs: (n_inputs, C, H, W); shifted batches: (batch, C, H, W).
@@ -183,10 +224,10 @@ def certify(
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if dtype not in FLOAT_DTYPES:
         raise ShapeError(f"dtype must be a floating dtype, got {dtype}")
-    if int(n_inputs) < 1 or int(batch) < 1:
-        raise InputError(f"n_inputs and batch must be at least 1, got {n_inputs} and {batch}")
+    n_inputs, batch = _positive_int(n_inputs, "n_inputs"), _positive_int(batch, "batch")
+    seed = _positive_int(seed, "seed", minimum=0)
     size = _check_size(input_size)
-    channels = _input_channels(model) if channels is None else int(channels)
+    channels = _input_channels(model) if channels is None else _positive_int(channels, "channels")
     device = _model_device(model) if device is None else torch.device(device)
 
     net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
@@ -201,6 +242,7 @@ def certify(
     worst_abs, worst_rel, worst_shift = 0.0, -1.0, None
     with torch.inference_mode():
         reference = _as_output(net(x)).reshape(n, -1).to(torch.float64)
+        non_finite = _count_non_finite(reference)
         scale = reference.abs().amax(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
         chunks = list(torch.split(table, per_pass))
         for chunk in track(chunks, "certifying shifts", total=len(chunks), enabled=progress):
@@ -209,12 +251,15 @@ def certify(
             dx = chunk[:, 1].repeat_interleave(n).to(device)
             shifted = _roll_per_sample(x.repeat(k, 1, 1, 1), dy, dx)
             out = _as_output(net(shifted)).reshape(k, n, -1).to(torch.float64)
+            non_finite += _count_non_finite(out)
             deviation = (out - reference[None]).abs().amax(dim=2)  # (k, n)
             relative = (deviation / scale[None]).amax(dim=1)  # (k,)
             worst_abs = max(worst_abs, float(deviation.max()))
             i = int(relative.argmax())
             if float(relative[i]) > worst_rel:
                 worst_rel, worst_shift = float(relative[i]), (int(chunk[i, 0]), int(chunk[i, 1]))
+    if non_finite:  # NaN would compare false with every tolerance: report the deviations as unbounded
+        worst_abs = worst_rel = math.inf
     return CertifyResult(
         max_abs_deviation=worst_abs,
         max_rel_deviation=max(worst_rel, 0.0),
@@ -226,6 +271,7 @@ def certify(
         dtype=str(dtype).removeprefix("torch."),
         tolerance=tolerance(dtype),
         full_period=full_period,
+        non_finite=non_finite,
     )
 
 
@@ -241,6 +287,8 @@ def assert_certified(model: nn.Module, input_size, shifts="period", *, rtol: flo
     """
     result = certify(model, input_size, shifts, **kwargs)
     limit = result.tolerance if rtol is None else float(rtol)
+    if result.non_finite:
+        raise AssertionError(f"not certified: {result.reason}")
     if not result.max_rel_deviation <= limit:
         raise AssertionError(
             f"not invariant to circular shifts: relative deviation {result.max_rel_deviation:.3g} > {limit:.3g} "

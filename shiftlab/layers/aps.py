@@ -37,7 +37,17 @@ Sharing one choice between layers. In a residual block the main branch and the s
 they must keep the same component or the two branches misalign. :class:`SharedPhase` chooses the phase
 once from a module's input (a forward pre-hook on the block) and every :class:`APSPool2d` built with
 ``shared=`` that object uses it during that forward pass. The choice lives in a context variable, so
-concurrent threads never see each other's choice and the modules keep no per-call state.
+concurrent threads never see each other's choice and the modules keep no per-call state. (While
+``torch.compile`` or ``torch.export`` traces a model, which they cannot do through a context variable, the
+phase is kept on the :class:`SharedPhase` object instead, for the duration of the block's forward pass.)
+
+Graph capture. Under ``torch.export``, ``torch.compile``, ``torch.jit.trace`` and the ONNX exporters
+(:func:`~shiftlab.layers.blur_pool.in_graph_capture`) the two paths cannot branch on the data, so both are
+computed for every sample and combined with ``torch.where``: the plain energies and their margin, the exact
+quantised energies, and the exact rule's choice where the margin is not clear. Each sample's energies depend
+only on that sample, so this is the choice the eager code makes, phase for phase; the component is then
+taken with a ``gather`` over the ``s * s`` components. The exact energies need float64 sums (integers up to
+``2**53``), which the exported graph therefore holds.
 
 Odd sizes are made a multiple of the stride by circular padding at the bottom and right (the extra rows
 are the first rows again). This keeps shapes at ``ceil(H / s)``, but exact invariance is then only claimed
@@ -59,6 +69,7 @@ from shiftlab.layers.blur_pool import (
     _check_padding_mode,
     _check_stride,
     blur_pool2d,
+    in_graph_capture,
 )
 
 __all__ = ["polyphase_norms", "polyphase_energies", "aps_phase", "aps_pool2d", "APSPool2d", "SharedPhase"]
@@ -84,22 +95,34 @@ def _components(x: Tensor, stride: int) -> Tensor:
     return x.reshape(b, c, h // stride, stride, w // stride, stride)
 
 
+def _check_aps_input(x: Tensor) -> Tensor:
+    check_float(check_bchw(x))
+    if x.shape[1] == 0:
+        raise ShapeError(f"x must have at least one channel for APS to compare components, got shape {tuple(x.shape)}")
+    return x
+
+
+def _quantised_energies(x: Tensor, stride: int) -> Tensor:
+    """The body of :func:`_energies`, without autograd handling (``x`` holds no gradient)."""
+    b, c, h, w = x.shape
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    squares = work.square()
+    top = squares.amax(dim=(1, 2, 3), keepdim=True)
+    if work.dtype == torch.float64:
+        levels = float(max(2**53 // (c * (h // stride) * (w // stride)), 1))
+    else:
+        levels = float(max(2**24 // c, 1))
+    scale = torch.where(top > 0, levels / top, torch.zeros_like(top))
+    quantised = squares.mul_(scale).floor_().reshape(b, c, h // stride, stride, w)  # squares is a fresh tensor
+    per_position = quantised.sum(dim=1)  # integers below 2**24 (float32) or 2**53 (float64): exact
+    grid = per_position.to(torch.float64).reshape(b, h // stride, stride, w // stride, stride)
+    return grid.sum(dim=(1, 3)).flatten(1)
+
+
 def _energies(x: Tensor, stride: int) -> Tensor:
     """Quantised energy of each component (B, s*s), summed exactly (see the module docstring)."""
-    b, c, h, w = x.shape
     with torch.no_grad():  # the choice is discrete: no gradient flows through it
-        work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        squares = work.square()
-        top = squares.amax(dim=(1, 2, 3), keepdim=True)
-        if work.dtype == torch.float64:
-            levels = float(max(2**53 // (c * (h // stride) * (w // stride)), 1))
-        else:
-            levels = float(max(2**24 // c, 1))
-        scale = torch.where(top > 0, levels / top, torch.zeros_like(top))
-        quantised = squares.mul_(scale).floor_().reshape(b, c, h // stride, stride, w)
-        per_position = quantised.sum(dim=1)  # integers below 2**24 (float32) or 2**53 (float64): exact
-        grid = per_position.to(torch.float64).reshape(b, h // stride, stride, w // stride, stride)
-        return grid.sum(dim=(1, 3)).flatten(1)
+        return _quantised_energies(x, stride)
 
 
 def polyphase_norms(x: Tensor, stride: int = 2) -> Tensor:
@@ -111,7 +134,7 @@ def polyphase_norms(x: Tensor, stride: int = 2) -> Tensor:
     Shape:
         Input: (B, C, H, W). Output: (B, stride * stride), float64.
     """
-    check_float(check_bchw(x))
+    _check_aps_input(x)
     _check_stride(stride)
     x = _pad_to_multiple(x, stride)
     return torch.linalg.vector_norm(_components(x, stride), dim=(1, 2, 4), dtype=torch.float64).flatten(1)
@@ -126,7 +149,7 @@ def polyphase_energies(x: Tensor, stride: int = 2) -> Tensor:
     Shape:
         Input: (B, C, H, W). Output: (B, stride * stride), float64 holding integers.
     """
-    check_float(check_bchw(x))
+    _check_aps_input(x)
     _check_stride(stride)
     return _energies(_pad_to_multiple(x, stride), stride)
 
@@ -144,6 +167,16 @@ _CLEAR_MARGIN = 1e-4
 # so that the squares of a block stay in cache instead of filling a full-size temporary (benchmarks/bench_aps.py).
 
 
+def _sample_energies(block: Tensor, stride: int) -> Tensor:
+    """Float energies of the components of each sample of ``block``, (n, s*s); float32 for half inputs."""
+    n, _, h, w = block.shape
+    if block.dtype not in (torch.float32, torch.float64):
+        block = block.float()  # half-precision sums would round by ~1e-3, far above the clear margin
+    per_position = block.square().sum(dim=1)  # (n, H, W); faster than one strided 6-D reduction
+    grid = per_position.reshape(n, h // stride, stride, w // stride, stride)
+    return grid.sum(dim=(1, 3)).flatten(1)
+
+
 def _plain_energies(x: Tensor, stride: int) -> Tensor:
     """Float energies (squared L2 norms) of the components, (B, s*s), summed in ``x``'s dtype (or float32).
 
@@ -153,14 +186,27 @@ def _plain_energies(x: Tensor, stride: int) -> Tensor:
     b, c, h, w = x.shape
     per_sample = max(c * h * w * x.element_size(), 1)
     step = max(1, _BLOCK_BYTES // per_sample) if x.device.type == "cpu" else max(b, 1)
-    parts = []
-    for block in x.split(step):
-        if block.dtype not in (torch.float32, torch.float64):
-            block = block.float()  # half-precision sums would round by ~1e-3, far above the clear margin
-        per_position = block.square().sum(dim=1)  # (n, H, W); faster than one strided 6-D reduction
-        grid = per_position.reshape(block.shape[0], h // stride, stride, w // stride, stride)
-        parts.append(grid.sum(dim=(1, 3)).flatten(1))
+    parts = [_sample_energies(block, stride) for block in x.split(step)]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _unclear(energy: Tensor) -> Tensor:
+    """(B,) bool: samples whose two largest energies are within ``_CLEAR_MARGIN`` (or NaN)."""
+    top2 = energy.topk(2, dim=1).values
+    return ~((top2[:, 0] - top2[:, 1]) > _CLEAR_MARGIN * top2[:, 0])  # NaN counts as close
+
+
+def _phase_graph(x: Tensor, stride: int) -> Tensor:
+    """:func:`_phase` without data-dependent control flow, for graph capture: the same choice, phase for phase.
+
+    Both rules are evaluated for every sample and the exact one is kept where the margin is unclear.
+    """
+    x = x.detach()
+    energy = _sample_energies(x, stride)
+    phase = energy.argmax(dim=1)
+    if stride * stride == 1:
+        return phase
+    return torch.where(_unclear(energy), _choose(_quantised_energies(x, stride)), phase)
 
 
 def _phase(x: Tensor, stride: int) -> Tensor:
@@ -172,14 +218,15 @@ def _phase(x: Tensor, stride: int) -> Tensor:
     samples (ties and near-ties) are decided by the exactly summed, quantised energies
     (:func:`polyphase_energies`) and the lowest-index tie rule.
     """
+    if x.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64, device=x.device)
+    if in_graph_capture():
+        return _phase_graph(x, stride)
     with torch.no_grad():
-        if x.shape[0] == 0:
-            return torch.zeros(0, dtype=torch.int64, device=x.device)
         energy = _plain_energies(x, stride)
         phase = energy.argmax(dim=1)
         if stride * stride > 1:
-            top2 = energy.topk(2, dim=1).values
-            close = ~((top2[:, 0] - top2[:, 1]) > _CLEAR_MARGIN * top2[:, 0])  # NaN counts as close
+            close = _unclear(energy)
             if bool(close.any()):
                 phase[close] = _choose(_energies(x[close], stride))
     return phase
@@ -192,12 +239,18 @@ def aps_phase(x: Tensor, stride: int = 2) -> Tensor:
         Input: (B, C, H, W). Output: (B,) int64 in ``[0, stride * stride)``; phase ``p`` is the offset
         ``(p // stride, p % stride)``.
     """
-    check_float(check_bchw(x))
+    _check_aps_input(x)
     _check_stride(stride)
     return _phase(_pad_to_multiple(x, stride), stride)
 
 
 def _select(x: Tensor, stride: int, phase: Tensor) -> Tensor:
+    if in_graph_capture():  # one gather over the s*s components (ONNX GatherElements)
+        b, c, h, w = x.shape
+        components = _components(x, stride).permute(0, 3, 5, 1, 2, 4).reshape(b, stride * stride, c, h // stride,
+                                                                               w // stride)
+        index = phase.to(x.device).reshape(b, 1, 1, 1, 1).expand(b, 1, c, h // stride, w // stride)
+        return components.gather(1, index).squeeze(1)
     view = _components(x, stride)
     batch = torch.arange(x.shape[0], device=x.device)
     phase = phase.to(x.device)
@@ -216,7 +269,8 @@ def aps_pool2d(x: Tensor, stride: int = 2, filter_size: int = 1, padding_mode: s
         padding_mode: padding of that blur: ``"circular"`` (needed for exact invariance), ``"reflect"``,
             ``"replicate"`` or ``"zeros"``.
         return_phase: also return the phase kept for each sample.
-        phase: (B,) int64 phases to use instead of choosing (to share one choice between layers).
+        phase: (B,) int64 phases to use instead of choosing (to share one choice between layers). Their values
+            are checked eagerly, not under graph capture (the check would depend on the data).
 
     Shape:
         Input: (B, C, H, W). Output: (B, C, ceil(H / s), ceil(W / s)); phase (B,) int64.
@@ -226,7 +280,7 @@ def aps_pool2d(x: Tensor, stride: int = 2, filter_size: int = 1, padding_mode: s
     >>> p.tolist(), y.sum().item()
     ([3], 1.0)
     """
-    check_float(check_bchw(x))
+    _check_aps_input(x)
     _check_stride(stride)
     _check_filter_size(filter_size)
     _check_padding_mode(padding_mode)
@@ -239,10 +293,16 @@ def aps_pool2d(x: Tensor, stride: int = 2, filter_size: int = 1, padding_mode: s
         if not isinstance(phase, Tensor) or phase.shape != (x.shape[0],) or phase.dtype != torch.int64:
             raise ShapeError(f"phase must be an int64 tensor of shape ({x.shape[0]},), got "
                              f"{getattr(phase, 'dtype', type(phase).__name__)} {tuple(getattr(phase, 'shape', ()))}")
-        if phase.numel() and not bool(((phase >= 0) & (phase < stride * stride)).all()):
+        if phase.numel() and not in_graph_capture() and not bool(((phase >= 0) & (phase < stride * stride)).all()):
             raise ShapeError(f"phase values must lie in [0, {stride * stride}), got {phase.tolist()}")
     out = _select(x, stride, phase)
     return (out, phase) if return_phase else out
+
+
+def _compiling() -> bool:
+    """Whether torch.compile or torch.export is tracing (not ``torch.jit.trace``, which runs plain Python)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
 
 
 class SharedPhase:
@@ -259,6 +319,9 @@ class SharedPhase:
 
     def __init__(self, stride: int = 2) -> None:
         self.stride = _check_stride(stride)
+        # the phase of the pass under way while torch.compile / torch.export trace the model, which cannot
+        # trace a context variable; eager passes never use it
+        self._compiling_phase: Tensor | None = None
 
     def attach(self, module: nn.Module) -> None:
         module.register_forward_pre_hook(self._record)
@@ -266,6 +329,8 @@ class SharedPhase:
 
     def current(self) -> Tensor | None:
         """The phase chosen for the forward pass under way, or None outside it."""
+        if _compiling():
+            return self._compiling_phase
         return _ACTIVE_PHASES.get().get(id(self))
 
     def _record(self, module: nn.Module, args: tuple) -> None:
@@ -273,9 +338,15 @@ class SharedPhase:
             raise ShapeError(f"{type(module).__name__} must take the feature map as its first argument to share an "
                              "APS phase")
         phase = aps_phase(args[0], self.stride)
+        if _compiling():
+            self._compiling_phase = phase
+            return
         _ACTIVE_PHASES.set({**_ACTIVE_PHASES.get(), id(self): phase})
 
     def _release(self, module: nn.Module, args: tuple, output) -> None:
+        if _compiling():
+            self._compiling_phase = None
+            return
         active = dict(_ACTIVE_PHASES.get())
         active.pop(id(self), None)
         _ACTIVE_PHASES.set(active)
@@ -300,6 +371,8 @@ class APSPool2d(nn.Module):
         self.stride = _check_stride(stride)
         self.filter_size = _check_filter_size(filter_size)
         self.padding_mode = _check_padding_mode(padding_mode)
+        if shared is not None and not isinstance(shared, SharedPhase):
+            raise ShapeError(f"shared must be a SharedPhase or None, got {type(shared).__name__}")
         if shared is not None and shared.stride != stride:
             raise ShapeError(f"shared phase has stride {shared.stride}, layer has stride {stride}")
         self.shared = shared

@@ -12,6 +12,15 @@ map. On CPU this is about 1.4-2x faster than the padded depthwise ``conv2d`` of 
 to it to float rounding. With autograd enabled the pieces are concatenated instead of written in place.
 A blur at stride 1 (the low-pass filter of APS) on a large CPU map runs in blocks of channel planes of about
 4 MiB, so that the first pass's full-size intermediate stays in cache; the result is the same to the bit.
+float16 and bfloat16 maps are blurred in float32 and rounded once at the end: summing the integer taps first
+would overflow float16 (a filter of 7 taps multiplies a map by 4096 before normalising).
+
+Graph capture. Under ``torch.export``, ``torch.compile``, ``torch.jit.trace`` and both ONNX exporters
+(:func:`in_graph_capture`) the blur is instead written as a padding (a gather with constant indices, or a
+zero pad) followed by two depthwise ``conv2d`` of the normalised binomial row, at the stride: a small static
+graph that every exporter and runtime understands, with no cached index tables and no in-place writes into
+views. It computes the same function to float rounding (the taps ``C(k-1, i) / 2**(k-1)`` are exact in
+every float dtype).
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ from torch import Tensor, nn
 from shiftlab._checks import check_bchw, check_float
 from shiftlab.errors import ShapeError
 
-__all__ = ["PADDING_MODES", "binomial_filter", "blur_pool2d", "BlurPool2d", "max_blur_pool2d", "MaxBlurPool2d"]
+__all__ = ["PADDING_MODES", "binomial_filter", "blur_pool2d", "BlurPool2d", "max_blur_pool2d", "MaxBlurPool2d",
+           "in_graph_capture"]
 
 #: Padding modes understood by the blur layers (``"zeros"`` pads with 0).
 PADDING_MODES = ("reflect", "replicate", "zeros", "circular")
@@ -36,20 +46,37 @@ MAX_FILTER_SIZE = 7
 _BLOCK_BYTES = 1 << 22
 
 
+def in_graph_capture() -> bool:
+    """Whether the running code is being captured into a graph rather than run eagerly.
+
+    True under ``torch.jit.trace`` (and so the legacy ONNX exporter), ``torch.export`` (strict or not, and so
+    the dynamo ONNX exporter) and ``torch.compile``. The layers then use formulations made of plain tensor
+    operations without data-dependent control flow, which compute the same results as their eager fast paths.
+    """
+    if torch.jit.is_tracing():
+        return True
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_filter_size(filter_size: int) -> int:
-    if isinstance(filter_size, bool) or not isinstance(filter_size, int) or not 1 <= filter_size <= MAX_FILTER_SIZE:
+    if not _is_int(filter_size) or not 1 <= filter_size <= MAX_FILTER_SIZE:
         raise ShapeError(f"filter_size must be an int in 1..{MAX_FILTER_SIZE}, got {filter_size!r}")
     return filter_size
 
 
 def _check_stride(stride: int) -> int:
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+    if not _is_int(stride) or stride < 1:
         raise ShapeError(f"stride must be a positive int, got {stride!r}")
     return stride
 
 
 def _check_padding_mode(padding_mode: str) -> str:
-    if padding_mode not in PADDING_MODES:
+    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
         raise ShapeError(f"padding_mode must be one of {', '.join(PADDING_MODES)}; got {padding_mode!r}")
     return padding_mode
 
@@ -75,6 +102,8 @@ def binomial_filter(size: int, dtype: torch.dtype = torch.float32) -> Tensor:
             [1., 2., 1.]])
     """
     _check_filter_size(size)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ShapeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     row = torch.tensor(_binomial_row(size), dtype=torch.float64)
     return (torch.outer(row, row) / row.sum() ** 2).to(dtype)
 
@@ -180,11 +209,57 @@ def _weighted_sum(views: list[Tensor], taps: list[int], out: Tensor | None = Non
     return out
 
 
+def _padding_index(n: int, before: int, after: int, padding_mode: str) -> list[int]:
+    """Input index of each position of an axis of ``n`` padded by ``before``/``after`` (not for ``"zeros"``).
+
+    Plain Python, so that a traced graph holds it as one constant: the same map as :func:`_source_index`.
+    """
+    index = []
+    for j in range(-before, n + after):
+        if padding_mode == "circular":
+            index.append(j % n)
+        elif padding_mode == "replicate":
+            index.append(min(max(j, 0), n - 1))
+        else:  # reflect (the caller has checked n > before, after)
+            period = 2 * (n - 1)
+            folded = j % period if period > 0 else 0
+            index.append(folded if folded < n else period - folded)
+    return index
+
+
+def _blur_graph(x: Tensor, filter_size: int, stride: int, padding_mode: str) -> Tensor:
+    """:func:`blur_pool2d` as a static graph: pad (a constant-index gather or a zero pad), two depthwise convs.
+
+    Used under graph capture (:func:`in_graph_capture`); equal to the eager computation to float rounding.
+    """
+    if filter_size == 1:
+        return x[..., ::stride, ::stride]
+    before, after = filter_padding(filter_size)
+    c = int(x.shape[1])
+    if c == 0:
+        return x[..., ::stride, ::stride]
+    if padding_mode == "zeros":
+        x = F.pad(x, (before, after, before, after))
+    else:
+        for dim in (-2, -1):
+            index = _padding_index(int(x.shape[dim]), before, after, padding_mode)
+            x = x.index_select(dim, torch.tensor(index, dtype=torch.int64, device=x.device))
+    taps = _binomial_row(filter_size)
+    # built whole from Python numbers, so that every exporter sees a constant kernel of known shape
+    row = [t / sum(taps) for t in taps]
+    down = torch.tensor([[[[t] for t in row]]] * c, dtype=x.dtype, device=x.device)  # (C, 1, k, 1)
+    across = torch.tensor([[[row]]] * c, dtype=x.dtype, device=x.device)  # (C, 1, 1, k)
+    x = F.conv2d(x, down, stride=(stride, 1), groups=c)
+    return F.conv2d(x, across, stride=(1, stride), groups=c)
+
+
 def blur_pool2d(x: Tensor, filter_size: int = 3, stride: int = 2, padding_mode: str = "reflect") -> Tensor:
     """Blur ``x`` with the binomial filter of ``filter_size`` taps, then keep every ``stride``-th sample.
 
     Channels are blurred independently (depthwise). ``filter_size=1`` is plain subsampling
-    ``x[..., ::stride, ::stride]``; ``stride=1`` is a blur that keeps the size.
+    ``x[..., ::stride, ::stride]``; ``stride=1`` is a blur that keeps the size. float16 and bfloat16 inputs
+    are blurred in float32 and the result rounded to their dtype; under graph capture
+    (:func:`in_graph_capture`) the same blur is written as a padding and two depthwise convolutions.
 
     Args:
         x: input batch.
@@ -213,6 +288,11 @@ def blur_pool2d(x: Tensor, filter_size: int = 3, stride: int = 2, padding_mode: 
         raise ShapeError(
             f"reflect padding of {max(before, after)} needs a map larger than that, got {x.shape[-2]}x{x.shape[-1]}"
             " (use padding_mode='replicate' or 'zeros', or a smaller filter)")
+    if in_graph_capture():
+        return _blur_graph(x, filter_size, stride, padding_mode)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # the integer taps sum to 2**(k-1) per axis: in float16 a map above 65504 / 4096 would overflow
+        return blur_pool2d(x.float(), filter_size, stride, padding_mode).to(x.dtype)
     taps = _binomial_row(filter_size)
     scale = 1.0 / float(sum(taps)) ** 2
     b, c, h, w = x.shape
@@ -253,6 +333,8 @@ class BlurPool2d(nn.Module):
     def __init__(self, channels: int | None = None, filter_size: int = 3, stride: int = 2,
                  padding_mode: str = "reflect") -> None:
         super().__init__()
+        if channels is not None and (not _is_int(channels) or channels < 1):
+            raise ShapeError(f"channels must be a positive int or None, got {channels!r}")
         self.channels = channels
         self.filter_size = _check_filter_size(filter_size)
         self.stride = _check_stride(stride)
@@ -282,7 +364,13 @@ def max_blur_pool2d(x: Tensor, kernel_size: int = 2, filter_size: int = 3, strid
         raise ShapeError(f"kernel_size must be a positive int, got {kernel_size!r}")
     if min(x.shape[-2:]) < kernel_size:
         raise ShapeError(f"max-pool kernel {kernel_size} is larger than the map {x.shape[-2]}x{x.shape[-1]}")
-    return blur_pool2d(F.max_pool2d(x, kernel_size, stride=1), filter_size, stride, padding_mode)
+    _check_filter_size(filter_size)
+    _check_stride(stride)
+    _check_padding_mode(padding_mode)
+    b, c, h, w = x.shape
+    # F.max_pool2d refuses a map without channels; its (empty) result has this shape
+    pooled = F.max_pool2d(x, kernel_size, stride=1) if c else x.new_empty(b, 0, h - kernel_size + 1, w - kernel_size + 1)
+    return blur_pool2d(pooled, filter_size, stride, padding_mode)
 
 
 class MaxBlurPool2d(nn.Module):
