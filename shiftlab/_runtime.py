@@ -17,7 +17,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_allocator", "ALLOCATOR_ENV"]
+__all__ = ["tune_allocator", "loader_worker_allocator", "release_free_memory", "ALLOCATOR_ENV"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -27,6 +27,18 @@ TRIM_THRESHOLD = 2 << 30  # 2 GiB: free heap memory up to this is kept rather th
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 
 _done = False
+_LIBC = None
+
+
+def _libc():
+    """glibc, loaded once. (``ctypes.util.find_library`` runs ``ldconfig`` in a forked child, which must not
+    happen in a large process: the fork would double its resident memory for a moment.)"""
+    global _LIBC
+    if _LIBC is None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        _LIBC = libc
+    return _LIBC
 
 
 def tune_allocator() -> bool:
@@ -40,11 +52,36 @@ def tune_allocator() -> bool:
     if not sys.platform.startswith("linux") or os.environ.get("SHIFTLAB_KEEP_ALLOCATOR") == "1":
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = _libc().mallopt
+        _libc().malloc_trim  # noqa: B018 - glibc only
     except (OSError, AttributeError):  # musl and other C libraries have no mallopt
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     _done = ok
     return ok
+
+
+def loader_worker_allocator(_worker_id: int = 0) -> None:
+    """In a DataLoader worker (which only decodes and resizes): hand large blocks back to the kernel again.
+
+    A worker inherits the main process's thresholds through fork, but its allocations (decoded images of every
+    size, then copies into shared memory) fragment a heap that never shrinks: measured, a worker's resident
+    memory grew from 0.9 to 1.5 GiB over 5,000 photos. Blocks of 1 MiB and more are mapped and unmapped
+    instead (what a decode costs in page faults is small next to the decode).
+    """
+    if not _done:
+        return
+    _libc().mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    _libc().mallopt(_M_TRIM_THRESHOLD, 2 << 20)
+
+
+def release_free_memory() -> None:
+    """``malloc_trim(0)``: give the free pages inside the heap back to the kernel (only when tuned).
+
+    With the thresholds raised the heap never shrinks by itself, and the many large tensors of a long audit
+    leave free holes in it that fragmentation keeps from being reused: measured, the heap of an audit of
+    6,400 photos grew from 0.3 to 0.9 GiB. The audit calls this every few batches; the pages it frees are
+    faulted in again once (a few milliseconds per call), not on every forward pass.
+    """
+    if _done:
+        _libc().malloc_trim(0)

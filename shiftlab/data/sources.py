@@ -111,15 +111,17 @@ def _pixels(im) -> np.ndarray:
             raise InputError(f"float image with values in [{low:.3g}, {high:.3g}]; float images must be in [0, 1]")
         a = np.clip(a, 0.0, 1.0)
     else:
-        if mode not in ("RGB", "L"):
+        if mode != "RGB":
             im = im.convert("RGB")
-        a = np.asarray(im).astype(np.float64) / 255.0
+        a = np.multiply(np.asarray(im), np.float32(1.0 / 255.0), dtype=np.float32)  # one float32 buffer
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=-1)
     if a.ndim != 3 or a.shape[-1] < 3:
         raise InputError(f"unexpected pixel layout {a.shape}")
     if a.shape[0] < 1 or a.shape[1] < 1:
         raise InputError("image has no pixels")
+    if a.dtype == np.float32 and a.shape[-1] == 3 and a.flags.c_contiguous:
+        return a
     return np.ascontiguousarray(a[..., :3], dtype=np.float32)
 
 

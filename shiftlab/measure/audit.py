@@ -55,6 +55,7 @@ import torch
 
 from shiftlab._checks import check_finite
 from shiftlab._progress import track
+from shiftlab._runtime import release_free_memory
 from shiftlab.errors import InputError, ShapeError, ShiftlabError
 from shiftlab.measure import metrics as M
 from shiftlab.measure.protocols import CircularShiftPair, Protocol, parse_protocol
@@ -78,6 +79,7 @@ _TRIVIAL_FOR_CONSTANT = ("consistency", "top1_change", "mean_abs_change", "flip_
 LAYER_SETS = ("all", "stages")
 DEFAULT_MARGIN = 16  # input pixels left out at the border for layer errors under non-circular protocols
 CONSTANT_SHARE = 0.95  # a model giving one class to at least this share of images is flagged
+TRIM_EVERY = 1  # batches between returns of free heap pages to the kernel (see shiftlab._runtime)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -85,13 +87,52 @@ CONSTANT_SHARE = 0.95  # a model giving one class to at least this share of imag
 
 
 def _reduce(chunks: list, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """All rows of a series, sorted by image index. The sort is stable and an image's rows all come from one
+    batch, kept in the order they were produced, so the result does not depend on how the work was split."""
     if not chunks:
         return np.zeros(0, np.int64), np.zeros((0, width), np.float64)
-    ordered = sorted(chunks, key=lambda c: c[0])  # stable: the order of one batch's chunks is kept
-    idx = np.concatenate([c[1] for c in ordered])
-    val = np.concatenate([c[2] for c in ordered])
+    idx = np.concatenate([c[1] for c in chunks])
+    val = np.concatenate([c[2] for c in chunks])
     order = np.argsort(idx, kind="stable")
     return idx[order], val[order]
+
+
+class _Column:
+    """One series' rows (image index, values), appended in place to buffers in mapped memory.
+
+    Per-image statistics live as long as the audit while every forward pass allocates and frees large tensors.
+    Kept as small arrays on the allocator's heap they fragment it, and the heap grows with the data set
+    (measured: +30% resident memory from 1,000 to 6,400 images); in anonymous mappings that double when full
+    they stay outside the heap, which then stays flat.
+    """
+
+    def __init__(self, width: int, capacity: int = 1024):
+        self.n = 0
+        self.idx = _mapped((capacity,), np.int64)
+        self.vals = _mapped((capacity, width), np.float64)
+
+    def append(self, idx, values: np.ndarray) -> None:
+        k = len(values)
+        if self.n + k > len(self.idx):
+            capacity = max(2 * len(self.idx), self.n + k)
+            idx_new, vals_new = _mapped((capacity,), np.int64), _mapped((capacity, self.vals.shape[1]), np.float64)
+            idx_new[:self.n], vals_new[:self.n] = self.idx[:self.n], self.vals[:self.n]
+            self.idx, self.vals = idx_new, vals_new
+        self.idx[self.n:self.n + k] = idx
+        self.vals[self.n:self.n + k] = values
+        self.n += k
+
+    def chunk(self) -> tuple[int, np.ndarray, np.ndarray]:
+        return (-1, self.idx[:self.n], self.vals[:self.n])
+
+
+def _mapped(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A zeroed array whose memory is an anonymous mapping, outside the allocator's heap."""
+    import mmap
+
+    dtype = np.dtype(dtype)
+    nbytes = max(1, int(np.prod(shape)) * dtype.itemsize)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
 
 
 def _per_image(idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -585,6 +626,7 @@ class _Batch:
 
     def __init__(self, chunks: dict, layer_info: dict, protocol: Protocol, margin: int):
         self.chunks = chunks
+        self.columns: dict = {}
         self.layer_info = layer_info
         self.protocol = protocol
         self.margin = margin
@@ -604,8 +646,18 @@ class _Batch:
 
     def add(self, key, idx: np.ndarray, values: np.ndarray):
         if len(idx):
-            self.chunks.setdefault(key, []).append((self.batch, np.asarray(idx, np.int64),
-                                                    np.asarray(values, np.float64).reshape(len(idx), -1)))
+            values = np.asarray(values, np.float64).reshape(len(idx), -1)
+            column = self.columns.get(key)
+            if column is None:
+                column = self.columns[key] = _Column(values.shape[1])
+            column.append(idx, values)
+
+    def series(self) -> dict:
+        """Every series: the chunks it started with (a resumed checkpoint), then what this run added."""
+        out = {k: list(v) for k, v in self.chunks.items()}
+        for key, column in self.columns.items():
+            out.setdefault(key, []).append(column.chunk())
+        return out
 
     def hook(self, name: str):
         def fn(module, inputs, output):
@@ -1099,12 +1151,15 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
                 if loaded.images is not None:
                     engine.run_batch(b, loaded)
                 state["done"].add(b)
+                if len(state["done"]) % TRIM_EVERY == 0:
+                    release_free_memory()
                 since_save += 1
                 if store is not None:
                     if since_save >= checkpoint_every:
-                        store.save(state)
+                        store.save({**state, "chunks": ctx.series()})
                         since_save = 0
                     store.after_batch()
+        state["chunks"] = ctx.series()
         if store is not None and since_save:
             store.save(state)
     finally:

@@ -158,7 +158,9 @@ def make_loader(source, sizing: Sizing, batches: Sequence[tuple[int, np.ndarray]
     numbers = {tuple(idx): int(b) for (b, _), idx in zip(batches, batch_indices)}
     kwargs = {}
     if workers > 0:
-        kwargs = {"prefetch_factor": 2, "persistent_workers": False}
+        from shiftlab._runtime import loader_worker_allocator
+
+        kwargs = {"prefetch_factor": 2, "persistent_workers": False, "worker_init_fn": loader_worker_allocator}
     return torch.utils.data.DataLoader(PreparedImages(source, sizing), batch_sampler=batch_indices,
                                        num_workers=int(workers), collate_fn=_Collate(numbers),
                                        pin_memory=bool(pin_memory), **kwargs)
