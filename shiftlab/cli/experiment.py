@@ -17,8 +17,14 @@ _COLUMNS = {
     "augmentation": [("accuracy", "acc. centred"), ("accuracy_anywhere", "acc. anywhere"),
                      ("circular_consistency", "circular cons."), ("crop_consistency", "crop cons."),
                      ("top1_change", "P(top-1 change)")],
-    "rotation": [("accuracy_at_0_deg", "0 deg"), ("accuracy_at_90_deg", "90 deg"), ("accuracy_at_180_deg", "180 deg")],
+    "rotation": [("accuracy_at_0_deg", "0 deg"), ("accuracy_at_45_deg", "45 deg"), ("accuracy_at_90_deg", "90 deg"),
+                 ("accuracy_at_180_deg", "180 deg"), ("mean_accuracy_over_angles", "mean over angles"),
+                 ("quarter_turn_agreement", "same top-1 at 0/90/180/270"), ("inference_ms_per_image", "ms/image")],
 }
+
+
+# the figures each experiment writes, by file-name suffix
+_FIGURES = {"architecture": ("", "_sweep"), "rotation": ("", "_cost")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
     json_path = out / f"{args.name}.json"
-    figure_paths = {suffix: out / f"{args.name}{suffix}.png" for suffix in ("", "_sweep")}
+    figure_paths = {suffix: out / f"{args.name}{suffix}.png" for suffix in _FIGURES.get(args.name, ("",))}
     for path in [json_path, *figure_paths.values()]:  # refuse before spending minutes
         check_writable(path, args.force)
 

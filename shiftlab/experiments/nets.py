@@ -13,6 +13,18 @@ first stage's convolution runs at full resolution), then a head. The switches:
 
 With ``downsample="aps"``, ``padding="circular"`` and ``head="gap"`` the network is exactly invariant to
 circular integer shifts of its input (Chaman & Dokmanic 2021), whatever its weights.
+
+Two rotation-equivariant networks with the same stage layout (``depth`` stages, one 2x subsampling each,
+widths ``width * 2**k``, an invariant pooled head):
+
+- ``GroupCNN``: p4 or p4m group convolutions (``shiftlab.layers.LiftConv2d``, ``GroupConv2d``), batch norm
+  shared over the group axis, ReLU, 2x2 max pooling of space, then max over the group and global average
+  pooling. Exactly invariant to quarter turns (p4m: and mirrors) of a square input whose side is divisible by
+  ``2**depth``, whatever its weights.
+- ``HarmonicCNN``: circular-harmonic convolutions (``shiftlab.layers.HarmonicConv2d``, rotation orders 0 and
+  1), magnitude batch norm and modReLU, anti-aliased 2x subsampling (binomial 4x4 blur), then magnitudes and
+  global average pooling.
+  Exactly invariant to quarter turns, approximately to every other angle.
 """
 
 from __future__ import annotations
@@ -22,8 +34,11 @@ from torch import nn
 
 from shiftlab.errors import InputError
 from shiftlab.layers import APSPool2d, MaxBlurPool2d
+from shiftlab.layers.group import GroupConv2d, GroupPool, LiftConv2d
+from shiftlab.layers.harmonic import (HarmonicBatchNorm2d, HarmonicBlurPool2d, HarmonicConv2d, HarmonicMagnitude,
+                                      HarmonicReLU)
 
-__all__ = ["DOWNSAMPLING", "HEADS", "PADDINGS", "SmallCNN", "count_macs"]
+__all__ = ["DOWNSAMPLING", "HEADS", "PADDINGS", "SmallCNN", "GroupCNN", "HarmonicCNN", "count_macs"]
 
 DOWNSAMPLING = ("maxpool", "stride", "blur", "aps")
 HEADS = ("gap", "fc")
@@ -105,25 +120,132 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, int, int, int]) -> int:
-    """Multiply-accumulates of the ``nn.Conv2d`` and ``nn.Linear`` modules for one image of ``input_shape``.
+class GroupCNN(nn.Module):
+    """A p4 / p4m group-convolutional CNN for canvases of digits (see the module docstring).
 
-    The fixed binomial blur of BlurPool and the norms of APS are not counted (they are cheap and depthwise).
+    Args:
+        group: ``"p4"`` or ``"p4m"``.
+        width: channels (each a field of G maps) of the first stage; stage ``k`` has ``width * 2**k``.
+        in_channels, num_classes: input channels and classes.
+        depth: number of 2x subsamplings.
+        kernel_size: odd filter size.
+        padding: ``"zeros"`` or ``"circular"``.
+
+    Shape:
+        Input: (B, in_channels, S, S), S divisible by ``2**depth``. Output: (B, num_classes) logits.
+
+    >>> net = GroupCNN("p4", width=2).eval()
+    >>> x = torch.rand(1, 1, 32, 32, dtype=torch.float64)
+    >>> bool(torch.allclose(net.double()(x), net(torch.rot90(x, 1, (-2, -1))), rtol=0, atol=1e-12))
+    True
+    """
+
+    def __init__(self, group: str = "p4", width: int = 8, in_channels: int = 1, num_classes: int = 10,
+                 depth: int = 3, kernel_size: int = 3, padding: str = "zeros"):
+        super().__init__()
+        if padding not in PADDINGS:
+            raise InputError(f"unknown padding {padding!r}; use one of {PADDINGS}")
+        if depth < 1:
+            raise InputError(f"depth must be at least 1, got {depth}")
+        self.config = {"network": group, "width": width, "in_channels": in_channels, "num_classes": num_classes,
+                       "depth": depth, "kernel_size": kernel_size, "padding": padding}
+        blocks, channels = [], in_channels
+        for stage in range(depth):
+            out = width * 2**stage
+            conv = LiftConv2d if stage == 0 else GroupConv2d
+            blocks += [conv(channels, out, kernel_size, group=group, padding_mode=padding), nn.BatchNorm3d(out),
+                       nn.ReLU(inplace=True), nn.MaxPool3d((1, 2, 2))]
+            channels = out
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(GroupPool("max"), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(channels, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class HarmonicCNN(nn.Module):
+    """A Harmonic Network (Worrall et al. 2017) for canvases of digits (see the module docstring).
+
+    Args:
+        width: channels of the first stage (each with one complex stream per rotation order); stage ``k``
+            has ``width * 2**k``.
+        in_channels, num_classes: input channels and classes.
+        depth: number of 2x subsamplings.
+        kernel_size: odd filter size (>= 3).
+        orders: rotation orders of the streams after the first layer.
+        padding: ``"zeros"`` or ``"circular"``.
+
+    Shape:
+        Input: (B, in_channels, S, S), S divisible by ``2**depth``. Output: (B, num_classes) logits.
+
+    >>> HarmonicCNN(width=2).eval()(torch.rand(2, 1, 32, 32)).shape
+    torch.Size([2, 10])
+    """
+
+    def __init__(self, width: int = 12, in_channels: int = 1, num_classes: int = 10, depth: int = 3,
+                 kernel_size: int = 5, orders=(0, 1), padding: str = "zeros"):
+        super().__init__()
+        if padding not in PADDINGS:
+            raise InputError(f"unknown padding {padding!r}; use one of {PADDINGS}")
+        if depth < 1:
+            raise InputError(f"depth must be at least 1, got {depth}")
+        orders = tuple(orders)
+        self.config = {"network": "harmonic", "width": width, "in_channels": in_channels,
+                       "num_classes": num_classes, "depth": depth, "kernel_size": kernel_size,
+                       "orders": list(orders), "padding": padding}
+        blocks, channels, in_orders = [], in_channels, (0,)
+        for stage in range(depth):
+            out = width * 2**stage
+            blocks += [HarmonicConv2d(channels, out, kernel_size, in_orders=in_orders, out_orders=orders,
+                                      padding_mode=padding),
+                       HarmonicBatchNorm2d(out, len(orders)), HarmonicReLU(out, len(orders)),
+                       HarmonicBlurPool2d(filter_size=4, stride=2)]
+            channels, in_orders = out, orders
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(HarmonicMagnitude(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(channels * len(orders), num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _conv_macs(module: nn.Module, output: torch.Tensor) -> int:
+    """Multiply-accumulates per image of one convolution-like module, given its output."""
+    if isinstance(module, nn.Conv2d):
+        per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        return output[0].numel() * per_output
+    if isinstance(module, LiftConv2d):  # C_out x G maps, each from C_in x k x k inputs
+        return output[0].numel() * module.in_channels * module.kernel_size**2
+    if isinstance(module, GroupConv2d):  # C_out x G maps, each from C_in x G x k x k inputs
+        return output[0].numel() * module.in_channels * module.order * module.kernel_size**2
+    if isinstance(module, HarmonicConv2d):  # one real conv: 2 C_out M_out outputs from 2 C_in M_in (real: C_in)
+        real_outputs = 2 * output[0].numel()
+        real_inputs = module.in_channels * len(module.in_orders) * (1 if module.in_orders == (0,) else 2)
+        return real_outputs * real_inputs * module.kernel_size**2
+    return output[0].numel() * module.in_features  # nn.Linear
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, int, int, int]) -> int:
+    """Multiply-accumulates of the convolutions and ``nn.Linear`` modules for one image of ``input_shape``.
+
+    Counted: ``nn.Conv2d``, ``nn.Linear`` and shiftlab's group and harmonic convolutions (a harmonic layer after
+    the first is counted as its one real convolution on complex inputs, 2 C_in M_in channels; the first,
+    on a real image, with C_in). The fixed binomial blur of BlurPool, the norms of APS, batch norms and
+    the filter expansion of the group layers are not counted (they are cheap and depthwise).
 
     Shape:
         input_shape: (B, C, H, W); the count is per image.
     """
     total = 0
 
+    counted = (nn.Conv2d, nn.Linear, LiftConv2d, GroupConv2d, HarmonicConv2d)
+
     def hook(module, inputs, output):
         nonlocal total
-        if isinstance(module, nn.Conv2d):
-            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            total += output[0].numel() * per_output
-        elif isinstance(module, nn.Linear):
-            total += output[0].numel() * module.in_features
+        total += _conv_macs(module, output)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
     was_training = model.training
     try:
         model.eval()

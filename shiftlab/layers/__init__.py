@@ -4,6 +4,11 @@
 - :func:`max_blur_pool2d` / :class:`MaxBlurPool2d`: max-pool at stride 1, then blur-pool.
 - :func:`aps_pool2d` / :class:`APSPool2d`: adaptive polyphase sampling (Chaman & Dokmanic 2021), with
   :class:`SharedPhase` to make several layers keep one phase choice.
+- :mod:`~shiftlab.layers.group`: p4 / p4m group convolutions (Cohen & Welling 2016), exactly equivariant to
+  quarter turns and mirrors: :class:`LiftConv2d`, :class:`GroupConv2d`, :class:`GroupPool`, :func:`group_act`.
+- :mod:`~shiftlab.layers.harmonic`: circular-harmonic layers (Worrall et al. 2017), equivariant to every
+  rotation angle up to the grid: :class:`HarmonicConv2d`, :class:`HarmonicReLU`, :class:`HarmonicBatchNorm2d`,
+  :class:`HarmonicBlurPool2d`, :class:`HarmonicMagnitude`.
 """
 
 from shiftlab.layers.aps import (
@@ -22,8 +27,32 @@ from shiftlab.layers.blur_pool import (
     blur_pool2d,
     max_blur_pool2d,
 )
+from shiftlab.layers.group import (
+    GroupConv2d,
+    GroupPool,
+    LiftConv2d,
+    group_act,
+    group_conv2d,
+    group_pool,
+    lift_conv2d,
+)
+from shiftlab.layers.harmonic import (
+    HarmonicBatchNorm2d,
+    HarmonicBlurPool2d,
+    HarmonicConv2d,
+    HarmonicMagnitude,
+    HarmonicReLU,
+    harmonic_basis,
+    harmonic_blur_pool2d,
+    harmonic_conv2d,
+    harmonic_magnitude,
+    harmonic_relu,
+)
 
 __all__ = [
     "PADDING_MODES", "binomial_filter", "blur_pool2d", "BlurPool2d", "max_blur_pool2d", "MaxBlurPool2d",
     "polyphase_norms", "polyphase_energies", "aps_phase", "aps_pool2d", "APSPool2d", "SharedPhase",
+    "group_act", "lift_conv2d", "LiftConv2d", "group_conv2d", "GroupConv2d", "group_pool", "GroupPool",
+    "harmonic_basis", "harmonic_conv2d", "HarmonicConv2d", "harmonic_relu", "HarmonicReLU", "HarmonicBatchNorm2d",
+    "harmonic_blur_pool2d", "HarmonicBlurPool2d", "harmonic_magnitude", "HarmonicMagnitude",
 ]

@@ -15,6 +15,7 @@ __all__ = [
     "plot_position_heatmaps",
     "plot_augmentation",
     "plot_rotation",
+    "plot_rotation_cost",
     "plot_experiment",
     "experiment_figures",
     "experiment_title",
@@ -28,7 +29,7 @@ TITLES = {
     "architecture": "Architecture: which designs keep the prediction under shifts",
     "unseen-positions": "Unseen positions: trained in one quadrant, tested everywhere",
     "augmentation": "Augmentation against architecture",
-    "rotation": "Rotation, scale and brightness, with and without augmentation",
+    "rotation": "Rotation: plain, p4 and harmonic CNNs, with and without augmentation (and scale, brightness)",
 }
 
 
@@ -171,25 +172,117 @@ def plot_augmentation(result: dict, axes=None):
     return fig
 
 
+_NETWORK_COLORS = {"plain": "#2458a6", "p4": "#d1495b", "p4m": "#8d5a97", "harmonic": "#00798c"}
+_PLAIN_AUGMENT_COLORS = {"scale": "#edae49", "brightness": "#66a182"}
+
+
+def _rotation_style(name: str, entry: dict) -> dict:
+    """Colour by network, dashed when trained with rotations; the plain network's other augmentations in
+    their own colours."""
+    network = entry["config"].get("network", "plain")
+    augmentation = entry["config"].get("augmentation", "none")
+    color = _PLAIN_AUGMENT_COLORS.get(name, _NETWORK_COLORS.get(network, "#30343f"))
+    dashed = augmentation.startswith("rotation")
+    label = f"{network}, trained with: {augmentation}" if "network" in entry["config"] else \
+        f"trained with: {augmentation}"
+    return {"color": color, "ls": "--" if dashed else "-", "label": label}
+
+
 def plot_rotation(result: dict, axes=None):
-    """Accuracy against rotation angle, zoom factor and brightness factor, one line per training condition."""
+    """Accuracy against rotation angle for every network and training condition, under both rotation
+    protocols (the canvas resampled by ``rotate``; the digits rendered rotated), and against zoom and
+    brightness factor (the conditions that measured them); mean over seeds with +-1 s.d. bands.
+
+    ``axes``: four axes (canvas rotation, rendered rotation, zoom, brightness); results without a rendered
+    sweep leave the second empty.
+    """
     plt = _pyplot()
-    fig, axes = _axes(plt, axes, 3, (13, 3.8), sharey=True)
-    labels = {"angles": "rotation (degrees)", "scales": "zoom factor", "brightness": "brightness factor"}
-    for ax, sweep in zip(axes, ("angles", "scales", "brightness")):
+    if axes is None:
+        fig, grid = plt.subplots(2, 2, figsize=(13, 8.4), gridspec_kw={"height_ratios": [1.25, 1]})
+        axes = list(grid.flatten())
+    else:
+        fig, axes = _axes(plt, axes, 4, None)
+    sweeps = ["angles", "rendered", "scales", "brightness"]
+    labels = {"angles": "rotation of the canvas (degrees, counter-clockwise; bilinear)",
+              "rendered": "rotation of the digit, rendered from its source (degrees)",
+              "scales": "zoom factor", "brightness": "brightness factor"}
+    for ax, sweep in zip(axes, sweeps):
+        if sweep not in result["sweeps"]:
+            ax.set_visible(False)
+            continue
         xs = result["sweeps"][sweep]
-        for i, (name, entry) in enumerate(result["variants"].items()):
+        for name, entry in result["variants"].items():
+            if sweep not in entry["curves"]:
+                continue
+            style = _rotation_style(name, entry)
             mean, std = entry["curves"][sweep]["mean"], entry["curves"][sweep]["std"]
-            color = _COLORS[i % len(_COLORS)]
-            ax.plot(xs, mean, marker="o", ms=3, color=color, label=f"trained with: {entry['config']['augmentation']}")
+            ax.plot(xs, mean, marker="o", ms=2.5, lw=1.3, **style)
             ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=color, alpha=0.15)
-        ax.set_xlabel(labels[sweep])
+                            color=style["color"], alpha=0.12)
+        ax.set_xlabel(labels[sweep], fontsize=8)
         ax.grid(alpha=0.3)
         ax.set_ylim(0.0, 1.02)
-    axes[0].set_ylabel("test accuracy")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{TITLES['rotation']} ({_seeds_note(result)})", fontsize=9)
+        ax.set_ylabel("test accuracy", fontsize=8)
+        if sweep in ("angles", "rendered") and max(xs) - min(xs) >= 180:
+            for quarter in range(0, 361, 90):
+                ax.axvline(quarter, color="#999999", lw=0.6, ls=":")
+            ax.set_xticks(list(range(0, 361, 45)))
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=7, ncol=4, loc="lower center", frameon=False)
+    fig.suptitle(f"{TITLES['rotation']} ({_seeds_note(result)}; dashed: trained with rotations)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+    return fig
+
+
+def plot_rotation_cost(result: dict, ax=None):
+    """What rotation invariance costs: accuracy averaged over all angles against inference time per image,
+    one point per condition (filled: canvas rotation; hollow: digits rendered rotated; error bars +-1 s.d.
+    over seeds), labelled with the parameter count."""
+    plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fig, (ax,) = _axes(plt, ax, 1, (8, 4.8))
+    xs = []
+    rows = [(name, entry) for name, entry in result["variants"].items()
+            if {"mean_accuracy_over_angles", "inference_ms_per_image"} <= set(entry["summary"])]
+    for name, entry in rows:
+        s = entry["summary"]
+        style = _rotation_style(name, entry)
+        marker = "s" if style["ls"] == "--" else "o"
+        x, y = s["inference_ms_per_image"]["mean"], s["mean_accuracy_over_angles"]["mean"]
+        xs.append(x)
+        ax.errorbar(x, y, yerr=s["mean_accuracy_over_angles"]["std"], marker=marker, color=style["color"],
+                    capsize=2, ms=6, ls="none")
+        if "rendered_mean_accuracy_over_angles" in s:
+            y2 = s["rendered_mean_accuracy_over_angles"]["mean"]
+            ax.errorbar(x, y2, yerr=s["rendered_mean_accuracy_over_angles"]["std"], marker=marker, mfc="white",
+                        color=style["color"], capsize=2, ms=6, ls="none")
+            ax.plot([x, x], [y, y2], color=style["color"], lw=0.6, alpha=0.6)
+    ax.set_xscale("log")
+    if xs:
+        ax.set_xlim(min(xs) / 1.5, max(xs) * 3.0)  # room for the labels right of the points
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xticks([t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20) if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]])
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    placed = []  # label positions in points, to keep labels of nearby points apart
+    to_points = ax.transData.transform
+    for name, entry in rows:
+        s = entry["summary"]
+        x, y = s["inference_ms_per_image"]["mean"], s["mean_accuracy_over_angles"]["mean"]
+        px, py = to_points((x, y)) * 72.0 / fig.dpi
+        dy = 4.0
+        while any(abs(px - qx) < 120 and abs(py + dy - qy) < 9 for qx, qy in placed):
+            dy += 9.0
+        placed.append((px, py + dy))
+        params = entry.get("parameters")
+        ax.annotate(f"{name}" + (f" ({params / 1000:.1f}k params)" if params else ""), (x, y), fontsize=7,
+                    xytext=(6, dy), textcoords="offset points")
+    ax.set_ylabel("accuracy, mean over all angles")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_xlabel("inference time per image (ms, float32, batches of 500)")
+    ax.set_title(f"The price of rotation invariance ({_seeds_note(result)})\nsquares: trained with rotations; "
+                 "filled: canvas rotated; hollow: digits rendered rotated", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -218,6 +311,8 @@ def experiment_figures(result: dict) -> dict:
     figures = {"": plot_experiment(result)}
     if name == "architecture":
         figures["_sweep"] = plot_shift_sweep(result)
+    if name == "rotation" and any("inference_ms_per_image" in e["summary"] for e in result["variants"].values()):
+        figures["_cost"] = plot_rotation_cost(result)
     return figures
 
 
@@ -243,6 +338,12 @@ def experiment_caption(result: dict) -> str:
         parts = [f"{k}: centred {m(e, 'accuracy'):.3f}, anywhere {m(e, 'accuracy_anywhere'):.3f}" for k, e in v.items()]
     else:
         angles = result["sweeps"]["angles"]
-        parts = [f"trained with {k}: " + ", ".join(f"{a:g} deg {acc:.3f}" for a, acc in
-                                                    zip(angles, e["curves"]["angles"]["mean"])) for k, e in v.items()]
+        shown = [a for a in angles if a in (0.0, 45.0, 90.0, 180.0)] or angles
+        parts = []
+        for k, e in v.items():
+            curve = dict(zip(angles, e["curves"]["angles"]["mean"]))
+            text = f"{k}: " + ", ".join(f"{a:g} deg {curve[a]:.3f}" for a in shown)
+            if "mean_accuracy_over_angles" in e["summary"]:
+                text += f", mean over all angles {m(e, 'mean_accuracy_over_angles'):.3f}"
+            parts.append(text)
     return f"Mean over {n} seed(s){' (quick run)' if result.get('quick') else ''}. " + "; ".join(parts) + "."
