@@ -304,7 +304,7 @@ class AuditResult:
         out: dict[str, dict[str, M.MetricValue]] = {}
         for name, info in self.layer_info.items():
             entry = {}
-            if info.get("stride") is not None and self.protocol.get("shifts", True):
+            if (info.get("stride") is not None and self.protocol.get("shifts", True)) or info.get("rotation"):
                 entry["equivariance"] = _error_value(
                     "equivariance", self.series.get(("layer", name, "equivariance"), []),
                     self.series.get(("layer", name, "skip"), []), self.confidence, {})
@@ -555,8 +555,9 @@ def _choose_metrics(names: list[str] | None, protocol: Protocol, output_kind: st
         if bad:
             raise InputError(f"{', '.join(bad)} need class scores (B, K), but the model output is a dense map "
                              f"(B, K, H, W); use metrics=['equivariance']")
-        if not protocol.shifts:
-            raise InputError(f"equivariance of a dense output needs a shift protocol, not {protocol.spec()!r}")
+        if not protocol.shifts and getattr(protocol, "spec_name", "") != "rotate":
+            raise InputError(f"equivariance of a dense output needs a shift or rotation protocol, not "
+                             f"{protocol.spec()!r}")
         return ("equivariance",), omitted
     if names is not None and "equivariance" in names:
         raise InputError("equivariance is the metric of dense outputs; for a classifier use layers= (CLI: --layers) "
@@ -632,8 +633,11 @@ class _Batch:
         self.margin = margin
         self.calls: dict[str, int] = {}
         self.active = False
+        # rotation protocols: the angle of each copy (layers are compared by rotating their maps)
+        self.rotation = list(protocol.values) if getattr(protocol, "spec_name", "") == "rotate" else None
 
     def start(self, batch: int, indices: np.ndarray, copies: list[int], pairs: list, input_hw, shifts):
+        self.copies = list(copies)
         self.batch = batch
         self.indices = indices
         self.B = len(indices)
@@ -678,9 +682,12 @@ class _Batch:
             self.layer_info.setdefault(name, {"stride": None, "shape": None,
                                               "note": "output is not a batched tensor; not compared"})
             return
-        if not feat.is_floating_point():
+        if not (feat.is_floating_point() or feat.is_complex()):
             self.layer_info.setdefault(name, {"stride": None, "shape": list(feat.shape[1:]),
                                               "note": "integer output; not compared"})
+            return
+        if self.rotation is not None:
+            _rotation_rows(self, prefix, name, feat)
             return
         f = feat.reshape(self.K, self.B, *feat.shape[1:])
         stride = None
@@ -728,6 +735,53 @@ class _Batch:
         self.add(key("equivariance"), np.repeat(idx, P)[done_rows], eq.reshape(-1, 2)[done_rows])
         skip_key = (*prefix, "skip") if prefix[0] == "layer" else ("metric", "equivariance.skip")
         self.add(skip_key, idx, (~done).sum(1).astype(np.float64).reshape(-1, 1))
+
+
+def _rotation_rows(batch: _Batch, prefix: tuple, name: str, feat: torch.Tensor) -> None:
+    """Rotation equivariance of one layer's output for this group's pairs (:mod:`shiftlab.measure.rotation`).
+
+    Copy j (angle a_j) is compared with copy i (angle a_i) rotated by a_j - a_i about the map's centre (group
+    features: the group axis cycled; harmonic features: the phases turned): exact at multiples of 90
+    degrees, inside the disc that never sees the corners elsewhere (against the copy passed through the same
+    resampler). Maps of 2x2 or less at other angles, and non-map outputs, are not compared.
+    """
+    from shiftlab.measure.rotation import quarter_turns, rotation_equivariance_stats
+
+    f = feat.reshape(batch.K, batch.B, *feat.shape[1:])
+    is_map = feat.ndim in (4, 5) and feat.shape[-2] * feat.shape[-1] > 1
+    info = {"shape": list(feat.shape[1:]), "stride": None, "rotation": bool(is_map)}
+    if feat.ndim == 5:
+        info["layout"] = "complex streams" if feat.is_complex() else f"group axis of {feat.shape[2]}"
+    if not is_map:
+        info["note"] = "not a map: only the invariance of the output is compared"
+    batch.layer_info.setdefault(name, info)
+    if not batch.pairs:
+        return
+    idx = np.asarray(batch.indices, np.int64)
+    P = len(batch.pairs)
+    if feat.is_complex():
+        pooled = f.abs().flatten(3).mean(-1) if feat.ndim >= 4 else f.abs()
+    else:
+        pooled = f.mean(dim=(-2, -1)) if feat.ndim == 4 else f.flatten(2)
+    inv = [torch.stack(M.invariance_stats(pooled[i], pooled[j]), 1) for _, i, j in batch.pairs]
+    key = (lambda kind: (*prefix, kind)) if prefix[0] == "layer" else (lambda kind: ("metric", kind))
+    batch.add(key("invariance"), np.repeat(idx, P), torch.stack(inv, 1).cpu().numpy().reshape(-1, 2))
+    if not is_map:
+        return
+    eq = np.full((batch.B, P, 2), np.nan)
+    for p, (_, i, j) in enumerate(batch.pairs):
+        angle = batch.rotation[batch.copies[j]] - batch.rotation[batch.copies[i]]
+        if quarter_turns(angle) is None and min(feat.shape[-2:]) <= 2:
+            continue
+        e2, r2 = rotation_equivariance_stats(f[i], f[j], angle)
+        vals = torch.stack([e2, r2], 1).cpu().numpy()
+        vals[vals[:, 1] == 0] = np.nan  # nothing compared (an empty disc, or an all-zero map)
+        eq[:, p] = vals
+    done = ~np.isnan(eq[..., 0])
+    rows = done.reshape(-1)
+    batch.add(key("equivariance"), np.repeat(idx, P)[rows], eq.reshape(-1, 2)[rows])
+    batch.add((*prefix, "skip") if prefix[0] == "layer" else ("metric", "equivariance.skip"), idx,
+              (~done).sum(1).astype(np.float64).reshape(-1, 1))
 
 
 def _classification_rows(batch: _Batch, protocol: Protocol, logits: torch.Tensor, labels: torch.Tensor,
