@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     from shiftlab.errors import ShiftlabError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a one-line usage error (exit code 2)
+        return int(exc.code or 0)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0

@@ -66,16 +66,16 @@ def render_inspection(result) -> str:
 
 
 def run(args) -> int:
-    from shiftlab._io import check_writable, write_json
+    from shiftlab._io import check_output_path, write_json
     from shiftlab.measure.inspect import inspect
     from shiftlab.models import load_model
 
-    if args.json:
-        check_writable(args.json, args.force)
+    if args.json is not None:
+        check_output_path(args.json, args.force, "--json")
     model = load_model(args.model, weights=args.weights)
     result = inspect(model, tuple(args.input_size))
     print(render_inspection(result), end="")
-    if args.json:
+    if args.json is not None:
         write_json(args.json, {"model": args.model, **result.to_dict()}, force=args.force)
         print(f"wrote {args.json}")
     return 0

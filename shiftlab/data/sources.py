@@ -408,6 +408,9 @@ def _open_list(path: Path, limit: int | None) -> ImageFiles:
             break
     if not paths:
         raise InputError(f"the image list {path} names no files")
+    if not any(p.is_file() for p in paths[:64]):
+        raise InputError(f"the image list {path} names no files that exist (the first: {paths[0]}); give one image "
+                         f"path per line, relative to the list's folder")
     return ImageFiles(paths, labels, path.parent, None, None, [], 0, str(path))
 
 

@@ -16,6 +16,8 @@ def resolve_device(device) -> torch.device | None:
         device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise InputError(f"unknown device {device!r}: {exc}") from None
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise InputError(f"device {device} cannot run an audit; use cpu or cuda (cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device} requested but CUDA is not available on this machine")
     if device.type == "mps" and not torch.backends.mps.is_available():
