@@ -205,8 +205,15 @@ def clustered_proportion_value(name: str, successes, trials, confidence: float =
     (6, {'images': 3})
     """
     _check_confidence(confidence)
-    s = np.asarray(successes, dtype=np.int64).reshape(-1)
-    m = np.asarray(trials, dtype=np.int64).reshape(-1)
+    try:
+        s_raw = np.asarray(successes, dtype=np.float64).reshape(-1)
+        m_raw = np.asarray(trials, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ShiftlabError("successes and trials must be numbers, one per image") from None
+    if not (np.isfinite(s_raw).all() and np.isfinite(m_raw).all() and (s_raw == np.round(s_raw)).all()
+            and (m_raw == np.round(m_raw)).all()):
+        raise ShiftlabError("successes and trials must be whole numbers, one per image")
+    s, m = s_raw.astype(np.int64), m_raw.astype(np.int64)
     if s.shape != m.shape or (m < 0).any() or (s < 0).any() or (s > m).any():
         raise ShiftlabError("need 0 <= successes <= trials per image, with one entry per image")
     keep = m > 0
@@ -459,6 +466,8 @@ def accuracy(logits, labels, confidence: float = 0.95) -> MetricValue:
     pred = top1(x)[keep]
     lab = labels[keep].to(pred.device)
     correct = pred == (lab if pred.ndim == 1 else lab[:, None])
+    if correct.numel() == 0:  # no labelled sample
+        return MetricValue("accuracy", math.nan, (math.nan, math.nan), 0, {"images": 0})
     return _per_row_proportion("accuracy", correct.reshape(correct.shape[0], -1), confidence)
 
 
@@ -572,6 +581,11 @@ def feature_invariance_error(psi_x, psi_tx, confidence: float = 0.95) -> MetricV
     if psi_x.shape != psi_tx.shape or psi_x.ndim not in (2, 4):
         raise ShapeError(f"psi_x and psi_tx must both be (B, C) or (B, C, H, W) of one shape, got "
                          f"{tuple(psi_x.shape)} and {tuple(psi_tx.shape)}")
+    for t, name in ((psi_x, "psi_x"), (psi_tx, "psi_tx")):
+        if not t.is_floating_point():
+            raise ShapeError(f"{name} must be a floating tensor of features, got {t.dtype}")
+        if t.numel() == 0:
+            raise ShapeError(f"{name} is empty: {tuple(t.shape)}")
     check_finite(psi_x, "psi_x")
     check_finite(psi_tx, "psi_tx")
     if psi_x.ndim == 4:
