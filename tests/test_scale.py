@@ -152,3 +152,19 @@ def test_feature_memory_does_not_grow_with_the_data(setup, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         peaks[n] = int(proc.stdout.split()[-1])
     assert peaks[20000] <= 1.2 * peaks[1000], peaks
+
+
+def test_feature_report_under_torchrun_equals_one_process(setup, tmp_path):
+    """The report is made of audits, so it runs under torchrun too: the same numbers, one page."""
+    args = ["report", "--quick", "--model", f"{setup / 'net.py'}:make", "--data", str(setup / "images"),
+            "--no-progress"]
+    one = _shiftlab([*args, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _torchrun([*args, "--out", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = json.loads((tmp_path / "one" / "results.json").read_text())
+    b = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert set(a["audits"]) == set(b["audits"])
+    for key in a["audits"]:
+        assert a["audits"][key]["result"]["metrics"] == b["audits"][key]["result"]["metrics"], key
+    assert (tmp_path / "two" / "index.html").exists()
