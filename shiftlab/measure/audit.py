@@ -13,10 +13,11 @@ call :func:`audit` and render what it returns.
 How it works. The images stream through a ``torch.utils.data.DataLoader`` (:mod:`shiftlab.measure.loader`):
 workers decode each image and size it for the protocol (shorter side resized, centre crop). The protocol
 (``transform=``) makes K copies of each image on the model's device; the copies are normalised and go through
-the model under ``torch.inference_mode``, at most ``batch_size`` inputs per forward pass (the K copies of one
-image are split over several passes when K is larger). Only per-image statistics leave a batch (integer
-successes, float64 values), tagged with the image's index and its batch; no image or feature map outlives
-its batch, so memory does not grow with the data set. Layer errors are computed inside forward hooks.
+the model under ``torch.inference_mode``, at most ``batch_size`` inputs per forward pass (copies of several
+images packed into full passes; with layer errors, the copies of an image together). Only per-image
+statistics leave a batch (integer successes, float64 values, tagged with the image's index); no image or
+feature map outlives its batch, and the statistics are kept outside the allocator's heap, so memory does
+not grow with the data set. Layer errors are computed inside forward hooks.
 
 Final values reduce the per-image statistics in index order (``math.fsum``), so any split of the work gives
 the unsplit result exactly: shards (``audit(indices=A).merge(audit(indices=B)) == audit(indices=A + B)``),
@@ -977,8 +978,10 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
             ``"crop:224:32"``, ``"diagonal:8"``, ...). Default: ``circular:32`` (``circular:3`` below 64 px).
         metrics: names to compute; default: the protocol's defaults (accuracy where the labels fit the
             model). Dense outputs (B, K, H, W) get ``["equivariance"]``.
-        batch_size: model inputs per forward pass (copies included): a batch holds ``batch_size // K``
-            images, or one image whose K copies go through several passes when K > ``batch_size``.
+        batch_size: model inputs per forward pass, copies included. Without layer errors the K copies of
+            ``batch_size / gcd(batch_size, K)`` images are packed into full passes; with them (or a dense
+            output) the copies of an image go through together, split into groups of whole compared pairs
+            when K > ``batch_size``.
         layers: layer names, a module type (or tuple of types), ``"all"`` (every leaf module) or
             ``"stages"`` (:func:`stage_layers`): adds per-layer equivariance and pooled-invariance errors.
         output_key: which element of a tuple/dict model output is scored.
