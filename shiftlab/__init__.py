@@ -43,6 +43,9 @@ _EXPORTS = {
     "antialias": "shiftlab.fix.antialias",
     "certify": "shiftlab.fix.certify",
     "assert_certified": "shiftlab.fix.certify",
+    "save_fixed": "shiftlab.fix.checkpoint",
+    "load_fixed": "shiftlab.fix.checkpoint",
+    "finetune": "shiftlab.fix.finetune",
     # layers
     "BlurPool2d": "shiftlab.layers",
     "MaxBlurPool2d": "shiftlab.layers",
@@ -50,7 +53,7 @@ _EXPORTS = {
     "blur_pool2d": "shiftlab.layers",
     "aps_pool2d": "shiftlab.layers",
     # models
-    "load_model": "shiftlab.models",
+    "load_model": "shiftlab.fix.checkpoint",  # shiftlab.models.load_model, plus fixed checkpoints
     "imagenet_class_names": "shiftlab.models",
 }
 

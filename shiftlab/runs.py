@@ -15,23 +15,16 @@ from shiftlab.errors import InputError
 
 __all__ = ["AuditRun", "parse_fix", "FIX_METHODS"]
 
-FIX_METHODS = ("blur", "aps")
-_FIX_OPTIONS = ("circular",)
-
 
 def parse_fix(spec: str | None) -> dict | None:
-    """``"blur"``, ``"aps"``, ``"aps:circular"`` -> keyword arguments of :func:`shiftlab.antialias`."""
-    if spec is None:
-        return None
-    parts = [p.strip() for p in str(spec).split(":")]
-    method, options = parts[0], parts[1:]
-    if method not in FIX_METHODS:
-        raise InputError(f"--fix must be blur or aps, optionally followed by :circular, got {spec!r}")
-    unknown = [o for o in options if o not in _FIX_OPTIONS]
-    if unknown or len(set(options)) != len(options):
-        raise InputError(f"--fix {spec!r}: unknown option {unknown[0] if unknown else options[0]!r}; "
-                         f"options: {', '.join(_FIX_OPTIONS)}")
-    return {"method": method, "circular": "circular" in options}
+    """``"blur"``, ``"aps"``, ``"aps:circular"``, ``"blur:before"`` -> keyword arguments of :func:`shiftlab.antialias`
+    (:func:`shiftlab.fix.checkpoint.parse_fix`)."""
+    from shiftlab.fix.checkpoint import parse_fix as parse
+
+    return parse(spec)
+
+
+FIX_METHODS = ("blur", "aps")
 
 
 def _floats(values, flag: str) -> tuple[float, ...] | None:
@@ -143,10 +136,14 @@ class AuditRun:
 
     # --------------------------------------------------------------------------------------- run
     def load(self, device=None):
-        """The model to audit and its reference (the unconverted model with ``fix``), as modules."""
+        """The model to audit and its reference (the unconverted model with ``fix``), as modules.
+
+        Models are loaded by :func:`shiftlab.load_model`, so a fixed checkpoint (``--model FILE``, or the
+        architecture with ``--weights FILE``) comes back converted, as it was saved.
+        """
         import copy
 
-        from shiftlab.models import load_model
+        from shiftlab.fix.checkpoint import load_model
 
         model = load_model(self.model, weights=self.weights, device=device, output_key=_key(self.output_key),
                            seed=self.seed)
@@ -155,6 +152,9 @@ class AuditRun:
         if fix is not None:
             from shiftlab.fix.antialias import antialias
 
+            if getattr(model, "shiftlab_fix", None) is not None:
+                raise InputError(f"--model {self.weights or self.model} is a fixed checkpoint already "
+                                 f"({model.shiftlab_source.get('fix')}); drop --fix, or name the original model")
             original = model
             model, _ = antialias(copy.deepcopy(original), **fix)
             model.shiftlab_source = {**(getattr(original, "shiftlab_source", None) or {}), "fix": self.fix}

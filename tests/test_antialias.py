@@ -416,12 +416,16 @@ def test_cli_fix_placement_flag_converts_and_says_how_to_load(tmp_path, capsys):
                  "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "stride=1, padding_mode='reflect') first, then Conv2d(64, 128" in text
-    assert "placement='before'" in text  # in the load instructions
+    assert "the recipe (blur:before)" in text  # saved with the weights
     model, _ = antialias(torchvision.models.resnet18(), "blur", placement="before")
-    model.load_state_dict(torch.load(out, weights_only=True), strict=True)
-    with pytest.raises(SystemExit):
-        main(["fix", "--model", "torchvision:resnet18", "--method", "blur", "--placement", "first",
-              "--out", str(tmp_path / "x.pt")])
+    model.load_state_dict(torch.load(out, weights_only=True)["state_dict"], strict=True)
+    import shiftlab
+
+    assert shiftlab.load_model(out).shiftlab_fix["placement"] == "before"
+    assert main(["fix", "--model", "torchvision:resnet18", "--method", "blur", "--placement", "first",
+                 "--out", str(tmp_path / "x.pt")]) == 2
+    assert "--placement: invalid choice: 'first'" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
     assert main(["fix", "--model", "torchvision:resnet18", "--method", "aps", "--placement", "before",
                  "--out", str(tmp_path / "y.pt")]) == 2
     assert "placement='before' is for method='blur'" in capsys.readouterr().err

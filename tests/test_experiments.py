@@ -94,6 +94,67 @@ def test_labelled_npz_data_goes_on_the_canvas(tmp_path):
         make_canvas_split(str(tmp_path / "unlabelled.npz"))
 
 
+# --------------------------------------------------------------------------------------------- protocols
+
+
+def test_protocol_doctests():
+    import doctest
+
+    import shiftlab.experiments.protocols as module
+
+    failures, attempted = doctest.testmod(module, verbose=False)
+    assert failures == 0 and attempted > 0
+
+
+@settings(max_examples=10, deadline=None)
+@given(top=st.integers(0, 32), left=st.integers(0, 32), seed=st.integers(0, 3))
+def test_placements_are_exactly_the_object_pasted_there(top, left, seed):
+    from shiftlab.experiments.protocols import Placements
+
+    objects = torch.rand(3, 2, 16, 16, generator=torch.Generator().manual_seed(seed))
+    protocol = Placements([(0, 0), (top, left)] if (top, left) != (0, 0) else [(0, 0)])
+    made = protocol.make(place(objects, 0, 0, 48), torch.arange(3), seed=0)
+    K = protocol.num_copies
+    assert torch.equal(made.inputs[(K - 1) * 3:], place(objects, top, left, 48))
+    assert made.shifts[:, K - 1].tolist() == [[top, left]] * 3  # content displacement, roll convention
+
+
+def test_placements_refuse_to_carry_the_object_over_the_edge():
+    from shiftlab.errors import ShiftlabError
+    from shiftlab.experiments.protocols import Placements
+
+    objects = torch.rand(2, 1, 16, 16) + 0.1
+    with pytest.raises(ShapeError, match="over the canvas edge"):  # negative control: an object not at (0, 0)
+        Placements([(0, 0), (8, 8)]).make(place(objects, 30, 0, 48), torch.arange(2), seed=0)
+    with pytest.raises(ShapeError):
+        Placements([(0, 0), (33, 0)]).make(place(objects, 0, 0, 48), torch.arange(2), seed=0)
+    with pytest.raises(ShiftlabError):
+        Placements([(-1, 0)])
+
+
+@settings(max_examples=10, deadline=None)
+@given(k=st.integers(1, 5), seed=st.integers(0, 3))
+def test_centred_sweep_starts_with_the_image_and_moves_the_content_by_s(k, seed):
+    import torch.nn.functional as F
+
+    from shiftlab.experiments.protocols import CentredDiagonalSweep
+    from shiftlab.measure.protocols import DiagonalSweep
+
+    # content with a black margin of k, so that a shift by s <= k is the same as a roll
+    x = F.pad(torch.rand(2, 1, 10, 10, generator=torch.Generator().manual_seed(seed)), (k, k, k, k))
+    source = F.pad(x, (k, k, k, k))
+    protocol = CentredDiagonalSweep(k)
+    made = protocol.make(source, torch.arange(2), seed=0)
+    views = made.inputs.reshape(protocol.num_copies, 2, *x.shape[1:])
+    assert torch.equal(views[0], x)  # copy 0: the unshifted view, the reference of `agreement`
+    for c, (dy, dx) in enumerate(protocol.parameters):
+        assert torch.equal(views[c], circular_shift(x, dy, dx))
+    assert sorted(protocol.parameters) == [(s, s) for s in range(-k, k + 1)]
+    # negative control: the stock crop sweep's first copy (its reference) is a shifted view, not the image
+    stock = DiagonalSweep(2 * k, "crop").make(source, torch.arange(2), seed=0).inputs[:2]
+    assert not torch.equal(stock, x)
+
+
 # --------------------------------------------------------------------------------------------- networks
 
 
@@ -146,11 +207,34 @@ def test_negative_controls_are_not_invariant(downsample, head):
 # --------------------------------------------------------------------------------------------- experiments
 
 
-@pytest.fixture(scope="module")
-def architecture():
-    from shiftlab.experiments.architecture import run_architecture
+def _run_keeping_models(module, run, **kwargs):
+    """Run an experiment and keep the networks it trains: (result, {variant: model}, split)."""
+    from shiftlab.experiments._common import train_variant
 
-    return run_architecture(seeds=1, quick=True)
+    kept = {}
+
+    def keep(variant, split, *args, **kw):
+        model, record = train_variant(variant, split, *args, **kw)
+        kept[variant], kept["split"] = model, split
+        return model, record
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "train_variant", keep)
+        result = getattr(module, run)(**kwargs)
+    split = kept.pop("split")
+    return result, kept, split
+
+
+@pytest.fixture(scope="module")
+def architecture_run():
+    import shiftlab.experiments.architecture as A
+
+    return _run_keeping_models(A, "run_architecture", seeds=1, quick=True)
+
+
+@pytest.fixture(scope="module")
+def architecture(architecture_run):
+    return architecture_run[0]
 
 
 @pytest.mark.slow
@@ -159,11 +243,65 @@ def test_architecture_aps_circular_gap_has_consistency_exactly_one(architecture)
     aps = v["aps-gap-circular"]["runs"][0]
     assert aps["circular_consistency"]["value"] == 1.0
     assert aps["circular_consistency"]["n"] == architecture["data"]["n_test"]
-    assert aps["circular_max_logit_difference"] <= 1e-9  # float64 evaluation
+    # the audit's relative change of the float64 logits between the two rolled copies: rounding only
+    change = aps["circular_logit_change"]
+    assert change["value"] <= 1e-12 and change["pooled"] <= 1e-12 and change["n"] == architecture["data"]["n_test"]
     assert aps["accuracy"]["value"] > 0.5  # it did learn: chance is 0.1
     # negative controls: without APS, or without global pooling, the logits move with a circular shift
     for control in ("maxpool-gap-circular", "aps-fc-circular"):
-        assert v[control]["runs"][0]["circular_max_logit_difference"] > 1e-3
+        assert v[control]["runs"][0]["circular_logit_change"]["value"] > 1e-3
+
+
+def _direct_audit(net, images, labels, protocol, metrics, **kwargs):
+    """``shiftlab.audit`` called directly, with the experiments' batching (a float32 forward pass may round
+    differently in another batch)."""
+    from shiftlab import audit
+    from shiftlab.experiments._common import audit_batch
+    from shiftlab.measure.protocols import parse_protocol
+
+    protocol = parse_protocol(protocol)
+    return audit(net, (images, labels), transform=protocol, metrics=metrics, normalize=False,
+                 batch_size=audit_batch(protocol.num_copies), **kwargs)
+
+
+def _curve(metric):
+    curve = metric.extra["curve"]
+    return {tuple(p): (v, list(ci), n) for p, v, ci, n in zip(curve["parameters"], curve["value"], curve["ci"],
+                                                             curve["n"])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["maxpool-fc-zeros", "aps-gap-circular"])
+def test_architecture_numbers_are_a_direct_audit_of_the_trained_model(architecture_run, variant):
+    """Every number of a run equals shiftlab.audit on the same network and protocol: no second engine."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from shiftlab.experiments.protocols import CentredDiagonalSweep
+
+    result, models, split = architecture_run
+    run = result["variants"][variant]["runs"][0]
+    k = result["parameters"]["max_shift"]
+    x, y = split.test.images, split.test.labels
+    net32, net64 = copy.deepcopy(models[variant]).float(), copy.deepcopy(models[variant]).double()
+    circular = _direct_audit(net64, x, y, f"circular:{k}", ["consistency"], layers=["head"])
+    assert run["circular_consistency"] == circular.metrics["consistency"].to_dict()
+    assert run["circular_logit_change"] == circular.layers["head"]["pooled_invariance"].to_dict()
+    crop = _direct_audit(net32, F.pad(x, (k, k + 1, k, k + 1)), y, f"crop:32:{2 * k + 1}", ["consistency"], seed=1)
+    assert run["crop_consistency"] == crop.metrics["consistency"].to_dict()
+    padded = F.pad(x, (k, k, k, k))
+    steps = _direct_audit(net32, padded, y, f"diagonal:{2 * k}:crop", ["top1_change"])
+    assert run["top1_change"] == steps.metrics["top1_change"].to_dict()
+    sweep = _direct_audit(net32, padded, y, CentredDiagonalSweep(k), ["accuracy", "agreement"])
+    accuracy, agreement = _curve(sweep.metrics["accuracy"]), _curve(sweep.metrics["agreement"])
+    s = run["sweep"]
+    assert {(d, d): (v, ci) for d, v, ci in zip(s["shift"], s["accuracy"], s["accuracy_ci"])} == \
+        {p: (v, ci) for p, (v, ci, _) in accuracy.items()}
+    assert {(d, d): (v, ci) for d, v, ci in zip(s["agreement_shift"], s["agreement"], s["agreement_ci"])} == \
+        {p: (v, ci) for p, (v, ci, _) in agreement.items()}
+    assert (0, 0) not in agreement and len(agreement) == 2 * k  # the reference is the unshifted view itself
+    assert (run["accuracy"]["value"], run["accuracy"]["ci"], run["accuracy"]["n"]) == accuracy[(0, 0)]
 
 
 @pytest.mark.slow
@@ -197,16 +335,33 @@ def test_same_seed_gives_identical_numbers(architecture):
 
 @pytest.mark.slow
 def test_unseen_positions_fc_fails_far_from_training_but_aps_does_not():
-    from shiftlab.experiments.positions import run_unseen_positions
+    import copy
 
-    r = run_unseen_positions(seeds=1, quick=True)
+    import shiftlab.experiments.positions as P
+    from shiftlab.experiments.protocols import Placements
+
+    r, models, split = _run_keeping_models(P, "run_unseen_positions", seeds=1, quick=True)
     fc = r["variants"]["maxpool-fc-zeros"]["runs"][0]
     aps = r["variants"]["aps-gap-circular"]["runs"][0]
-    assert fc["far"] < fc["inside"] - 0.15, fc
-    assert abs(aps["far"] - aps["inside"]) <= 0.02, aps
-    assert aps["far"] > fc["far"] + 0.3
+    assert fc["far"]["value"] < fc["inside"]["value"] - 0.15, fc
+    assert abs(aps["far"]["value"] - aps["inside"]["value"]) <= 0.02, aps
+    assert aps["far"]["value"] > fc["far"]["value"] + 0.3
+    assert aps["spread"] == 0.0  # exactly invariant: one prediction per digit at every position
     heat = torch.tensor(r["variants"]["maxpool-fc-zeros"]["heatmap_mean"])
     assert heat.shape == (len(r["grid"]), len(r["grid"]))
+    # the heatmap is the accuracy curve of one direct audit over the whole grid, cell by cell; the regions'
+    # numbers are direct audits of their positions (no second engine)
+    grid, net = r["grid"], copy.deepcopy(models["maxpool-fc-zeros"]).float()
+    at_origin, labels = split.test.place_at(0, 0), split.test.labels
+    whole = _curve(_direct_audit(net, at_origin, labels, Placements([(t, c) for t in grid for c in grid]),
+                                 ["accuracy"]).metrics["accuracy"])
+    assert fc["heatmap"] == [[whole[(t, c)][0] for c in grid] for t in grid]
+    assert fc["heatmap_ci"] == [[whole[(t, c)][1] for c in grid] for t in grid]
+    inside = [(t, c) for t in grid for c in grid if t <= 16 and c <= 16]
+    direct = _direct_audit(net, at_origin, labels, Placements(inside), ["accuracy"]).metrics["accuracy"]
+    assert fc["inside"] == {k: v for k, v in direct.to_dict().items() if k != "curve"}
+    tested = _direct_audit(net, split.test.images, labels, Placements([(0, 0)]), ["accuracy"]).metrics["accuracy"]
+    assert fc["test_accuracy"]["value"] == tested.value
 
 
 @pytest.mark.slow
@@ -218,11 +373,12 @@ def test_augmentation_buys_positions_that_the_data_lacked():
     aug = r["variants"]["baseline + shift 8"]["runs"][0]
     aps = r["variants"]["aps + circular + global pooling"]["runs"][0]
     # trained on centred digits only: accuracy collapses when the digit moves
-    assert base["accuracy_anywhere"] < base["accuracy"]["value"] - 0.2
+    assert base["accuracy_anywhere"]["value"] < base["accuracy"]["value"] - 0.2
     # shift augmentation recovers part of it; the invariant architecture does not need it
-    assert aug["accuracy_anywhere"] > base["accuracy_anywhere"] + 0.1
-    assert abs(aps["accuracy_anywhere"] - aps["accuracy"]["value"]) <= 0.02
+    assert aug["accuracy_anywhere"]["value"] > base["accuracy_anywhere"]["value"] + 0.1
+    assert abs(aps["accuracy_anywhere"]["value"] - aps["accuracy"]["value"]) <= 0.02
     assert aps["circular_consistency"]["value"] == 1.0
+    assert base["accuracy_anywhere"]["protocol"] == "placements:0,0"  # the audit of the re-placed digits
     assert r["variants"]["baseline"]["macs"] > 0
 
 

@@ -19,7 +19,7 @@ import sys
 __all__ = ["main", "build_parser"]
 
 # In the order they are listed by --help: the pipeline order.
-COMMANDS = ("demo", "audit", "inspect", "fix", "experiment", "report")
+COMMANDS = ("demo", "audit", "inspect", "fix", "finetune", "experiment", "report")
 
 
 def _command_modules():

@@ -1,4 +1,9 @@
-"""``shiftlab fix``: convert a model to anti-aliased (BlurPool) or polyphase (APS) subsampling and save it."""
+"""``shiftlab fix``: convert a model to anti-aliased (BlurPool) or polyphase (APS) subsampling and save it.
+
+The file is a fixed checkpoint (:mod:`shiftlab.fix.checkpoint`): the weights and the recipe of the conversion,
+so that ``--model FILE`` (in ``audit``, ``inspect``, ``report``, ``finetune``) and ``shiftlab.load_model(FILE)``
+give back the converted model.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ def add_arguments(parser) -> None:
                         help="with --method blur, where the blur of a strided conv goes: after (default, Zhang 2019: "
                              "the conv at stride 1, the blur after its activation) or before (the cheaper blur_first "
                              "of MosaicML Composer: blur at stride 1, then the conv at its stride)")
-    parser.add_argument("--out", required=True, metavar="FILE", help="where to save the converted state_dict (.pt)")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="where to save the converted model: its weights and the recipe (a fixed checkpoint, .pt)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     parser.add_argument("--certify", nargs=2, type=int, metavar=("H", "W"), default=None,
                         help="also certify invariance to circular shifts at this input size (float64)")
@@ -41,48 +47,45 @@ def _conversion_kwargs(args) -> dict:
     return kwargs
 
 
-def _load_instructions(args) -> str:
-    kwargs = ", ".join(f"{k}={v!r}" for k, v in _conversion_kwargs(args).items())
+def _load_instructions(out) -> str:
     return "\n".join([
-        "load it with:",
-        "    import torch, shiftlab",
-        f"    model, _ = shiftlab.antialias(shiftlab.load_model({args.model!r}), {kwargs})",
-        f"    model.load_state_dict(torch.load({str(args.out)!r}, weights_only=True))",
+        "use it with:",
+        f"    shiftlab audit --model {out} ...        (also inspect, report, finetune)",
+        f"    model = shiftlab.load_model({str(out)!r})   # converted again, weights loaded strictly",
     ])
 
 
 def run(args) -> int:
-    import io
-
-    import torch
-
-    from shiftlab._io import atomic_write_bytes, check_writable
+    from shiftlab._io import check_output_path
     from shiftlab.cli.inspect import render_table
     from shiftlab.errors import InputError
     from shiftlab.fix.antialias import antialias
-    from shiftlab.models import load_model
+    from shiftlab.fix.checkpoint import load_model, recipe_spec, save_fixed
 
     if args.filter_size is not None and args.filter_size < 1:
         raise InputError(f"--filter-size must be at least 1, got {args.filter_size}")
     if args.shifts < 0:
         raise InputError(f"--shifts must be 0 (all) or more, got {args.shifts}")
-    check_writable(args.out, args.force)  # refuse before the (slow) conversion, not after
+    out = check_output_path(args.out, args.force, "--out")  # refuse before the (slow) conversion, not after
     model = load_model(args.model, weights=args.weights)
+    if getattr(model, "shiftlab_fix", None) is not None:
+        raise InputError(f"{args.weights or args.model} is a fixed checkpoint already "
+                         f"({recipe_spec(model.shiftlab_fix)}); convert the original model")
     converted, report = antialias(model, inplace=True, **_conversion_kwargs(args))
 
     if report:
         rows = [[i, r.name, r.before, r.after] for i, r in enumerate(report, 1)]
         print(render_table(["#", "layer", "before", "after"], rows))
-        print(f"\n{len(report)} layer(s) replaced ({args.method}{', circular padding' if args.circular else ''})")
+        kept = sum(r.after.startswith("kept") for r in report)
+        print(f"\n{len(report) - kept} layer(s) replaced, {kept} kept "
+              f"({args.method}{', circular padding' if args.circular else ''})")
     else:
         print("no layer needed replacing: the model has no subsampling layer this method converts")
 
-    buffer = io.BytesIO()
-    state = converted.state_dict()
-    torch.save(state, buffer)
-    atomic_write_bytes(args.out, buffer.getvalue(), force=args.force)
-    print(f"saved {len(state)} tensors to {args.out}")
-    print(_load_instructions(args))
+    save_fixed(converted, out, force=args.force)
+    recipe = recipe_spec(converted.shiftlab_fix)
+    print(f"saved {len(converted.state_dict())} tensors and the recipe ({recipe}) to {out}")
+    print(_load_instructions(out))
 
     if args.certify is not None:
         from shiftlab.fix.certify import certify

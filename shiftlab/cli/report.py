@@ -28,6 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty folder that does not hold a previous report")
     parser.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
+    parser.add_argument("--finetune-steps", type=int, default=0, metavar="N",
+                        help="also fine-tune one fix for N steps (shiftlab finetune) and add its row 'after "
+                             "fine-tuning' to the fixes table; the model is saved in the report folder (default 0: "
+                             "none; on 2 CPU cores a step of the default network takes about a second)")
+    parser.add_argument("--finetune-fix", default="aps", metavar="FIX",
+                        help="the fix to fine-tune: blur, aps (default), aps:circular")
+    parser.add_argument("--finetune-data", default=None, metavar="SPEC",
+                        help="images to fine-tune on (default: the report's own images; other images make the row "
+                             "a held-out measurement)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +52,20 @@ def run(args: argparse.Namespace) -> int:
     if args.image_size is not None and args.image_size < 1:
         raise InputError(f"--image-size must be at least 1, got {args.image_size}")
     training = load_experiment_results(args.experiments) if args.experiments is not None else None
+    if args.finetune_steps < 0:
+        raise InputError(f"--finetune-steps must be 0 or more, got {args.finetune_steps}")
+    if args.finetune_steps:
+        from shiftlab.runs import parse_fix
+
+        try:
+            parse_fix(args.finetune_fix)
+        except InputError as exc:
+            raise InputError(f"--finetune-fix: {exc}") from None
+        if args.finetune_data is not None:
+            from shiftlab.data.sources import open_images
+
+            open_images(args.finetune_data)
+    finetune_name = f"finetuned-{args.finetune_fix.replace(':', '-')}.pt"
     world = distributed.init_from_environment()
 
     from shiftlab.experiments.pretrained import run_report_experiments, thumbnails
@@ -52,8 +75,12 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress and world.is_main
     if progress:
         print(f"shiftlab: measuring {args.model} on {args.data or 'the bundled photos'}", file=sys.stderr)
+    files: dict = {}
     results = run_report_experiments(args.model, args.data, quick=args.quick, seed=args.seed, progress=progress,
-                                     device=args.device, weights=args.weights, image_size=args.image_size)
+                                     device=args.device, weights=args.weights, image_size=args.image_size,
+                                     finetune_steps=args.finetune_steps, finetune_fix=args.finetune_fix,
+                                     finetune_data=args.finetune_data, finetune_file=str(out / finetune_name),
+                                     files=files)
     if not world.is_main:
         return 0
     results["classic"], classic_figures = classic_demonstrations(progress)
@@ -64,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     thumbs = thumbnails(results["settings"]["data"], results["data"]["indices"], size,
                         pre.get("interpolation", "bilinear"), limit=results["settings"]["budget"].get("max_images"))
     page = write_report(results, out, force=True, extra_figures=classic_figures, progress=progress,
-                        images={f"thumb:{i}": a for i, a in thumbs.items()})
+                        images={f"thumb:{i}": a for i, a in thumbs.items()},
+                        files={Path(name).name: data for name, data in files.items()})
     seconds = time.perf_counter() - started
     print(f"shiftlab: report written to {page} ({seconds:.0f} s); open it in a browser: "
           f"{Path(page).resolve().as_uri()}", file=sys.stderr)
@@ -94,6 +122,33 @@ def classic_demonstrations(progress: bool = False) -> tuple[dict, dict]:
     return numbers, figures
 
 
+def _check_experiment_result(data: dict, path) -> None:
+    """Refuse, before any work, an experiment result the report could not render (damaged or hand-edited)."""
+    from shiftlab.errors import InputError
+    from shiftlab.report import experiment_plots
+
+    name = data["experiment"]
+    where = f"--experiments: {path} (experiment {name!r})"
+    if name not in experiment_plots.TITLES:
+        raise InputError(f"{where}: unknown experiment; expected one of {', '.join(experiment_plots.TITLES)}")
+    variants = data["variants"]
+    if not isinstance(variants, dict) or not variants:
+        raise InputError(f"{where}: 'variants' must map each variant's name to its results, "
+                         f"got {type(variants).__name__}")
+    bad = [str(k) for k, v in variants.items() if not isinstance(v, dict) or not isinstance(v.get("summary"), dict)]
+    if bad:
+        raise InputError(f"{where}: variant {bad[0]!r} has no 'summary' of results")
+    try:  # the figures are cheap; drawing them now finds any other damage before minutes of audits
+        figures = experiment_plots.experiment_figures(data)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the file is not what the report needs
+        raise InputError(f"{where}: cannot be rendered ({type(exc).__name__}: {str(exc)[:120]}); write it again "
+                         f"with shiftlab experiment {name}") from None
+    import matplotlib.pyplot as plt
+
+    for figure in figures.values():
+        plt.close(figure)
+
+
 def load_experiment_results(folder) -> dict:
     """The training-experiment results (``shiftlab experiment`` JSON files) in ``folder``: name -> result.
 
@@ -114,6 +169,7 @@ def load_experiment_results(folder) -> dict:
         except (OSError, ValueError):
             continue
         if isinstance(data, dict) and isinstance(data.get("experiment"), str) and "variants" in data:
+            _check_experiment_result(data, path)
             found[path.stem] = data
     if not found:
         raise InputError(f"--experiments: no experiment results (JSON written by shiftlab experiment) in {folder}")

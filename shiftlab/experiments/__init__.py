@@ -3,6 +3,8 @@
 - :mod:`~shiftlab.experiments.digits`: scikit-learn's real handwritten digits placed on a canvas.
 - :mod:`~shiftlab.experiments.nets`: ``SmallCNN``, a small CNN family with downsampling/head/padding switches.
 - :mod:`~shiftlab.experiments.train`: deterministic CPU training, augmentations, float64/float32 evaluation.
+- :mod:`~shiftlab.experiments.protocols`: the experiments' own audit protocols (a diagonal sweep around the
+  unshifted view, placements of an object on a canvas); every number comes from ``shiftlab.audit``.
 - ``run_architecture``, ``run_unseen_positions``, ``run_augmentation``, ``run_rotation``: the four experiments
   (``shiftlab experiment NAME``); each returns a JSON-serialisable dict that records its seeds.
 

@@ -1,4 +1,5 @@
-"""Shared pieces of the experiments: variants by name, shift metrics, summaries over seeds. Private."""
+"""Shared pieces of the experiments: variants by name, the shift metrics (each from one shiftlab.audit), summaries
+over seeds. Private."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import torch.nn.functional as F
 
 from shiftlab.errors import InputError
 from shiftlab.experiments.nets import DOWNSAMPLING, HEADS, PADDINGS, SmallCNN, count_macs
-from shiftlab.experiments.train import build_model, evaluation_copy, predict, train_model
+from shiftlab.experiments.train import build_model, evaluation_copy, train_model
 
-__all__ = ["parse_variant", "train_variant", "shift_metrics", "summarise", "environment", "Timer", "seed_list"]
+__all__ = ["parse_variant", "train_variant", "shift_metrics", "shift_protocols", "protocol_specs", "run_audit",
+           "audit_batch", "curve_point", "metric_dict", "summarise", "environment", "Timer", "seed_list"]
 
 
 def parse_variant(name: str) -> dict:
@@ -57,54 +59,121 @@ def train_variant(variant: str, split, width: int, config, seed: int, augment=No
     return model, record
 
 
-def shift_metrics(model, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, seed: int,
-                  max_shift: int) -> dict:
-    """Accuracy, circular and crop consistency, P(top-1 change) and a diagonal shift sweep.
+AUDIT_INPUTS = 400  # about this many model inputs per forward pass of an audit
 
-    Circular consistency is computed in float64 (an exactness claim: APS's phase choice must not be decided
-    by float32 rounding); everything else in float32.
 
-    - circular consistency: two ``circular_shift`` copies per image, offsets uniform in [-max_shift, max_shift];
-    - crop consistency: two windows of the image zero-padded by ``max_shift`` (a larger black canvas), offsets
-      uniform in [0, 2 max_shift];
-    - P(top-1 change): adjacent 1-pixel diagonal crop shifts (c, c) -> (c+1, c+1), c = 0..2 max_shift - 1;
-    - sweep: per diagonal shift s = -max_shift..max_shift, accuracy and agreement with the unshifted top-1.
+def audit_batch(copies: int) -> int:
+    """The audit batch size (inputs per forward pass) for a protocol of ``copies`` copies: whole images."""
+    return copies * max(1, AUDIT_INPUTS // copies)
+
+
+def run_audit(net, images: torch.Tensor, labels: torch.Tensor, protocol, metrics, seed: int = 0, layers=None):
+    """``shiftlab.audit`` of ``net`` on in-memory images in pixel space, without normalisation: the one call
+    every experiment number goes through (see :func:`shift_metrics`)."""
+    from shiftlab import audit
+    from shiftlab.measure.protocols import parse_protocol
+
+    protocol = parse_protocol(protocol)
+    return audit(net, (images, labels), transform=protocol, metrics=list(metrics), normalize=False, seed=seed,
+                 layers=layers, batch_size=audit_batch(protocol.num_copies))
+
+
+def metric_dict(value) -> dict:
+    """An audit metric (:class:`~shiftlab.metrics.MetricValue`) as a dict, its per-copy curve left out."""
+    out = value.to_dict()
+    out.pop("curve", None)
+    return out
+
+
+def curve_point(metric: dict, parameter) -> dict:
+    """One point of an audit curve (``metric["curve"]``) as a metric dict: value, ci, n."""
+    curve = metric["curve"]
+    i = [tuple(p) if isinstance(p, list) else p for p in curve["parameters"]].index(parameter)
+    return {"value": curve["value"][i], "ci": list(curve["ci"][i]), "n": curve["n"][i],
+            "protocol": metric.get("protocol"), "parameter": list(parameter) if isinstance(parameter, tuple)
+            else parameter}
+
+
+def shift_protocols(size: int, max_shift: int) -> dict:
+    """The protocols of :func:`shift_metrics` for square inputs of ``size``: name -> (protocol, padding of
+    the input as (left, right, top, bottom) black pixels, metrics)."""
+    from shiftlab.experiments.protocols import CentredDiagonalSweep
+
+    k = max_shift
+    return {
+        "circular": (f"circular:{k}", (0, 0, 0, 0), ("consistency",)),
+        "crop": (f"crop:{size}:{2 * k + 1}", (k, k + 1, k, k + 1), ("consistency",)),
+        "steps": (f"diagonal:{2 * k}:crop", (k, k, k, k), ("top1_change",)),
+        "sweep": (CentredDiagonalSweep(k), (k, k, k, k), ("accuracy", "agreement")),
+    }
+
+
+EVALUATION = ("every number from shiftlab.audit(..., normalize=False), image-level 95% intervals: circular "
+              "consistency on a float64 copy of the trained model, everything else on a float32 copy")
+
+
+def protocol_specs(size: int, max_shift: int) -> dict:
+    """What :func:`shift_metrics` measures with, for the result file: name -> spec, input padding, metrics."""
+    out = {}
+    for name, (protocol, pad, metrics) in shift_protocols(size, max_shift).items():
+        spec = protocol if isinstance(protocol, str) else protocol.spec()
+        out[name] = {"spec": spec, "padding_left_right_top_bottom": list(pad), "metrics": list(metrics)}
+    return out
+
+
+def shift_metrics(model, images: torch.Tensor, labels: torch.Tensor, seed: int, max_shift: int) -> dict:
+    """Accuracy, circular and crop consistency, P(top-1 change) and a diagonal shift sweep, each from one
+    :func:`shiftlab.audit` (image-level 95% intervals), with k = ``max_shift``:
+
+    - circular consistency: ``circular:k`` (two ``torch.roll`` copies per image, offsets uniform in [-k, k-1]),
+      on a float64 copy of the model (an exactness claim: APS's phase choice must not be decided by float32
+      rounding), with the relative change of the logits between the two copies (the audit's pooled
+      invariance error of the ``head``, whose output is the logits);
+    - crop consistency: ``crop:S:2k+1`` on the image padded by k black pixels at the top and left and k + 1 at
+      the bottom and right (a larger black canvas): two S x S windows at offsets uniform in [0, 2k], i.e. the
+      content moved by -k..k (the last padded row and column are never inside a window); seed ``seed + 1``;
+    - P(top-1 change): ``diagonal:2k:crop`` on the image padded by k: adjacent 1-pixel diagonal window shifts
+      (c, c) -> (c+1, c+1), c = 0..2k-1;
+    - sweep: :class:`~shiftlab.experiments.protocols.CentredDiagonalSweep` on the image padded by k: the
+      accuracy at each diagonal content shift s = -k..k, and the agreement with the unshifted top-1 at each
+      s != 0; ``accuracy`` is the sweep's point s = 0, the image itself.
+
+    Everything but circular consistency runs on a float32 copy.
 
     Shape:
-        images: (N, C, H, W); labels, indices: (N,).
+        images: (N, C, S, S); labels: (N,).
     """
-    from shiftlab.metrics import accuracy, consistency, top1_change
-    from shiftlab.transforms import circular_shift, crop_shift, random_offsets
-
     net = evaluation_copy(model, torch.float32)
     exact = evaluation_copy(model, torch.float64)
-    k = max_shift
-    size = (images.shape[-2], images.shape[-1])
-    clean = predict(model, images, evaluator=net)
-    circ = random_offsets(seed, indices, -k, k, count=2)
-    a = predict(model, circular_shift(images, circ[:, 0, 0], circ[:, 0, 1]), evaluator=exact)
-    b = predict(model, circular_shift(images, circ[:, 1, 0], circ[:, 1, 1]), evaluator=exact)
-    padded = F.pad(images, (k, k, k, k))
-    crop = random_offsets(seed + 1, indices, 0, 2 * k, count=2)
-    ca = predict(model, crop_shift(padded, crop[:, 0, 0], crop[:, 0, 1], size), evaluator=net)
-    cb = predict(model, crop_shift(padded, crop[:, 1, 0], crop[:, 1, 1], size), evaluator=net)
-    seq = torch.stack([predict(model, crop_shift(padded, o, o, size), evaluator=net) for o in range(2 * k + 1)], 1)
-    # window offset o moves the content by k - o; list the sweep by content shift s = -k..k
-    sweep_shift = list(range(-k, k + 1))
-    frames = seq.flip(1)
-    top = clean.argmax(1)
+    if images.shape[-1] != images.shape[-2]:
+        raise InputError(f"shift_metrics needs square images, got {tuple(images.shape[-2:])}")
+    found = {}
+    for name, (protocol, pad, metrics) in shift_protocols(images.shape[-1], max_shift).items():
+        source = F.pad(images, pad) if any(pad) else images
+        found[name] = run_audit(exact if name == "circular" else net, source, labels, protocol, metrics,
+                                seed=seed + 1 if name == "crop" else seed,
+                                layers=["head"] if name == "circular" else None)
+    sweep = found["sweep"].metrics
+    accuracy, agreement = sweep["accuracy"].to_dict(), sweep["agreement"].to_dict()
+    acc_shift, acc_value, acc_ci, acc_n = _by_diagonal_shift(accuracy["curve"])
+    agr_shift, agr_value, agr_ci, _ = _by_diagonal_shift(agreement["curve"])
     return {
-        "accuracy": accuracy(clean, labels).to_dict(),
-        "circular_consistency": consistency(a, b).to_dict(),
-        "circular_max_logit_difference": float((a - b).abs().max()),
-        "crop_consistency": consistency(ca, cb).to_dict(),
-        "top1_change": top1_change(seq).to_dict(),
-        "sweep": {
-            "shift": sweep_shift,
-            "accuracy": [float((frames[:, t].argmax(1) == labels).double().mean()) for t in range(2 * k + 1)],
-            "agreement": [float((frames[:, t].argmax(1) == top).double().mean()) for t in range(2 * k + 1)],
-        },
+        "accuracy": curve_point(accuracy, (0, 0)),
+        "circular_consistency": found["circular"].metrics["consistency"].to_dict(),
+        "circular_logit_change": found["circular"].layers["head"]["pooled_invariance"].to_dict(),
+        "crop_consistency": found["crop"].metrics["consistency"].to_dict(),
+        "top1_change": found["steps"].metrics["top1_change"].to_dict(),
+        "sweep": {"protocol": found["sweep"].protocol["spec"], "shift": acc_shift, "accuracy": acc_value,
+                  "accuracy_ci": acc_ci, "n": acc_n,
+                  "agreement_shift": agr_shift, "agreement": agr_value, "agreement_ci": agr_ci},
     }
+
+
+def _by_diagonal_shift(curve: dict) -> tuple[list, list, list, list]:
+    """An audit curve over diagonal shifts (s, s), in the order of s: (shifts, values, intervals, counts)."""
+    points = sorted(zip(curve["parameters"], curve["value"], curve["ci"], curve["n"]), key=lambda q: q[0][0])
+    return ([q[0][0] for q in points], [q[1] for q in points], [list(q[2]) for q in points],
+            [q[3] for q in points])
 
 
 def _stats(values: list[float]) -> dict:

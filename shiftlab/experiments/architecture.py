@@ -6,13 +6,15 @@ where equivariance matters; global pooling at the end gives classification invar
 Every variant of :class:`~shiftlab.experiments.nets.SmallCNN` listed in ``VARIANTS`` is trained on digits
 placed anywhere on a 32x32 canvas, once per seed, and measured on the held-out digits: accuracy, circular
 consistency, crop consistency, P(top-1 change) along a diagonal 1-pixel sweep, and agreement with the
-unshifted prediction as a function of the shift. Mean and spread over seeds are reported per variant.
+unshifted prediction as a function of the shift. Every number is what :func:`shiftlab.audit` returns for one
+protocol (:func:`~shiftlab.experiments._common.shift_metrics`), with image-level 95% intervals per run; mean
+and spread over seeds are reported per variant.
 """
 
 from __future__ import annotations
 
-from shiftlab.experiments._common import (Timer, environment, parse_variant, seed_list, shift_metrics,
-                                          summarise, summarise_curves, train_variant)
+from shiftlab.experiments._common import (EVALUATION, Timer, environment, parse_variant, protocol_specs, seed_list,
+                                          shift_metrics, summarise, summarise_curves, train_variant)
 from shiftlab.experiments.digits import make_canvas_split
 from shiftlab.experiments.train import TrainConfig
 
@@ -60,7 +62,7 @@ def run_architecture(seeds: int = 3, quick: bool = False, data: str | None = Non
             for seed in seeds_:
                 model, record = train_variant(variant, split, p["width"], p["train"], seed, progress=progress)
                 with Timer() as t:
-                    metrics = shift_metrics(model, test.images, test.labels, test.indices, seed, p["max_shift"])
+                    metrics = shift_metrics(model, test.images, test.labels, seed, p["max_shift"])
                 runs.append({"seed": seed, **metrics, "final_loss": record["losses"][-1],
                              "train_seconds": record["seconds"], "eval_seconds": t.seconds,
                              "macs": record["macs"], "parameters": record["parameters"]})
@@ -71,6 +73,7 @@ def run_architecture(seeds: int = 3, quick: bool = False, data: str | None = Non
                 "sweep_agreement": summarise_curves(runs, ("sweep", "agreement")),
                 "sweep_accuracy": summarise_curves(runs, ("sweep", "accuracy")),
                 "sweep_shift": runs[0]["sweep"]["shift"],
+                "sweep_agreement_shift": runs[0]["sweep"]["agreement_shift"],
             }
     return {
         "experiment": "architecture",
@@ -82,7 +85,8 @@ def run_architecture(seeds: int = 3, quick: bool = False, data: str | None = Non
         "data_seed": data_seed,
         "data": split.parameters,
         "parameters": {"width": p["width"], "max_shift": p["max_shift"], "train": p["train"].to_dict(),
-                       "evaluation": "float64 copy of the trained model"},
+                       "evaluation": EVALUATION,
+                       "protocols": protocol_specs(p["canvas"], p["max_shift"])},
         "metrics": METRICS,
         "variants": results,
         "environment": environment(),

@@ -6,17 +6,21 @@ padding) is trained without and with random shift augmentation, against the arch
 without augmentation (global average pooling; BlurPool; APS with circular padding). Each is measured on
 held-out centred digits (the cost: accuracy where the training data lives), on the same digits placed
 anywhere on the canvas (what shift invariance buys), by circular and crop consistency and P(top-1 change),
-and by its compute (multiply-accumulates per image, training time).
+and by its compute (multiply-accumulates per image, training time). Every number comes from
+:func:`shiftlab.audit` (:func:`~shiftlab.experiments._common.shift_metrics`; accuracy anywhere: the audit's
+accuracy on the re-placed digits, protocol :class:`~shiftlab.experiments.protocols.Placements` ``[(0, 0)]``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from shiftlab.experiments._common import (Timer, check_conditions, environment, parse_variant, seed_list, shift_metrics,
-                                          summarise, summarise_curves, train_variant)
+from shiftlab.experiments._common import (EVALUATION, Timer, check_conditions, environment, metric_dict,
+                                          parse_variant, protocol_specs, run_audit, seed_list, shift_metrics, summarise,
+                                          summarise_curves, train_variant)
 from shiftlab.experiments.digits import draw_positions, make_canvas_split
-from shiftlab.experiments.train import ShiftAugment, TrainConfig, predict
+from shiftlab.experiments.protocols import Placements
+from shiftlab.experiments.train import ShiftAugment, TrainConfig, evaluation_copy
 
 __all__ = ["CONDITIONS", "run_augmentation"]
 
@@ -36,6 +40,9 @@ FULL = {"canvas": 32, "object_size": 16, "region": "centre", "width": 16, "max_s
         "test_limit": None, "train": TrainConfig(epochs=12, batch_size=64, lr=3e-3), "conditions": tuple(CONDITIONS)}
 QUICK = {"canvas": 32, "object_size": 16, "region": "centre", "width": 8, "max_shift": 4, "train_limit": None,
          "test_limit": 200, "train": TrainConfig(epochs=4, batch_size=32, lr=1e-2), "conditions": QUICK_CONDITIONS}
+
+#: the test canvases as they are (accuracy anywhere: the digits already placed anywhere)
+AS_PLACED = Placements([(0, 0)])
 
 METRICS = ["accuracy", "accuracy_anywhere", "circular_consistency", "crop_consistency", "top1_change"]
 
@@ -61,9 +68,10 @@ def run_augmentation(seeds: int = 3, quick: bool = False, data: str | None = Non
                 model, record = train_variant(variant, split, p["width"], p["train"], seed, augment=augment,
                                               progress=progress)
                 with Timer() as t:
-                    metrics = shift_metrics(model, test.images, test.labels, test.indices, seed, p["max_shift"])
-                    logits = predict(model, test_anywhere, dtype=torch.float32)
-                    metrics["accuracy_anywhere"] = float((logits.argmax(1) == test.labels).double().mean())
+                    metrics = shift_metrics(model, test.images, test.labels, seed, p["max_shift"])
+                    anywhere_audit = run_audit(evaluation_copy(model, torch.float32), test_anywhere, test.labels,
+                                               AS_PLACED, ["accuracy"], seed=seed)
+                    metrics["accuracy_anywhere"] = metric_dict(anywhere_audit.metrics["accuracy"])
                 runs.append({"seed": seed, **metrics, "final_loss": record["losses"][-1],
                              "train_seconds": record["seconds"], "eval_seconds": t.seconds,
                              "macs": record["macs"], "parameters": record["parameters"]})
@@ -73,6 +81,7 @@ def run_augmentation(seeds: int = 3, quick: bool = False, data: str | None = Non
                 "summary": summarise(runs, METRICS + ["train_seconds"]),
                 "sweep_agreement": summarise_curves(runs, ("sweep", "agreement")),
                 "sweep_shift": runs[0]["sweep"]["shift"],
+                "sweep_agreement_shift": runs[0]["sweep"]["agreement_shift"],
                 "macs": runs[0]["macs"],
             }
     return {
@@ -84,7 +93,10 @@ def run_augmentation(seeds: int = 3, quick: bool = False, data: str | None = Non
         "data": {**split.parameters, "test_anywhere": "the test digits again, at positions drawn from 'all'"},
         "parameters": {"width": p["width"], "max_shift": p["max_shift"], "train": p["train"].to_dict(),
                        "augmentation": "random shift +-k px per sample and epoch, black fill (crop of the padded "
-                                       "canvas)"},
+                                       "canvas)",
+                       "evaluation": EVALUATION,
+                       "protocols": {**protocol_specs(p["canvas"], p["max_shift"]),
+                                     "anywhere": {"spec": AS_PLACED.spec(), "metrics": ["accuracy"]}}},
         "metrics": METRICS,
         "variants": results,
         "environment": environment(),

@@ -7,20 +7,27 @@ at each position gives a heatmap per variant. "inside" is the mean accuracy over
 training region, "far" over positions whose top and left are both at least 24 (the opposite corner;
 the digit then shares no pixel with any training position).
 
-A digit at (top, left) on a black canvas is exactly the ``torch.roll`` of the same digit at (0, 0), so a
-network that is exactly invariant to circular shifts (APS + circular padding + global pooling) gives the
-same prediction at every position: its heatmap is flat up to float32 rounding.
+Every number comes from :func:`shiftlab.audit`. A digit at (top, left) on a black canvas is exactly the
+``torch.roll`` of the same digit at (0, 0), so the audit's
+:class:`~shiftlab.experiments.protocols.Placements` protocols take the test digits placed at (0, 0) and roll
+them to the grid positions: the ``inside`` protocol (the positions in the training region) and the ``outside``
+one (all others) give one accuracy per position (the heatmap, a point of the audit's accuracy curve each) and,
+with the ``far`` protocol, the accuracy over each group of positions with its image-level 95% interval. A
+network that is exactly invariant to circular shifts (APS + circular padding + global pooling) gives the same
+prediction at every position: its heatmap is flat up to float32 rounding.
 """
 
 from __future__ import annotations
 
 import torch
 
-from shiftlab.experiments._common import Timer, environment, parse_variant, seed_list, summarise, train_variant
+from shiftlab.experiments._common import (Timer, environment, metric_dict, parse_variant, run_audit, seed_list,
+                                          summarise, train_variant)
 from shiftlab.experiments.digits import make_canvas_split, region_bounds
-from shiftlab.experiments.train import TrainConfig, evaluation_copy, predict
+from shiftlab.experiments.protocols import Placements
+from shiftlab.experiments.train import TrainConfig, evaluation_copy
 
-__all__ = ["VARIANTS", "position_heatmap", "run_unseen_positions"]
+__all__ = ["VARIANTS", "position_heatmap", "region_protocols", "run_unseen_positions"]
 
 VARIANTS = ("maxpool-fc-zeros", "maxpool-gap-zeros", "stride-gap-zeros", "blur-gap-zeros", "aps-gap-circular")
 QUICK_VARIANTS = ("maxpool-fc-zeros", "maxpool-gap-zeros", "aps-gap-circular")
@@ -32,21 +39,46 @@ QUICK = {"canvas": 48, "object_size": 16, "region": "quadrant", "width": 8, "ste
 
 METRICS = ["inside", "far", "outside", "test_accuracy"]
 
+#: the test canvases as they are (test accuracy: the digits at their test positions, in the training region)
+AS_PLACED = Placements([(0, 0)])
 
-def position_heatmap(model, split, grid: list[int]) -> torch.Tensor:
-    """Accuracy of ``model`` on all test objects placed at each (top, left) in ``grid`` x ``grid``.
 
-    Shape:
-        Output: (len(grid), len(grid)) float64, rows = top, columns = left.
+def region_protocols(grid: list[int], inside: torch.Tensor, far: torch.Tensor) -> dict:
+    """The placement protocols of the heatmap: ``inside`` and ``outside`` (the grid positions in the training
+    region and all others: together the whole grid, each once) and ``far`` (the opposite corner)."""
+    cells = [(top, left) for top in grid for left in grid]
+    flat_inside, flat_far = inside.reshape(-1).tolist(), far.reshape(-1).tolist()
+    return {"inside": Placements([c for c, keep in zip(cells, flat_inside) if keep]),
+            "outside": Placements([c for c, keep in zip(cells, flat_inside) if not keep]),
+            "far": Placements([c for c, keep in zip(cells, flat_far) if keep])}
+
+
+def position_heatmap(model, split, grid: list[int], inside: torch.Tensor, far: torch.Tensor,
+                     seed: int = 0) -> dict:
+    """Accuracy of ``model`` on all test objects placed at each (top, left) in ``grid`` x ``grid``, from
+    :func:`shiftlab.audit`: the test objects are placed at (0, 0) and the audit's
+    :class:`~shiftlab.experiments.protocols.Placements` protocols move them to every grid position (the
+    ``inside`` and ``outside`` protocols, see :func:`region_protocols`); each cell is a point of the audit's
+    accuracy curve, and ``inside``, ``outside`` and ``far`` are the audits' accuracies over those positions
+    (image-level 95% intervals). ``inside`` and ``far`` are (len(grid), len(grid)) boolean masks.
+
+    Returns ``{"heatmap": rows = top, columns = left, "heatmap_ci": [low, high] per cell, "inside",
+    "outside", "far": metric dicts}``.
     """
     net = evaluation_copy(model, torch.float32)
     test = split.test
-    heat = torch.empty(len(grid), len(grid), dtype=torch.float64)
-    for i, top in enumerate(grid):
-        for j, left in enumerate(grid):
-            logits = predict(model, test.place_at(top, left), evaluator=net)
-            heat[i, j] = (logits.argmax(1) == test.labels).double().mean()
-    return heat
+    at_origin = test.place_at(0, 0)
+    out, cells = {}, {}
+    for name, protocol in region_protocols(grid, inside, far).items():
+        accuracy = run_audit(net, at_origin, test.labels, protocol, ["accuracy"], seed=seed).metrics["accuracy"]
+        curve = accuracy.extra["curve"]
+        out[name] = metric_dict(accuracy)
+        if name != "far":
+            for pos, value, ci in zip(curve["parameters"], curve["value"], curve["ci"]):
+                cells[tuple(pos)] = (value, list(ci))
+    out["heatmap"] = [[cells[(top, left)][0] for left in grid] for top in grid]
+    out["heatmap_ci"] = [[cells[(top, left)][1] for left in grid] for top in grid]
+    return out
 
 
 def run_unseen_positions(seeds: int = 3, quick: bool = False, data: str | None = None,
@@ -73,16 +105,15 @@ def run_unseen_positions(seeds: int = 3, quick: bool = False, data: str | None =
             for seed in seeds_:
                 model, record = train_variant(variant, split, p["width"], p["train"], seed, progress=progress)
                 with Timer() as t:
-                    heat = position_heatmap(model, split, grid)
-                    test_logits = predict(model, split.test.images, dtype=torch.float32)
+                    measured = position_heatmap(model, split, grid, inside, far, seed=seed)
+                    test_audit = run_audit(evaluation_copy(model, torch.float32), split.test.images,
+                                           split.test.labels, AS_PLACED, ["accuracy"], seed=seed)
+                values = [v for row in measured["heatmap"] for v in row]
                 runs.append({
                     "seed": seed,
-                    "heatmap": heat.tolist(),
-                    "inside": float(heat[inside].mean()),
-                    "far": float(heat[far].mean()),
-                    "outside": float(heat[~inside].mean()),
-                    "spread": float(heat.max() - heat.min()),
-                    "test_accuracy": float((test_logits.argmax(1) == split.test.labels).double().mean()),
+                    **measured,
+                    "spread": max(values) - min(values),
+                    "test_accuracy": metric_dict(test_audit.metrics["accuracy"]),
                     "final_loss": record["losses"][-1], "train_seconds": record["seconds"],
                     "eval_seconds": t.seconds,
                 })
@@ -100,7 +131,12 @@ def run_unseen_positions(seeds: int = 3, quick: bool = False, data: str | None =
         "parameters": {"width": p["width"], "train": p["train"].to_dict(), "grid": grid,
                        "inside": "grid positions inside the training region",
                        "far": f"grid positions with top and left >= {far_from}",
-                       "evaluation": "float32"},
+                       "evaluation": "every number from shiftlab.audit(..., normalize=False) on a float32 copy of "
+                                     "the trained model, image-level 95% intervals: the test digits placed at (0, "
+                                     "0) and moved to each grid position by a Placements protocol (a torch.roll, "
+                                     "exactly digits.place there)",
+                       "protocols": {name: {"spec": pr.spec(), "metrics": ["accuracy"]} for name, pr in
+                                     {**region_protocols(grid, inside, far), "test": AS_PLACED}.items()}},
         "grid": grid,
         "far_from": far_from,
         "metrics": METRICS,

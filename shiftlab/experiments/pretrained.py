@@ -25,7 +25,13 @@ key                         protocol                                    what it 
 ``FIX/consistency.crop``,   the same with ``--fix FIX`` (blur, aps,     the fixes without retraining, and their
 ``FIX/consistency.circular``  aps:circular), and ``diagonal:16:crop``,  agreement with the original on the same
 ``FIX/sweep16``, ...        ``grid:4:1:crop`` for every model           views
+``finetuned/...``           the same on the fine-tuned model            the row 'after fine-tuning' (only with
+                            (``--model FILE --reference SPEC``)         ``finetune_steps``)
 ==========================  ==========================================  =========================================
+
+With ``finetune_steps`` > 0 one fix (``finetune_fix``) is also fine-tuned (:func:`shiftlab.finetune`, on views of
+``finetune_data``, by default the report's own photos) and measured like the fixes; its model goes into
+``files`` as a fixed checkpoint, for the report folder, where its commands find it.
 """
 
 from __future__ import annotations
@@ -87,8 +93,11 @@ class ReportAudit:
 
 def report_audits(model_spec: str, data_spec: str, input_size: int, budget: Budget = DEFAULT_BUDGET,
                   seed: int = 0, weights: str | None = None, image_size: int | None = None,
-                  canvas: bool = True) -> list[ReportAudit]:
-    """The report's audits, in the order they run (originals first, so fixes can reuse their predictions)."""
+                  canvas: bool = True, finetuned: str | None = None) -> list[ReportAudit]:
+    """The report's audits, in the order they run (originals first, so fixes can reuse their predictions).
+
+    ``finetuned``: the path of a fine-tuned fixed checkpoint, measured like the fixes (model ``"finetuned"``).
+    """
     from shiftlab.runs import AuditRun
 
     base = AuditRun(model=model_spec, weights=weights, data=data_spec, seed=seed, limit=budget.max_images,
@@ -139,6 +148,12 @@ def report_audits(model_spec: str, data_spec: str, input_size: int, budget: Budg
             reference = key if key.startswith("consistency") else f"original/{key}"
             out.append(ReportAudit(f"{fix}/{key}", f"{transform} on {FIX_TITLES.get(fix, fix)}", fix,
                                    base.with_(transform=transform, fix=fix), reference=reference))
+    if finetuned is not None:
+        for key, transform in fix_protocols.items():
+            reference = key if key.startswith("consistency") else f"original/{key}"
+            out.append(ReportAudit(f"finetuned/{key}", f"{transform} on the fine-tuned model", "finetuned",
+                                   base.with_(model=str(finetuned), weights=None, reference=model_spec,
+                                              transform=transform), reference=reference))
     return out
 
 
@@ -208,15 +223,45 @@ def _prediction_rows(result, names: list[str], class_names: list[str]) -> list[d
     return rows
 
 
+def _check_classifier(model: torch.nn.Module, input_size: tuple, spec_text: str) -> None:
+    """Refuse, before minutes of audits, a model whose output is not (B, classes) logits: the report's metrics
+    (top-1 changes, agreement, accuracy) are a classifier's. One forward pass of one black image."""
+    from shiftlab.models.loading import output_kind
+
+    parameter = next(iter(model.parameters()), None)
+    probe = torch.zeros(1, 3, *input_size, dtype=parameter.dtype if parameter is not None and
+                        parameter.is_floating_point() else torch.float32,
+                        device=parameter.device if parameter is not None else "cpu")
+    try:
+        with torch.inference_mode():
+            output = model(probe)
+        kind = output_kind(output)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's model; its failure is the message
+        raise InputError(f"--model {spec_text}: its forward pass fails on a (1, 3, {input_size[0]}, {input_size[1]}) "
+                         f"input ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    if kind != "logits":
+        raise InputError(f"--model {spec_text}: the report needs a classifier with (B, classes) logits; this model "
+                         f"returns a {tuple(output.shape)} map (audit dense outputs with shiftlab audit --metrics "
+                         f"equivariance)")
+
+
 def run_report_experiments(model_spec="pretrained:efficientnet_lite0", data_spec=None, *, quick: bool = False,
                            seed: int = 0, progress: bool = False, device=None, budget: Budget | None = None,
-                           weights: str | None = None, image_size: int | None = None) -> dict:
+                           weights: str | None = None, image_size: int | None = None, finetune_steps: int = 0,
+                           finetune_fix: str = "aps", finetune_data=None, finetune_file: str = "finetuned.pt",
+                           files: dict | None = None) -> dict:
     """Run the report's audits on a model and a data set; return the JSON-serialisable results.
 
-    ``model_spec`` is anything :func:`shiftlab.models.load_model` accepts (a module is measured as given; its
+    ``model_spec`` is anything :func:`shiftlab.load_model` accepts (a module is measured as given; its
     commands then cannot be repeated from a shell); ``data_spec`` anything :func:`shiftlab.data.open_images`
     accepts (None: the bundled photos). The numbers depend only on the model, the data, the budget and
     ``seed``; timings are kept apart under ``"run"``.
+
+    With ``finetune_steps`` > 0, ``finetune_fix`` is fine-tuned for that many steps on ``finetune_data`` (default:
+    the report's images) and measured like the fixes; its fixed checkpoint (bytes) goes into ``files`` under the
+    name of ``finetune_file``, the path its commands name (the CLI puts it in the report folder).
     """
     from shiftlab._version import __version__
     from shiftlab.data.sources import open_images
@@ -244,18 +289,46 @@ def run_report_experiments(model_spec="pretrained:efficientnet_lite0", data_spec
     if input_size[0] != input_size[1]:
         raise InputError(f"the report needs a square model input, got {input_size[0]}x{input_size[1]}")
     explicit_size = image_size if image_size is not None else (None if pre.fixed_size else input_size[0])
+    _check_classifier(model, input_size, spec_text)
     canvas = parse_protocol(f"diagonal:{budget.sweep}:canvas").fits(input_size) is None
-    plan = report_audits(spec_text, data_spec, input_size[0], budget, seed, weights, explicit_size, canvas)
+    from shiftlab.runs import parse_fix
+
+    if getattr(model, "shiftlab_fix", None) is not None and budget.fixes:
+        from dataclasses import replace
+
+        budget = replace(budget, fixes=())  # a fixed checkpoint is measured as it is, not converted again
+    if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) or finetune_steps < 0:
+        raise InputError(f"--finetune-steps must be an integer >= 0, got {finetune_steps!r}")
+    if finetune_steps and getattr(model, "shiftlab_fix", None) is not None:
+        raise InputError("--finetune-steps fine-tunes a fix of the model; the model is a fixed checkpoint already "
+                         "(use shiftlab finetune --model FILE)")
+    if finetune_steps:
+        parse_fix(finetune_fix)
+    plan = report_audits(spec_text, data_spec, input_size[0], budget, seed, weights, explicit_size, canvas,
+                         finetuned=finetune_file if finetune_steps else None)
     converted: dict = {"original": model}
     replacements: dict = {}
     for fix in budget.fixes:
-        from shiftlab.runs import parse_fix
-
         fixed, report = antialias(copy.deepcopy(model), **parse_fix(fix))
         fixed.shiftlab_source = {**(getattr(model, "shiftlab_source", None) or {}), "fix": fix}
         converted[fix] = fixed.eval()
         replacements[fix] = {"replaced": sum(not r.after.startswith("kept") for r in report),
                              "kept": sum(r.after.startswith("kept") for r in report)}
+
+    finetuned = None
+    if finetune_steps:
+        finetuned = _finetune(model, finetune_fix, finetune_steps, source if finetune_data is None else finetune_data,
+                              seed, device, progress, budget.batch_size,
+                              budget.max_images if finetune_data is None else None)
+        converted["finetuned"] = finetuned["model"]
+        fixed, report = antialias(copy.deepcopy(model), **parse_fix(finetune_fix))
+        replacements["finetuned"] = {"replaced": sum(not r.after.startswith("kept") for r in report),
+                                     "kept": sum(r.after.startswith("kept") for r in report)}
+        if files is not None:
+            from shiftlab.fix.checkpoint import fixed_checkpoint_bytes
+
+            files[str(finetune_file)] = fixed_checkpoint_bytes(finetuned["model"], finetune=finetuned["summary"])
+        timings["finetune"] = finetuned["seconds"]
 
     results_by_key: dict = {}
     audits: dict = {}
@@ -313,13 +386,49 @@ def run_report_experiments(model_spec="pretrained:efficientnet_lite0", data_spec
         "audits": audits,
         "predictions": predictions,
         "class_names": {str(c): class_names[c] for c in sorted(_tracked_classes(results_by_key))},
-        "fixes": {"models": ["original", *budget.fixes], "titles": {"original": "original", **FIX_TITLES},
-                  "replacements": replacements, "certify": certificate},
+        "fixes": {"models": ["original", *budget.fixes, *(["finetuned"] if finetuned else [])],
+                  "titles": {"original": "original", **FIX_TITLES,
+                             **({"finetuned": f"{FIX_TITLES.get(finetune_fix, finetune_fix)}, fine-tuned "
+                                              f"({finetune_steps} steps)"} if finetuned else {})},
+                  "replacements": replacements, "certify": certificate,
+                  "finetune": None if finetuned is None else {
+                      "fix": finetune_fix, "steps": finetune_steps, "file": str(finetune_file),
+                      "data": finetuned["data"], "same_data": finetune_data is None,
+                      "views": finetuned["views"], "last": finetuned["last"], "seconds": finetuned["seconds"],
+                      "command": finetuned["command"]}},
         "layer_profile": profile,
     }
     results["run"] = {"seconds": round(time.perf_counter() - started, 1), "steps": timings,
                       "threads": torch.get_num_threads(), "device": str(first.reproducibility["device"])}
     return results
+
+
+def _finetune(model, fix: str, steps: int, data, seed: int, device, progress: bool, batch_size: int,
+              limit: int | None) -> dict:
+    """Fine-tune a converted copy of ``model`` (:func:`shiftlab.finetune`, default settings, 8 images a step)."""
+    from shiftlab.fix.antialias import antialias
+    from shiftlab.fix.finetune import finetune
+    from shiftlab.runs import parse_fix
+
+    started = time.perf_counter()
+    student, _ = antialias(copy.deepcopy(model), **parse_fix(fix))
+    batch = min(8, batch_size)
+    result = finetune(model, data, student=student, steps=steps, batch_size=batch, seed=seed, device=device,
+                      progress="fine-tuning" if progress else False)
+    import shlex
+
+    source = getattr(model, "shiftlab_source", None) or {}
+    data_text = getattr(data, "description", None) or str(data)
+    command = ["shiftlab", "finetune", "--model", source.get("spec") or "SPEC"]
+    if source.get("weights"):
+        command += ["--weights", str(source["weights"])]
+    command += ["--fix", fix, "--data", data_text]
+    if limit is not None:
+        command += ["--limit", str(limit)]
+    command += ["--steps", str(steps), "--batch-size", str(batch), "--seed", str(seed), "--out", "FILE"]
+    return {"model": result.model, "summary": result.summary(), "data": data_text, "views": result.log["views"],
+            "last": result.log["final"], "seconds": round(time.perf_counter() - started, 2),
+            "command": shlex.join(command)}
 
 
 def _tracked_classes(results: dict) -> set[int]:

@@ -48,6 +48,11 @@ norm layer. The report says which. Models that torch.fx cannot trace get the sub
 strided layer. Layers are attached through forward hooks: ``torch.export`` (strict or not), ``torch.compile``,
 ``torch.jit.trace`` and both ONNX exporters capture them (``docs/export.md``); ``torch.jit.script`` does not.
 
+Saving. The converted model carries its recipe (``model.shiftlab_fix``: method, filter size, circular, stem,
+excluded layers, placement); :func:`shiftlab.save_fixed` stores it with the weights, and
+:func:`shiftlab.load_model` re-applies it (``shiftlab.fix.checkpoint``). A converted model is not converted
+again.
+
 Not supported (refused with an :class:`InputError`): non-square strides, ``LPPool2d``,
 ``FractionalMaxPool2d``, ``PixelUnshuffle``, timm's ``*Same`` pools and 'SAME' conv variants other than
 ``Conv2dSame``; paddings done inside a custom forward are not made circular.
@@ -334,6 +339,9 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
         raise InputError("placement='before' is for method='blur': APS needs every stride moved into its own layer")
     if keep_stem is None:
         keep_stem = method == "blur"
+    if getattr(model, "shiftlab_fix", None) is not None:
+        raise InputError(f"the model is already converted (antialias {model.shiftlab_fix.get('method')!r}); convert "
+                         f"the original model instead")
     modules = dict(model.named_modules())
     unknown = [name for name in exclude if name not in modules]
     if unknown:
@@ -363,4 +371,18 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
     if stem is not None:
         converter.report.insert(0, Replacement(stem, _describe(modules[stem]),
                                                "kept strided: the stem (keep_stem=False converts it too)"))
+    _record(model, {"method": method, "filter_size": int(filter_size), "circular": bool(circular),
+                    "keep_stem": bool(keep_stem), "exclude": [str(e) for e in exclude if e != stem],
+                    "placement": placement})
     return model, converter.report
+
+
+def _record(model: nn.Module, recipe: dict) -> None:
+    """Attach the conversion's recipe (``model.shiftlab_fix``: what :func:`shiftlab.save_fixed` stores) and name
+    the fix in the model's provenance, so audits say which model they measured."""
+    from shiftlab.fix.checkpoint import recipe_spec
+
+    model.shiftlab_fix = recipe
+    source = getattr(model, "shiftlab_source", None)
+    if isinstance(source, dict):
+        model.shiftlab_source = {**source, "fix": recipe_spec(recipe)}

@@ -35,10 +35,14 @@ from shiftlab.errors import InputError, ShapeError
 from shiftlab.models._device import to_device
 from shiftlab.models.pretrained import pretrained
 
-__all__ = ["SelectOutput", "file_sha256", "load_model", "load_weights", "output_kind", "select_output"]
+__all__ = ["SelectOutput", "file_sha256", "load_model", "load_weights", "output_kind", "read_checkpoint",
+           "select_output"]
 
 _SPEC_FORMS = "timm:NAME, torchvision:NAME, pretrained:NAME or path/to/file.py:factory"
 _DEFAULT_DICT_KEYS = ("logits", "out")
+#: the ``"format"`` entry of a fixed checkpoint (a converted model's weights and its recipe, written by
+#: :func:`shiftlab.save_fixed`); such a file does not load into the plain architecture (see :func:`load_weights`)
+FIXED_CHECKPOINT_FORMAT = "shiftlab.fixed-checkpoint"
 
 
 def _suggest(name: str, names) -> str:
@@ -149,6 +153,10 @@ def _build(spec) -> nn.Module:
             return _torchvision_model(name)
         if kind == "pretrained":
             return pretrained(name)
+    if os.path.isfile(spec):
+        _refuse_fixed(read_checkpoint(Path(spec)), Path(spec))
+        raise InputError(f"{spec} is a weights file, not a model: name the architecture as the model ({_SPEC_FORMS}) "
+                         f"and pass this file as weights (CLI: --weights)")
     hint = ""
     if not sep:
         import timm
@@ -179,28 +187,49 @@ def _examples(keys, limit: int = 3) -> str:
     return shown + (", ..." if len(keys) > limit else "")
 
 
-def load_weights(model: nn.Module, path) -> nn.Module:
-    """Load a local checkpoint into ``model`` in place (``torch.load(..., weights_only=True)``) and return it.
+def read_checkpoint(path) -> object:
+    """``torch.load(path, weights_only=True)``, with a one-line :class:`~shiftlab.errors.InputError` for every
+    file that is not a checkpoint of tensors: empty, truncated, not a torch file, or holding other objects
+    (refused: a pickle can run code when it is loaded)."""
+    import zipfile
 
-    The file may hold a plain state_dict, or one under the key ``"state_dict"`` or ``"model"``; a
-    ``module.`` prefix (from DataParallel) is removed. Any missing, unexpected or mis-shaped entry raises
-    :class:`~shiftlab.errors.InputError` with a one-line summary.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputError(f"weights file not found: {path}")
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"weights file {path} is empty (0 bytes)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found or "allowed global" in str(exc):
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(exc))
+        with open(path, "rb") as f:
+            is_pickle = f.read(1) == b"\x80"  # a pickle's protocol opcode (the zip case is handled by torch)
+        if found or "allowed global" in str(exc) or ("Unsupported operand" in str(exc) and is_pickle):
             what = f" ({found.group(1)})" if found else ""
-            raise InputError(f"{path} holds objects other than tensors{what}; it cannot be loaded with "
-                             f"weights_only=True: save model.state_dict() instead") from None
+            raise InputError(f"refused to load {path}: it holds objects other than tensors{what}, and shiftlab reads "
+                             f"checkpoints with weights_only=True; save model.state_dict() instead") from None
         raise InputError(f"cannot read weights file {path}: not a PyTorch checkpoint") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise InputError(f"cannot read weights file {path}: {str(exc).splitlines()[0][:200]}") from None
-    state = _extract_state_dict(obj, path)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files; all mean the same
+        if zipfile.is_zipfile(path):
+            what = "a damaged or truncated torch.save archive"
+        else:
+            what = "not a PyTorch checkpoint (neither a torch.save archive nor a legacy pickle of tensors)"
+        raise InputError(f"cannot read weights file {path}: {what} ({type(exc).__name__})") from None
+
+
+def _refuse_fixed(obj, path: Path) -> None:
+    """A fixed checkpoint holds a converted model; loading it into the plain architecture would lose the
+    conversion without a word (its state_dict has the same keys), so it is refused, with the call that loads it."""
+    if not (isinstance(obj, Mapping) and obj.get("format") == FIXED_CHECKPOINT_FORMAT):
+        return
+    recipe = obj.get("recipe") if isinstance(obj.get("recipe"), Mapping) else {}
+    method = recipe.get("method", "?")
+    raise InputError(f"{path} is a fixed (antialias, method {method}) checkpoint; loading it into the plain "
+                     f"architecture would lose the conversion: load it with shiftlab.load_model({str(path)!r}) or "
+                     f"pass it as --model {path}")
+
+
+def _fit_state(model: nn.Module, state: Mapping, name: str) -> nn.Module:
+    """Load ``state`` into ``model`` strictly; any missing, unexpected or mis-shaped entry raises InputError."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -210,9 +239,26 @@ def load_weights(model: nn.Module, path) -> nn.Module:
         parts = [f"{len(missing)} missing ({_examples(missing)})" if missing else "",
                  f"{len(unexpected)} unexpected ({_examples(unexpected)})" if unexpected else "",
                  f"{len(mismatched)} of other shape ({_examples(mismatched, 2)})" if mismatched else ""]
-        raise InputError(f"weights {path.name} do not fit the model: " + "; ".join(p for p in parts if p))
+        raise InputError(f"weights {name} do not fit the model: " + "; ".join(p for p in parts if p))
     model.load_state_dict(state, strict=True)
     return model
+
+
+def load_weights(model: nn.Module, path) -> nn.Module:
+    """Load a local checkpoint into ``model`` in place (``torch.load(..., weights_only=True)``) and return it.
+
+    The file may hold a plain state_dict, or one under the key ``"state_dict"`` or ``"model"``; a
+    ``module.`` prefix (from DataParallel) is removed. Any missing, unexpected or mis-shaped entry raises
+    :class:`~shiftlab.errors.InputError` with a one-line summary. A fixed checkpoint (written by
+    ``shiftlab fix`` / :func:`shiftlab.save_fixed`) is refused: load it with :func:`shiftlab.load_model`,
+    which re-applies its conversion.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"weights file not found: {path}")
+    obj = read_checkpoint(path)
+    _refuse_fixed(obj, path)
+    return _fit_state(model, _extract_state_dict(obj, path), path.name)
 
 
 def file_sha256(path) -> str:

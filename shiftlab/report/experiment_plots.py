@@ -91,18 +91,37 @@ def plot_architecture(result: dict, ax=None):
     return fig
 
 
+def _split_at_zero(shifts, mean, std):
+    """``(shifts, mean, std)`` with a gap (nan) where the shifts jump over 0, so that no line is drawn across
+    a shift that was not measured."""
+    nan = float("nan")
+    out = ([], [], [])
+    for k, point in enumerate(zip(shifts, mean, std)):
+        if k and shifts[k - 1] < 0 < point[0]:
+            for column in out:
+                column.append(nan)
+        for column, value in zip(out, point):
+            column.append(value)
+    return out
+
+
 def plot_shift_sweep(result: dict, ax=None):
-    """Agreement with the unshifted top-1 against the diagonal shift (crop protocol), one line per variant."""
+    """Agreement with the unshifted top-1 against the diagonal shift (crop protocol), one line per variant.
+
+    The audit measures agreement at the shifts s != 0 (``sweep_agreement_shift``; at s = 0 it is 1 by
+    definition and not drawn); results written before that list existed hold one value per ``sweep_shift``.
+    """
     plt = _pyplot()
     fig, (ax,) = _axes(plt, ax, 1, (6, 4))
+    ax.axvline(0, color="#999999", lw=0.8, ls=":", label="_reference")
     for i, (name, entry) in enumerate(result["variants"].items()):
-        shifts = entry["sweep_shift"]
-        mean, std = entry["sweep_agreement"]["mean"], entry["sweep_agreement"]["std"]
+        shifts, mean, std = _split_at_zero(entry.get("sweep_agreement_shift", entry["sweep_shift"]),
+                                           entry["sweep_agreement"]["mean"], entry["sweep_agreement"]["std"])
         color = _COLORS[i % len(_COLORS)]
         ax.plot(shifts, mean, marker="o", ms=3, color=color, label=name)
         ax.fill_between(shifts, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                         color=color, alpha=0.15)
-    ax.set_xlabel("diagonal shift (px; black enters at the border)")
+    ax.set_xlabel("diagonal shift (px; black enters at the border; dotted: the unshifted reference)")
     ax.set_ylabel("P(top-1 = unshifted top-1)")
     ax.set_title(f"Local or global invariance? ({_seeds_note(result)})", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)

@@ -350,6 +350,19 @@ def _fixes(results: Mapping, figures: Mapping[str, str]) -> str:
                 "published gains come after fine-tuning.")
     body = _figure(figures, "fixes", "shift metrics before and after the fixes", _e(sentence))
     body += "<table class='wide'><thead>" + head + "</thead><tbody>" + "".join(rows) + "</tbody></table>"
+    ft = fx.get("finetune")
+    if ft:
+        last = ft.get("last") or {}
+        where = ("views of the very photos this table measures, so the row shows what fine-tuning recovers on "
+                 "them, not on photos it never saw" if ft.get("same_data") else
+                 f"views of {ft.get('data')}, photos this table does not measure")
+        title = (fx.get("titles") or {}).get(ft.get("fix"), ft.get("fix"))
+        body += (f"<p>After fine-tuning: {_e(title)} was fine-tuned for {_e(ft.get('steps'))} steps without "
+                 f"labels ({_e(ft.get('views'))} views; the original network's softmax as the target) on "
+                 f"{_e(where)}; at the end of training its top-1 agreed with the original on "
+                 f"{_e(format_percent(last.get('agreement')))} of the training views. Its model is saved in the "
+                 f"report folder as <code>{_e(ft.get('file'))}</code>, which its commands below name; "
+                 f"made by <code>{_e(ft.get('command'))}</code> (with --out that file).</p>")
     cert = fx.get("certify")
     extra = []
     if cert:
@@ -644,8 +657,10 @@ def _slug(name: str) -> str:
 
 
 def write_report(results: Mapping, out_dir, force: bool = False, extra_figures: Mapping | None = None,
-                 progress: bool = False, images: Mapping | None = None):
+                 progress: bool = False, images: Mapping | None = None, files: Mapping[str, bytes] | None = None):
     """Write ``results.json``, the figures and ``index.html`` into ``out_dir``; return the page's path.
+
+    ``files`` (plain file name -> bytes) are written into the folder too (the fine-tuned model).
 
     Refuses (InputError) a non-empty folder that is not a previous shiftlab report unless ``force``. The whole
     report is written into a staging folder next to ``out_dir`` and swapped in at the end, so an interrupted
@@ -653,8 +668,10 @@ def write_report(results: Mapping, out_dir, force: bool = False, extra_figures: 
     entries are replaced one by one, the page last).
     """
     import shutil
+    from pathlib import Path
 
-    from shiftlab._io import atomic_write_text, write_json
+    from shiftlab._io import atomic_write_bytes, atomic_write_text, write_json
+    from shiftlab.errors import InputError
 
     out = check_output_folder(out_dir, force)
     staging = out.parent / f".{out.name}.staging"
@@ -665,6 +682,12 @@ def write_report(results: Mapping, out_dir, force: bool = False, extra_figures: 
                              images=images)
     to_save = dict(results)
     to_save["figures"] = figures
+    names = [str(n) for n in (files or {})]
+    if any(n != Path(n).name or n in ("", ".", "..", "results.json", "index.html", "figures", _STAGING_MARK)
+           or n.startswith(".") for n in names):
+        raise InputError(f"report files must be plain file names, got {names}")
+    for name, data in (files or {}).items():
+        atomic_write_bytes(staging / str(name), bytes(data), force=True)
     write_json(staging / "results.json", to_save, force=True)
     atomic_write_text(staging / "index.html", render_html(to_save, figures), force=True)
     (staging / _STAGING_MARK).unlink()
@@ -685,6 +708,8 @@ def write_report(results: Mapping, out_dir, force: bool = False, extra_figures: 
             (out / "figures").rename(old)
         (staging / "figures").rename(out / "figures")
         shutil.rmtree(old, ignore_errors=True)
+        for name in names:
+            os.replace(staging / name, out / name)
         os.replace(staging / "results.json", out / "results.json")
         os.replace(staging / "index.html", out / "index.html")
         shutil.rmtree(staging, ignore_errors=True)

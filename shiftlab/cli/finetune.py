@@ -1,0 +1,209 @@
+"""``shiftlab finetune``: give a converted model its original's predictions back, without labels.
+
+The original network is the teacher; the converted one (``--fix``, or a fixed checkpoint as ``--model``) learns
+to match its softmax on the same shifted views (:func:`shiftlab.finetune`). Writes the fine-tuned model as a
+fixed checkpoint (``--out``, loadable everywhere a model is named) and a JSON log of the run (``--log``).
+Under ``torchrun --nproc_per_node N -m shiftlab finetune ...`` the processes share every batch
+(DistributedDataParallel) and rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "fine-tune a converted model to agree with the original (distillation on shifted views, no labels needed)"
+
+
+def _number(kind, minimum):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+                from None
+        if value < minimum or value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        return value
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "examples:\n"
+        "  shiftlab finetune --model pretrained:efficientnet_lite0 --fix aps --data ./photos --steps 300 --out ft.pt\n"
+        "  shiftlab finetune --model eff_blur.pt --data ./photos --steps 300 --out ft.pt   (a fixed checkpoint)\n"
+        "  torchrun --nproc_per_node 4 -m shiftlab finetune ... --checkpoint ft.ckpt --resume\n\n"
+        "Measure the result with: shiftlab audit --model ft.pt --reference TEACHER --data HELD_OUT ...")
+    model = parser.add_argument_group("models")
+    model.add_argument("--model", required=True, metavar="SPEC",
+                       help="the model: with --fix, the original (the teacher, converted into the student); without, a "
+                            "fixed checkpoint (the student; teacher: --teacher, or the original its recipe names)")
+    model.add_argument("--weights", metavar="PATH", help="local checkpoint for --model (weights_only=True)")
+    model.add_argument("--fix", metavar="METHOD", help="the conversion: blur, aps, aps:circular, blur:before")
+    model.add_argument("--teacher", metavar="SPEC", help="the teacher (default: --model with --fix; else the original "
+                                                          "recorded in the fixed checkpoint)")
+    model.add_argument("--teacher-weights", metavar="PATH", help="local checkpoint for --teacher")
+    data = parser.add_argument_group("data and views")
+    data.add_argument("--data", required=True, metavar="SPEC",
+                      help="training images: a folder, a .txt list, a .npz, a CIFAR-10 folder or 'photos'; labels "
+                           "are not needed")
+    data.add_argument("--limit", type=_number(int, 1), metavar="N", help="the first N images only")
+    data.add_argument("--views", metavar="SPEC",
+                      help="the views, crop:S:M or circular:M (default: crop:S:32 at the model's input size S)")
+    data.add_argument("--image-size", type=_number(int, 1), metavar="PX",
+                      help="model input size (default: the model's own)")
+    data.add_argument("--class-map", metavar="FILE", help="JSON {data class: model class}, for --label-weight")
+    train = parser.add_argument_group("training")
+    train.add_argument("--steps", type=_number(int, 1), required=True, metavar="N", help="optimizer steps")
+    train.add_argument("--batch-size", type=_number(int, 1), default=32, metavar="N",
+                       help="images per micro-batch and process (default 32)")
+    train.add_argument("--accumulate", type=_number(int, 1), default=1, metavar="N",
+                       help="micro-batches per optimizer step (gradient accumulation; default 1)")
+    train.add_argument("--lr", type=_number(float, 0), default=1e-4, help="AdamW peak learning rate (1e-4)")
+    train.add_argument("--weight-decay", type=_number(float, 0), default=0.01,
+                       help="AdamW weight decay, on weights of 2+ dimensions (0.01)")
+    train.add_argument("--warmup", type=_number(int, 0), metavar="N",
+                       help="linear warm-up steps before the cosine decay (default: 5%% of the steps)")
+    train.add_argument("--temperature", type=_number(float, 0), default=2.0,
+                       help="distillation temperature (2)")
+    train.add_argument("--kl", type=_number(float, 0), default=1.0, metavar="W",
+                       help="weight of the KL term to the teacher's softmax (1)")
+    train.add_argument("--consistency", type=_number(float, 0), default=0.0, metavar="W",
+                       help="weight of the consistency term between two shifted views (0: one view per image)")
+    train.add_argument("--label-weight", type=_number(float, 0), default=0.0, metavar="W",
+                       help="weight of cross-entropy on the data's labels, where they are the model's classes (0)")
+    train.add_argument("--batch-norm", choices=("frozen", "train", "reestimate"), default="frozen",
+                       help="frozen: keep the running statistics (default); train: batch statistics; reestimate: "
+                            "frozen, then estimated afresh at the end")
+    train.add_argument("--bn-batches", type=_number(int, 1), default=50, metavar="N",
+                       help="batches for --batch-norm reestimate (50)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the image order and the views (0)")
+    run = parser.add_argument_group("execution and output")
+    run.add_argument("--out", required=True, metavar="FILE", help="the fine-tuned model (a fixed checkpoint, .pt)")
+    run.add_argument("--log", metavar="FILE", help="JSON log of the run (default: --out with .json)")
+    run.add_argument("--force", action="store_true", help="overwrite --out and --log")
+    run.add_argument("--checkpoint", metavar="FILE", help="write the training state here every --checkpoint-every "
+                                                          "steps (atomically)")
+    run.add_argument("--checkpoint-every", type=_number(int, 1), default=50, metavar="N",
+                     help="steps between checkpoints (50)")
+    run.add_argument("--resume", action="store_true", help="continue from --checkpoint (from the start if it is "
+                                                            "not there yet)")
+    run.add_argument("--log-every", type=_number(int, 1), default=10, metavar="N",
+                     help="steps per log entry (10)")
+    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    run.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
+    run.add_argument("--workers", type=_number(int, 0), metavar="N", help="DataLoader worker processes")
+    run.add_argument("--threads", type=_number(int, 1), metavar="N", help="intra-op threads of torch")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def _teacher(args, student):
+    """The teacher of a fixed checkpoint given as --model: --teacher, or the original its recipe records."""
+    from shiftlab.errors import InputError
+    from shiftlab.fix.checkpoint import load_model
+    from shiftlab.models.loading import file_sha256
+
+    if args.teacher is not None:
+        return load_model(args.teacher, weights=args.teacher_weights)
+    original = (getattr(student, "shiftlab_source", None) or {}).get("original") or {}
+    spec, weights = original.get("spec"), original.get("weights")
+    if spec is None:
+        raise InputError(f"{args.weights or args.model} does not record its original model; name the teacher with "
+                         f"--teacher SPEC")
+    if weights is not None:
+        from pathlib import Path
+
+        if not Path(weights).is_file() or file_sha256(weights) != original.get("weights_sha256"):
+            raise InputError(f"the original weights {weights} that {args.weights or args.model} was made from are "
+                             f"not there (or changed); name the teacher with --teacher SPEC --teacher-weights FILE")
+    return load_model(spec, weights=weights)
+
+
+def run(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from shiftlab._io import check_output_path, write_json
+    from shiftlab.errors import InputError
+    from shiftlab.fix.checkpoint import load_model, parse_fix, recipe_spec
+    from shiftlab.fix.finetune import FinetuneConfig, finetune
+    from shiftlab.measure import distributed
+
+    out = check_output_path(args.out, args.force, "--out")
+    log_path = check_output_path(args.log if args.log is not None else Path(args.out).with_suffix(".json"),
+                                 args.force, "--log")
+    if log_path.resolve() == out.resolve():
+        raise InputError("--log and --out name the same file")
+    if args.teacher_weights is not None and args.teacher is None:
+        raise InputError("--teacher-weights needs --teacher")
+    if args.fix is not None:
+        parse_fix(args.fix)
+    if args.amp and args.device is not None and not str(args.device).startswith("cuda"):
+        raise InputError("--amp needs a CUDA device")
+    config = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
+                            weight_decay=args.weight_decay, warmup=args.warmup, temperature=args.temperature,
+                            kl=args.kl, consistency=args.consistency, labels=args.label_weight, views=args.views,
+                            batch_norm=args.batch_norm, bn_batches=args.bn_batches, seed=args.seed)
+    if args.views is not None:
+        from shiftlab.measure.protocols import parse_protocol
+
+        parse_protocol(args.views)
+    class_map = None
+    if args.class_map is not None:
+        from shiftlab.measure.labels import read_class_map
+
+        class_map = read_class_map(args.class_map)
+    from shiftlab.data.sources import open_images
+
+    source = open_images(args.data, limit=args.limit)
+    if args.checkpoint is not None:
+        from shiftlab.fix.finetune import _Checkpoint
+
+        _Checkpoint(args.checkpoint, {}).check(args.resume)
+    elif args.resume:
+        raise InputError("--resume needs --checkpoint FILE")
+    world = distributed.init_from_environment()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    model = load_model(args.model, weights=args.weights, seed=args.seed)
+    fixed = getattr(model, "shiftlab_fix", None) is not None
+    if args.fix is not None:
+        if fixed:
+            raise InputError(f"{args.weights or args.model} is a fixed checkpoint already "
+                             f"({recipe_spec(model.shiftlab_fix)}); drop --fix to fine-tune it further")
+        teacher = model if args.teacher is None else _teacher(args, None)
+        student_kwargs = {"fix": args.fix}
+    else:
+        if not fixed:
+            raise InputError(f"{args.model} is not converted: name the conversion with --fix blur|aps|aps:circular, "
+                             f"or pass a fixed checkpoint (shiftlab fix --out FILE)")
+        teacher = _teacher(args, model)
+        student_kwargs = {"student": model}
+    progress = not args.no_progress and world.is_main
+    command = shlex.join(["shiftlab", *sys.argv[1:]]) if sys.argv[1:2] == ["finetune"] else None
+    result = finetune(teacher, source, config=config, device=args.device, amp=args.amp, image_size=args.image_size,
+                      class_map=class_map, workers=args.workers, checkpoint=args.checkpoint,
+                      checkpoint_every=args.checkpoint_every, resume=args.resume, log_every=args.log_every,
+                      progress=progress, command=command, **student_kwargs)
+    if not world.is_main:
+        return 0
+    result.save(out, force=args.force)
+    result.log["out"] = str(out)
+    write_json(log_path, result.log, force=args.force)
+    final = result.log.get("final") or {}
+    print(f"fine-tuned {result.log['student']} for {config.steps} steps on {result.log['images']} images "
+          f"({result.log['views']} views) in {result.log['seconds']:.0f} s: last loss "
+          f"{final.get('loss', float('nan')):.4f}, running agreement with the teacher "
+          f"{final.get('agreement', float('nan')):.1%} (training views)")
+    print(f"saved the fine-tuned model to {out} (a fixed checkpoint: shiftlab audit --model {out} ...), "
+          f"the log to {log_path}")
+    teacher_source = getattr(teacher, "shiftlab_source", None) or {}
+    if teacher_source.get("spec") and not teacher_source.get("weights"):
+        print(f"measure it on held-out images: shiftlab audit --model {out} --reference {teacher_source['spec']} "
+              f"--data HELD_OUT --transform ...")
+    return 0

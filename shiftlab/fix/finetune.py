@@ -1,0 +1,856 @@
+"""Label-free fine-tuning of a converted model: the original network teaches the converted one.
+
+:func:`shiftlab.antialias` keeps every trained weight, but the features the later layers were trained on
+change, and the converted network's predictions move away from the original's. :func:`finetune` distils them
+back: the original model is the teacher (in eval mode, under ``torch.inference_mode``), the converted model the
+student, and on the very same views the student learns to match the teacher's softmax at a temperature T::
+
+    loss = kl * T^2 KL(softmax(teacher / T) || softmax(student / T))
+         + consistency * (KL(p0 || p1) + KL(p1 || p0)) / 2      p0, p1: the student on two shifted views (at T)
+         + labels * cross_entropy(student, label)                where the data has labels in the model's classes
+
+No label is needed: any images of the kind the model will see do. The views are the audit protocols' own
+(:mod:`shiftlab.measure.protocols`): ``crop:S:M`` (two S x S windows of an (S+M)-px image at random offsets)
+or ``circular:M`` (two circular shifts); with ``consistency=0`` only the first view of each pair is used.
+The offsets depend only on the seed and the sample's place in the stream of training samples, and the
+order of the images is a seeded permutation per epoch, so a run is a function of its seed.
+
+Optimisation: AdamW (weight decay on weights of two or more dimensions only), a linear warm-up then a
+cosine decay to 0, ``accumulate`` micro-batches per step. Batch norm is handled deliberately
+(``batch_norm=``): ``"frozen"`` (the default) keeps the running statistics and uses them in training too (the
+layers stay in eval mode; their affine weights still learn); ``"train"`` uses batch statistics and updates
+the running ones; ``"reestimate"`` trains as ``"frozen"``, then estimates the running statistics afresh
+(cumulative average over ``bn_batches`` batches of views). Measured on digits (docs/finetune.md), frozen
+statistics distil far better than batch statistics.
+
+Scale. The images stream through a ``DataLoader`` whose workers decode and size them
+(:mod:`shiftlab.measure.loader`); memory does not grow with the data set. Under ``torchrun`` each process
+takes its own slice of every global batch and the student is wrapped in ``DistributedDataParallel``: ``W``
+processes with ``batch_size`` B compute the gradient of a single process with batch ``W * B``. On CUDA,
+``amp=True`` runs both models in float16 autocast with a gradient scaler.
+
+Checkpoints. With ``checkpoint=FILE`` the state (student, optimizer, schedule, scaler, step, every rank's
+random state, the log so far) is written every ``checkpoint_every`` steps and at the end, atomically
+(temporary file, fsync, rename): a kill at any moment leaves the previous checkpoint or the new one.
+``resume=True`` continues from it; the resumed run ends with the very weights of an uninterrupted one (same
+threads, same device). A checkpoint of another run (other settings, teacher, data or process count) is
+refused.
+
+Speed on CPU: denormal floats are flushed to zero during the run (``torch.set_flush_denormal``; a pretrained
+network's gradients are full of them, measured here: 22 s -> 1 s for a backward pass of EfficientNet-Lite0),
+and set back to off at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shiftlab.errors import InputError, ShapeError, ShiftlabError
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "BATCH_NORM_MODES", "CHECKPOINT_FORMAT"]
+
+BATCH_NORM_MODES = ("frozen", "train", "reestimate")
+CHECKPOINT_FORMAT = "shiftlab.finetune-checkpoint"
+CHECKPOINT_VERSION = 1
+LOG_KIND = "shiftlab.finetune"
+_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """What a fine-tuning run does (everything that decides its weights, besides the models and the data).
+
+    Attributes:
+        steps: optimizer steps.
+        batch_size: images per micro-batch and process (each image gives one view, or two with consistency).
+        accumulate: micro-batches per optimizer step (gradient accumulation).
+        lr: AdamW's peak learning rate; weight_decay: AdamW's decoupled weight decay.
+        warmup: steps of linear warm-up (default: 5% of the steps, at least 1).
+        temperature: T of the distillation and consistency terms.
+        kl, consistency, labels: weights of the three loss terms.
+        views: the views, a pair protocol spec (``"crop:S:M"``, ``"circular:M"``); default: ``crop:S:32``
+            (``S // 8`` below 128 px) for images read from files, ``circular:S // 8`` for tensors.
+        batch_norm: ``"frozen"``, ``"train"`` or ``"reestimate"`` (module docstring).
+        bn_batches: batches of views for ``"reestimate"``.
+        seed: the image order and the views.
+    """
+
+    steps: int = 300
+    batch_size: int = 32
+    accumulate: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: int | None = None
+    temperature: float = 2.0
+    kl: float = 1.0
+    consistency: float = 0.0
+    labels: float = 0.0
+    views: str | None = None
+    batch_norm: str = "frozen"
+    bn_batches: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, minimum in (("steps", 1), ("batch_size", 1), ("accumulate", 1), ("bn_batches", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if self.warmup is not None and (isinstance(self.warmup, bool) or not isinstance(self.warmup, int)
+                                        or not 0 <= self.warmup <= self.steps):
+            raise InputError(f"warmup must be an integer in [0, steps = {self.steps}], got {self.warmup!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InputError(f"seed must be an int, got {self.seed!r}")
+        for name in ("lr", "weight_decay", "temperature", "kl", "consistency", "labels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise InputError(f"lr and temperature must be positive, got {self.lr!r} and {self.temperature!r}")
+        if self.kl + self.consistency + self.labels <= 0:
+            raise InputError("every loss weight is 0 (kl, consistency, labels): nothing to learn")
+        if self.batch_norm not in BATCH_NORM_MODES:
+            raise InputError(f"batch_norm must be one of {', '.join(BATCH_NORM_MODES)}, got {self.batch_norm!r}")
+        if self.views is not None and not isinstance(self.views, str):
+            raise InputError(f"views must be a protocol spec such as 'crop:224:32' or 'circular:4', got {self.views!r}")
+
+    @property
+    def warmup_steps(self) -> int:
+        return max(1, round(0.05 * self.steps)) if self.warmup is None else self.warmup
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (from 0) as a fraction of ``lr``."""
+        warm = self.warmup_steps
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, self.steps - warm)))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "warmup": self.warmup_steps, "optimizer": "AdamW", "schedule": "linear warm-up, cosine"}
+
+
+@dataclass
+class FinetuneResult:
+    """A fine-tuned student (``model``, in eval mode) and the log of its run (``log``, JSON-serialisable)."""
+
+    model: nn.Module
+    log: dict = field(repr=False)
+
+    def summary(self) -> dict:
+        """What a fixed checkpoint records about the fine-tuning (plain values)."""
+        keys = ("teacher", "data", "images", "views", "config", "steps_done", "final", "world_size")
+        return {k: self.log.get(k) for k in keys}
+
+    def save(self, path, force: bool = False) -> Path:
+        """Write the student as a fixed checkpoint (:func:`shiftlab.save_fixed`) that records this run."""
+        from shiftlab.fix.checkpoint import save_fixed
+
+        return save_fixed(self.model, path, force=force, finetune=self.summary())
+
+
+# ------------------------------------------------------------------------------------------------ the stream
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from integers (splitmix64), for per-epoch generators."""
+    z = 0x9E3779B97F4A7C15
+    for v in values:
+        z = (z ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        z = (z ^ (z >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return z & 0x7FFFFFFFFFFFFFFF
+
+
+class _Stream(torch.utils.data.Dataset):
+    """Sample ``p`` of the training stream: image ``perm_e[p % N]`` of epoch ``e = p // N``, with its label.
+
+    Each epoch is a seeded permutation of the images (one kept in memory at a time, per worker). Labels are
+    already in the model's classes (-1: none).
+    """
+
+    def __init__(self, source, seed: int, labels: torch.Tensor | None, classes: int):
+        from shiftlab.data.sources import ImageSource
+
+        self.source, self.seed, self.labels, self.classes = source, int(seed), labels, int(classes)
+        self.n = len(source)
+        self.image_source = isinstance(source, ImageSource)
+        self._epoch, self._perm = None, None
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def index(self, position: int) -> int:
+        epoch, offset = divmod(int(position), self.n)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            self._perm, self._epoch = torch.randperm(self.n, generator=generator), epoch
+        return int(self._perm[offset])
+
+    def __getitem__(self, position: int):
+        i = self.index(position)
+        if self.image_source:
+            image = self.source.load(i)
+            label = -1 if self.labels is None else int(self.labels[i])
+        else:
+            item = self.source[i]
+            image, label = (item[0], int(item[1])) if isinstance(item, (tuple, list)) else (item, -1)
+            if self.labels is None and not 0 <= label < self.classes:
+                label = -1
+        return image, label
+
+
+class _Positions:
+    """The batch sampler: micro-batch ``u`` of this rank holds stream positions ``(u W + r) B ... + B - 1``."""
+
+    def __init__(self, start: int, stop: int, world: int, rank: int, batch: int):
+        self.start, self.stop, self.world, self.rank, self.batch = start, stop, world, rank, batch
+
+    def __iter__(self):
+        for u in range(self.start, self.stop):
+            base = (u * self.world + self.rank) * self.batch
+            yield list(range(base, base + self.batch))
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def _loader(stream: _Stream, sizing, start: int, stop: int, world, batch: int, workers: int, pin: bool):
+    from shiftlab.measure.loader import PreparedImages, collate
+
+    kwargs = {}
+    if workers > 0:
+        from shiftlab._runtime import loader_worker_allocator
+
+        kwargs = {"prefetch_factor": 2, "persistent_workers": False, "worker_init_fn": loader_worker_allocator}
+    # a private generator: creating the loader must not draw from the global random state (dropout's), or a
+    # resumed run would diverge from an uninterrupted one
+    return torch.utils.data.DataLoader(PreparedImages(stream, sizing),
+                                       batch_sampler=_Positions(start, stop, world.size, world.rank, batch),
+                                       num_workers=int(workers), collate_fn=collate, pin_memory=bool(pin),
+                                       generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+
+def _kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 KL(softmax(teacher / T) || softmax(student / T)), mean over samples."""
+    s = F.log_softmax(student.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher.float() / temperature, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+
+
+def _symmetric_kl(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    la = F.log_softmax(a.float() / temperature, dim=-1)
+    lb = F.log_softmax(b.float() / temperature, dim=-1)
+    return 0.5 * (F.kl_div(lb, la, log_target=True, reduction="batchmean")
+                  + F.kl_div(la, lb, log_target=True, reduction="batchmean")) * temperature ** 2
+
+
+def _set_batch_norm(model: nn.Module, mode: str) -> None:
+    """Train mode everywhere (dropout), except batch norms under ``"frozen"``/``"reestimate"``."""
+    model.train()
+    if mode != "train":
+        for m in model.modules():
+            if isinstance(m, _BN_TYPES):
+                m.eval()
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _forward(model, x):
+    from shiftlab.models import select_output
+
+    out = select_output(model(x))
+    if out.ndim != 2:
+        raise ShapeError(f"fine-tuning needs class scores (B, K); the model returns shape {tuple(out.shape)}")
+    return out
+
+
+def _default_views(from_files: bool, side: int) -> str:
+    margin = 32 if side >= 128 else max(1, side // 8)
+    return f"crop:{side}:{margin}" if from_files else f"circular:{margin}"
+
+
+def _fault(kind: str) -> int | None:
+    from shiftlab.measure.checkpoint import _fault as fault
+
+    return fault(kind)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+class _Checkpoint:
+    """The run's checkpoint file: written by rank 0, atomically; read by every rank."""
+
+    def __init__(self, path, fingerprint: dict):
+        self.path = Path(path).expanduser()
+        self.fingerprint = fingerprint
+        self.writes = 0
+
+    def check(self, resume: bool) -> None:
+        from shiftlab._io import check_output_path
+
+        if self.path.is_dir():
+            raise InputError(f"--checkpoint {self.path} is a folder; name a file")
+        if self.path.exists() and not resume:
+            raise InputError(f"--checkpoint {self.path} exists: pass --resume to continue from it, or delete it to "
+                             f"start over")
+        check_output_path(self.path, True, "--checkpoint")
+
+    def load(self) -> dict | None:
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        if not self.path.exists():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+            raise InputError(f"cannot read the checkpoint {self.path} ({type(exc).__name__}); delete it to start "
+                             f"over") from None
+        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+            raise InputError(f"{self.path} is not a shiftlab fine-tuning checkpoint")
+        if saved.get("version") != CHECKPOINT_VERSION:
+            raise InputError(f"{self.path} was written by another shiftlab version; delete it to start over")
+        theirs = json.loads(saved["fingerprint"])
+        if theirs != self.fingerprint:
+            diff = sorted(k for k in set(theirs) | set(self.fingerprint) if theirs.get(k) != self.fingerprint.get(k))
+            raise InputError(f"the checkpoint {self.path} belongs to another fine-tuning run (it differs in: "
+                             f"{', '.join(diff)}); use another --checkpoint or delete it")
+        return saved
+
+    def save(self, state: dict) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                    "fingerprint": json.dumps(self.fingerprint, sort_keys=True), **state}, buffer)
+        data = buffer.getvalue()
+        self.writes += 1
+        kill_at = _fault("kill-in-checkpoint")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            if kill_at == self.writes:  # test hook: die half-way through the write
+                f.write(data[:len(data) // 2])
+                f.flush()
+                os.fsync(f.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ------------------------------------------------------------------------------------------------ progress
+
+
+class _Bar:
+    """A progress bar on stderr with the loss and the running agreement (rich), or nothing."""
+
+    def __init__(self, enabled: bool, total: int, done: int, label: str):
+        self.enabled, self.total, self.done, self.label = enabled, total, done, label
+        self.progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                                     console=Console(stderr=True))
+            self.progress.__enter__()
+            self.task = self.progress.add_task(self.label, total=self.total, completed=self.done, status="")
+        return self
+
+    def advance(self, status: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, status=status)
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def _load(spec, seed):
+    from shiftlab.fix.checkpoint import load_model
+
+    return load_model(spec, seed=seed) if isinstance(spec, (str, os.PathLike)) else spec
+
+
+def _describe(model: nn.Module) -> str:
+    source = getattr(model, "shiftlab_source", None) or {}
+    if source.get("spec"):
+        return source["spec"] + (f" (fix {source['fix']})" if source.get("fix") else "")
+    return type(model).__name__
+
+
+def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, config: FinetuneConfig | None = None,
+             device=None, amp: bool = False, normalize: bool | Callable = True, image_size=None,
+             resize: bool | None = None, class_map: dict | None = None, workers: int | None = None,
+             checkpoint=None, checkpoint_every: int = 50, resume: bool = False, log_every: int = 10,
+             progress: bool | str = False, command: str | None = None, **settings) -> FinetuneResult:
+    """Fine-tune a converted model to give the original model's predictions, without labels.
+
+    Args:
+        teacher: the original (unconverted) model: an ``nn.Module`` or a spec for :func:`shiftlab.load_model`.
+            Never changed.
+        data: training images in pixel space [0, 1], as for :func:`shiftlab.audit`: a data spec (a folder, a
+            ``.txt`` list, a ``.npz``, ``"photos"``), an image source, a (N, C, H, W) tensor, ``(images, labels)``.
+        fix: the conversion, a spec (``"blur"``, ``"aps"``, ``"aps:circular"``, ``"blur:before"``) or a dict of
+            :func:`shiftlab.antialias` arguments: the student is a converted copy of the teacher.
+        student: instead of ``fix``, a model already converted (e.g. loaded from a fixed checkpoint); it is
+            trained in place.
+        config: a :class:`FinetuneConfig`; or give its fields as keyword arguments (``steps=200, lr=3e-4``).
+        device: ``"cpu"``, ``"cuda"``, ...; under torchrun each process takes ``cuda:LOCAL_RANK``.
+        amp: float16 autocast and a gradient scaler (CUDA only).
+        normalize, image_size, resize, class_map, workers: as in :func:`shiftlab.audit`.
+        checkpoint: a file for the run's checkpoints; with ``resume=True`` the run continues from it.
+        checkpoint_every: optimizer steps between checkpoints.
+        log_every: optimizer steps per log entry (mean losses, running agreement with the teacher, lr).
+        progress: a progress bar on stderr showing the loss and the running agreement.
+        command: the command line to record in the log.
+
+    Returns:
+        a :class:`FinetuneResult`: the student in eval mode and the run's log. ``result.save(FILE)`` writes a
+        fixed checkpoint that records the fine-tuning. The numbers that judge the result come from
+        :func:`shiftlab.audit` (``reference=teacher`` for the agreement), not from the training log.
+
+    Shape:
+        Input: images (N, C, H, W) or (C, H, W) each; both models' outputs (B, K).
+    """
+    from shiftlab.data.sources import ImageSource, TensorImages
+    from shiftlab.fix.antialias import antialias
+    from shiftlab.fix.checkpoint import parse_fix
+    from shiftlab.measure import distributed, loader
+    from shiftlab.measure.audit import (
+        _as_source,
+        _first_conv_channels,
+        _model_dtype,
+        _sizes,
+    )
+    from shiftlab.measure.checkpoint import fingerprint_model
+    from shiftlab.measure.protocols import (
+        CircularShiftPair,
+        CropShiftPair,
+        parse_protocol,
+    )
+    from shiftlab.models import preprocessing as model_preprocessing
+    from shiftlab.models._device import resolve_device
+
+    started = time.perf_counter()
+    if config is None:
+        known = {f.name for f in fields(FinetuneConfig)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise InputError(f"unknown fine-tuning setting(s) {', '.join(unknown)}; settings: "
+                             f"{', '.join(sorted(known))}")
+        config = FinetuneConfig(**settings)
+    elif settings:
+        config = replace(config, **settings)
+    for name, value, minimum in (("checkpoint_every", checkpoint_every, 1), ("log_every", log_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if resume and checkpoint is None:
+        raise InputError("resume needs a checkpoint file (CLI: --checkpoint FILE)")
+    world = distributed.world()
+
+    # ---------------------------------------------------------------------------- models
+    dev = distributed.rank_device(device) if world.size > 1 else resolve_device(device)
+    if dev is None:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if amp and dev.type != "cuda":
+        raise InputError("mixed precision (--amp) needs a CUDA device")
+    teacher = _load(teacher, config.seed)
+    if not isinstance(teacher, nn.Module):
+        raise InputError(f"teacher must be a torch.nn.Module or a model spec, got {type(teacher).__name__}")
+    if (fix is None) == (student is None):
+        raise InputError("name the conversion (fix='aps', CLI: --fix) or pass a converted student, not both")
+    if student is None:
+        kwargs = parse_fix(fix) if isinstance(fix, str) else dict(fix)
+        student, _ = antialias(copy.deepcopy(teacher), **kwargs)
+    if not isinstance(student, nn.Module):
+        raise InputError(f"student must be a torch.nn.Module, got {type(student).__name__}")
+    if student is teacher:
+        raise InputError("the student must be another module than the teacher")
+    teacher_was_training = teacher.training
+    teacher.to(dev).eval()
+    student.to(dev)
+    teacher_grads = [p.requires_grad for p in teacher.parameters()]
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    dtype = _model_dtype(student)
+
+    # ---------------------------------------------------------------------------- the data and the views
+    src, data_desc = _as_source(data)
+    n_total = len(src)
+    if n_total == 0:
+        raise InputError("no images to fine-tune on")
+    probe = None
+    for i in range(min(64, n_total)):
+        try:
+            item = src.load(i) if isinstance(src, ImageSource) else src[i]
+            probe = item[0] if isinstance(item, (tuple, list)) else item
+            break
+        except ShiftlabError:
+            continue
+    if probe is None:
+        raise InputError(f"none of the first {min(64, n_total)} images of {data_desc} could be read")
+    if not isinstance(probe, torch.Tensor) or probe.ndim != 3:
+        raise ShapeError(f"images must be (C, H, W) tensors, got {getattr(probe, 'shape', type(probe).__name__)}")
+    from_files = not isinstance(src, TensorImages)
+    uniform = src.uniform if isinstance(src, TensorImages) else False
+    C = int(probe.shape[0])
+    want_c = _first_conv_channels(student)
+    if want_c is not None and want_c != C and not (from_files and C in (1, 3, 4) and want_c == 3):
+        raise ShapeError(f"the model's first convolution takes {want_c} channels, but the images have {C}")
+    C = want_c if (want_c is not None and from_files) else C
+    prep = model_preprocessing(teacher)
+    wanted_size = None
+    if image_size is not None:
+        from shiftlab.measure.audit import _check_size_arg
+
+        wanted_size = _check_size_arg(image_size)
+        prep = prep.with_overrides(input_size=wanted_size)
+    own = tuple(int(v) for v in probe.shape[-2:])
+    if config.views is None:
+        natural = _sizes(CircularShiftPair(1), prep, own, wanted_size, resize, from_files, uniform).model_in
+        protocol = parse_protocol(_default_views(from_files, min(natural)))
+    else:
+        protocol = parse_protocol(config.views)
+    if not isinstance(protocol, (CropShiftPair, CircularShiftPair)) or protocol.passes != 1:
+        raise InputError(f"views must be a pair of shifts, crop:S:M or circular:M (one pass), got {config.views!r}")
+    sizes = _sizes(protocol, prep, own, wanted_size, resize, from_files, uniform)
+    reason = protocol.fits(sizes.model_in) if hasattr(protocol, "fits") else None
+    if reason:
+        raise InputError(reason)
+    norm_fn = None
+    if normalize is True:
+        norm_fn = prep.normalize
+        if C != len(prep.mean):
+            raise ShapeError(f"the model's preprocessing normalises {len(prep.mean)} channels, but the images have "
+                             f"{C}; pass normalize=False or a callable")
+    elif callable(normalize):
+        norm_fn = normalize
+    elif normalize not in (False, None):
+        raise InputError(f"normalize must be True, False or a callable, got {normalize!r}")
+    sizing = loader.Sizing(sizes.source, sizes.short_side, prep.interpolation, sizes.resize, C)
+    copies = [0, 1] if config.consistency > 0 else [0]
+
+    def views(images: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = protocol.make(images, positions, config.seed, copies=copies).inputs
+        return norm_fn(x) if norm_fn is not None else x
+
+    # the probe: both models give class scores of one shape
+    first, _ = loader._prepare(probe, sizing)
+    with torch.inference_mode():
+        x0 = views(first[None].to(dev, dtype), torch.zeros(1, dtype=torch.long))
+        t0 = _forward(teacher, x0.to(_model_dtype(teacher)))
+        was = student.training
+        student.eval()
+        s0 = _forward(student, x0)
+        student.train(was)
+    if t0.shape != s0.shape:
+        raise ShapeError(f"the teacher gives scores of shape {tuple(t0.shape[1:])}, the student {tuple(s0.shape[1:])}")
+    classes = int(t0.shape[1])
+
+    labels_table = None
+    labels_how = None
+    if config.labels > 0:
+        if isinstance(src, ImageSource):
+            from shiftlab.measure.labels import resolve_labels
+
+            mapping = resolve_labels(src.labels, src.class_names, src.label_space, classes, class_map)
+            if not mapping.usable:
+                raise InputError(f"the label term (labels={config.labels:g}) needs labels in the model's classes: "
+                                 f"{mapping.how}")
+            labels_table, labels_how = mapping.labels, mapping.how
+        else:
+            labels_how = "item labels below the class count taken as the model's class indices"
+
+    # ---------------------------------------------------------------------------- optimisation
+    optimizer = torch.optim.AdamW(_param_groups(student, config.weight_decay), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    fingerprint = {"config": config.to_dict(), "teacher": fingerprint_model(teacher),
+                   "student": fingerprint_model(student), "student_type": type(student).__name__,
+                   "data": str(data_desc), "images": int(n_total), "views": protocol.spec(),
+                   "input": list(sizes.model_in), "preprocessing": prep.to_dict(), "world_size": int(world.size),
+                   "dtype": str(dtype), "amp": bool(amp), "labels": labels_how}
+    store = None
+    saved = None
+    if checkpoint is not None:
+        store = _Checkpoint(checkpoint, fingerprint)
+        store.check(resume)
+        if resume:
+            saved = store.load()
+    log = {"kind": LOG_KIND, "schema_version": 1, "teacher": _describe(teacher), "student": _describe(student),
+           "data": str(data_desc), "images": int(n_total), "views": protocol.spec(),
+           "input_size": list(sizes.model_in), "config": config.to_dict(), "labels": labels_how,
+           "world_size": int(world.size), "device": str(dev), "amp": bool(amp), "dtype": str(dtype),
+           "threads": torch.get_num_threads(), "entries": [], "resumed_at": [], "skipped_images": 0}
+    start = 0
+    # loss, kl, consistency, labels, agreeing views, views, micro-batches since the last log entry
+    window = torch.zeros(7, dtype=torch.float64, device=dev)
+    if saved is not None:
+        student.load_state_dict(saved["student"], strict=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        start = int(saved["step"])
+        log = json.loads(saved["log"])
+        log["resumed_at"] = [*(log.get("resumed_at") or []), start]
+        window = saved["window"].to(dev)
+        if len(saved["rng"]) != world.size:
+            raise InputError("the checkpoint was written by another number of processes")
+
+    net = student
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(student, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if workers is None:
+        workers = loader.default_workers(src, (config.steps - start) * config.accumulate)
+    stream = _Stream(src, config.seed, labels_table, classes)
+    distil = _Distiller(teacher, net, config, views, len(copies), amp, scaler)
+
+    def save(step: int) -> None:
+        rngs = distributed.gather(_rng_state(dev))
+        if world.is_main:
+            store.save({"step": step, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                        "rng": rngs, "log": json.dumps(log), "window": window.cpu()})
+        distributed.barrier()
+
+    flush_supported = torch.set_flush_denormal(True)
+    label = progress if isinstance(progress, str) else "fine-tuning"
+    steps_seen = 0
+    # the run's own random state (dropout, stochastic depth): seeded per process, saved in every checkpoint;
+    # the caller's is left as it was
+    rng = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [])
+    rng.__enter__()
+    if saved is None:
+        torch.manual_seed(_mix(config.seed, world.rank, 1))
+    else:
+        _set_rng_state(saved["rng"][world.rank], dev)
+    try:
+        _set_batch_norm(student, config.batch_norm)
+        data_loader = _loader(stream, sizing, start * config.accumulate, config.steps * config.accumulate, world,
+                              config.batch_size, workers, dev.type == "cuda")
+        batches = iter(data_loader)
+        with _Bar(bool(progress) and world.is_main, config.steps, start, label) as bar:
+            for step in range(start, config.steps):
+                optimizer.zero_grad(set_to_none=True)
+                for micro in range(config.accumulate):
+                    loaded = next(batches)
+                    log["skipped_images"] += len(loaded.failures)
+                    if loaded.images is None:
+                        if world.size > 1:  # the other processes would wait for this one's gradients forever
+                            raise InputError(f"no image of a batch could be read (e.g. {loaded.failures[0][1]})")
+                        continue
+                    images = loaded.images.to(dev, dtype, non_blocking=dev.type == "cuda")
+                    last = micro == config.accumulate - 1
+                    window += distil(images, torch.as_tensor(loaded.indices), loaded.labels, last)
+                lr = optimizer.param_groups[0]["lr"]
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                schedule.step()
+                done = step + 1
+                if done % log_every == 0 or done == config.steps:
+                    totals = _all_reduce(window.cpu(), world)
+                    micro_batches = max(1.0, totals[6].item())
+                    log["entries"].append({
+                        "step": done, "lr": lr, "loss": totals[0].item() / micro_batches,
+                        "kl": totals[1].item() / micro_batches,
+                        "consistency": totals[2].item() / micro_batches, "labels": totals[3].item() / micro_batches,
+                        "agreement": totals[4].item() / max(1.0, totals[5].item())})
+                    window.zero_()
+                entry = log["entries"][-1] if log["entries"] else None
+                bar.advance("" if entry is None else f"loss {entry['loss']:.3f}  agreement {entry['agreement']:.1%}")
+                if store is not None and (done % checkpoint_every == 0 or done == config.steps):
+                    save(done)
+                steps_seen += 1
+                if _fault("kill-after-step") == steps_seen:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        del batches, data_loader
+        if config.batch_norm == "reestimate":
+            _reestimate(student, stream, sizing, views, dev, dtype, config, world)
+    finally:
+        rng.__exit__(None, None, None)
+        if flush_supported:
+            torch.set_flush_denormal(False)
+        student.eval()
+        teacher.train(teacher_was_training)
+        for p, flag in zip(teacher.parameters(), teacher_grads):
+            p.requires_grad_(flag)
+    log["steps_done"] = config.steps
+    log["final"] = log["entries"][-1] if log["entries"] else None
+    log["seconds"] = round(time.perf_counter() - started, 2)
+    log["command"] = command
+    log["versions"] = _versions()
+    return FinetuneResult(student, log)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _autocast(amp: bool):
+    return torch.autocast(device_type="cuda", dtype=torch.float16) if amp else _nothing()
+
+
+def _loss(out, target, labels, config: FinetuneConfig, k: int):
+    zero = out.new_zeros((), dtype=torch.float32)
+    kl = _kl(out, target, config.temperature) if config.kl > 0 else zero
+    cons = zero
+    if config.consistency > 0 and k == 2:
+        a, b = out.chunk(2)
+        cons = _symmetric_kl(a, b, config.temperature)
+    ce = zero
+    if config.labels > 0:
+        known = labels >= 0
+        ce = F.cross_entropy(out.float(), labels.clamp(min=0), reduction="none").mul(known).sum() / known.sum().clamp(
+            min=1)
+    loss = config.kl * kl + config.consistency * cons + config.labels * ce
+    return loss, (kl, cons, ce)
+
+
+class _Distiller:
+    """One micro-batch of fine-tuning: the views, the teacher's softmax (``inference_mode``), the student's loss
+    and its backward pass. Returns the micro-batch's statistics for the log (a tensor on the device:
+    loss, kl, consistency, labels, agreeing views, views, 1), so that nothing waits for the device."""
+
+    def __init__(self, teacher, net, config: FinetuneConfig, views, copies: int, amp: bool, scaler):
+        from shiftlab.measure.audit import _model_dtype
+
+        self.teacher, self.net, self.config, self.views, self.copies = teacher, net, config, views, copies
+        self.amp, self.scaler = amp, scaler
+        self.teacher_dtype = _model_dtype(teacher)
+
+    def __call__(self, images: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,
+                 sync: bool = True) -> torch.Tensor:
+        x = self.views(images, positions)
+        labels = labels.to(x.device).repeat(self.copies)
+        net = self.net
+        context = net.no_sync() if not sync and hasattr(net, "no_sync") else _nothing()
+        with context:
+            with _autocast(self.amp):
+                with torch.inference_mode():
+                    target = _forward(self.teacher, x if self.amp else x.to(self.teacher_dtype))
+                target = target.clone()  # a normal tensor: usable in the autograd graph
+                out = _forward(net, x)
+            loss, parts = _loss(out, target, labels, self.config, self.copies)
+            scaled = loss / self.config.accumulate
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        with torch.no_grad():
+            agree = (out.argmax(1) == target.argmax(1)).sum()
+            return torch.stack([loss.detach().double(), *(p.detach().double() for p in parts), agree.double(),
+                                torch.tensor(float(out.shape[0]), dtype=torch.float64, device=out.device),
+                                torch.ones((), dtype=torch.float64, device=out.device)])
+
+
+def _all_reduce(values: torch.Tensor, world) -> torch.Tensor:
+    if world.size <= 1:
+        return values
+    from shiftlab.measure.distributed import gather
+
+    return torch.stack(gather(values)).sum(0)
+
+
+def _reestimate(student, stream, sizing, views, dev, dtype, config, world) -> None:
+    """Running statistics of every batch norm afresh: the cumulative average over ``bn_batches`` batches of
+    views that follow the training stream (each process its slice; the means and variances are then averaged)."""
+    norms = [m for m in student.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    begin = config.steps * config.accumulate
+    data_loader = _loader(stream, sizing, begin, begin + config.bn_batches, world, config.batch_size, 0, False)
+    student.eval()
+    for m in norms:
+        m.train()
+    try:
+        with torch.no_grad():
+            for loaded in data_loader:
+                if loaded.images is not None:
+                    _forward(student, views(loaded.images.to(dev, dtype), torch.as_tensor(loaded.indices)))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    if world.size > 1:
+        from shiftlab.measure.distributed import gather
+
+        for m in norms:
+            for buf in (m.running_mean, m.running_var):
+                buf.copy_(torch.stack(gather(buf.cpu())).mean(0).to(buf.device))
+
+
+def _versions() -> dict:
+    from shiftlab.measure.audit import _versions as versions
+
+    return versions()
+
+
+def read_log(path) -> dict:
+    """A fine-tuning log (JSON) as written by ``shiftlab finetune``."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the fine-tuning log {path} ({type(exc).__name__})") from None
+    if not isinstance(doc, Mapping) or doc.get("kind") != LOG_KIND:
+        raise InputError(f"{path} is not a shiftlab fine-tuning log")
+    return dict(doc)
+
