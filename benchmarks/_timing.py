@@ -47,6 +47,14 @@ def ratio_summary(runs: list[dict[str, float]], name: str, base: str) -> str:
     return f"median {statistics.median(ratios):.2f} (per process {' '.join(f'{r:.2f}' for r in ratios)})"
 
 
+def print_runs(runs: list[dict[str, float]], unit: str = "ms", width: int = 44, decimals: int = 1) -> None:
+    """One line per timed candidate: its name and its median time in each process, in ``unit`` (ms or s)."""
+    scale = {"ms": 1e3, "s": 1.0}[unit]
+    for name in runs[0]:
+        times = " ".join(f"{run[name] * scale:7.{decimals}f}" for run in runs)
+        print(f"  {name:{width}s} {unit}: {times}")
+
+
 def process_options(parser: argparse.ArgumentParser, rounds: int, processes: int) -> None:
     """Add ``--rounds``, ``--processes``, ``--threads`` and the hidden ``--child`` to a benchmark's parser."""
     parser.add_argument("--rounds", type=int, default=rounds)

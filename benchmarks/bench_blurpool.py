@@ -34,6 +34,7 @@ from _timing import (  # noqa: E402
     child_or_runs,
     interleaved,
     note_if_aacnn_missing,
+    print_runs,
     process_options,
     ratio_summary,
 )
@@ -93,8 +94,7 @@ def main() -> None:
     print(f"input (8, 64, 112, 112) float32, filter 3, stride 2, reflect; {torch.get_num_threads()} threads; "
           f"{args.processes} processes x {args.rounds} interleaved rounds (medians per process); all outputs agree "
           "with shiftlab's to 1e-5")
-    for name in runs[0]:
-        print(f"  {name:28s} ms: {' '.join(f'{run[name] * 1e3:6.2f}' for run in runs)}")
+    print_runs(runs, "ms", 28, 2)
     peers = [p for p in PEERS if p in runs[0]]
     best_peer = min(peers, key=lambda p: statistics.median(run[p] for run in runs))
     print(f"\nshiftlab / faster peer ({best_peer}): {ratio_summary(runs, OURS, best_peer)}  (target <= 0.8)")

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import child_or_runs, interleaved, process_options, ratio_summary  # noqa: E402
+from _timing import child_or_runs, interleaved, print_runs, process_options, ratio_summary  # noqa: E402
 
 PLAIN = "plain training step (student alone, cross-entropy)"
 FINETUNE = "fine-tuning step (teacher in inference_mode + KL)"
@@ -100,8 +100,7 @@ def main() -> None:
         return
     print(f"{args.model} converted with {args.fix}, batch {args.batch}, float32, {torch.get_num_threads()} threads; "
           f"{args.processes} processes x {args.rounds} interleaved rounds (medians per process)")
-    for name in runs[0]:
-        print(f"  {name:54s} s: {' '.join(f'{run[name]:7.3f}' for run in runs)}")
+    print_runs(runs, "s", 54, 3)
     print()
     print(f"fine-tuning step / plain training step:                   {ratio_summary(runs, FINETUNE, PLAIN)}"
           "  (target <= 1.5)")

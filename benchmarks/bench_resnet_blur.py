@@ -43,6 +43,7 @@ from _timing import (  # noqa: E402
     child_or_runs,
     interleaved,
     note_if_aacnn_missing,
+    print_runs,
     process_options,
     ratio_summary,
 )
@@ -95,8 +96,7 @@ def main() -> None:
         return
     print(f"batch {args.batch} at 224x224, float32, {torch.get_num_threads()} threads; {args.processes} processes x "
           f"{args.rounds} interleaved rounds (medians per process)")
-    for name in runs[0]:
-        print(f"  {name:44s} ms: {' '.join(f'{run[name] * 1e3:7.1f}' for run in runs)}")
+    print_runs(runs, "ms", 44, 1)
     print()
     print(f"shiftlab blur resnet18 / torchvision resnet18:              {ratio_summary(runs, OURS, BASELINE)}"
           "  (target <= 1.35)")

@@ -5,16 +5,12 @@ write), and torchrun with 2 CPU processes (gloo)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from _subprocesses import shiftlab as shiftlab_cli
+from _subprocesses import torchrun, write_class_images
 
 import shiftlab
 from shiftlab.cli import main
@@ -146,43 +142,14 @@ def plain():
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
     (root / "net.py").write_text(NET)
-    rng = np.random.default_rng(0)
-    for c in range(3):
-        (root / "images" / f"class{c}").mkdir(parents=True)
-        for i in range(6):
-            yy, xx = np.mgrid[0:40, 0:44]
-            img = np.stack([np.sin(xx / (2 + i)) * 100 + 120, np.cos(yy / (3 + c)) * 100 + 120,
-                            rng.integers(0, 255, (40, 44))], -1)
-            Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"class{c}" / f"{i}.png")
+    write_class_images(root / "images", 6)
     return root
-
-
-def _env(**extra):
-    env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "SHIFTLAB_KEEP_ALLOCATOR": "0"})
-    env.pop("SHIFTLAB_FAULT", None)
-    env.update(extra)
-    return env
 
 
 def _args(files, out, *extra, factory="make", steps=12, batch=4, fix="aps", data=None):
     return ["finetune", "--model", f"{files / 'net.py'}:{factory}", "--fix", fix, "--data",
             str(data or files / "images"), "--steps", str(steps), "--batch-size", str(batch), "--lr", "3e-3",
             "--threads", "1", "--out", str(out), "--no-progress", "--force", *extra]
-
-
-def _shiftlab(args, **env):
-    return subprocess.run([sys.executable, "-m", "shiftlab", *args], capture_output=True, text=True, timeout=300,
-                          env=_env(**env))
-
-
-def _torchrun(args, **env):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "shiftlab", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(**env))
 
 
 def _weights(path) -> dict:
@@ -198,7 +165,7 @@ def _same(a: dict, b: dict) -> bool:
 @pytest.fixture(scope="module")
 def uninterrupted(files):
     out = files / "reference.pt"
-    proc = _shiftlab(_args(files, out, "--workers", "0"))
+    proc = shiftlab_cli(_args(files, out, "--workers", "0"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     return _weights(out), json.loads(out.with_suffix(".json").read_text())
 
@@ -208,12 +175,12 @@ def uninterrupted(files):
 def test_feature_resume_after_kill_gives_the_uninterrupted_weights(files, uninterrupted, tmp_path, fault):
     out, ckpt = tmp_path / "ft.pt", tmp_path / "ft.ckpt"
     args = _args(files, out, "--checkpoint", str(ckpt), "--checkpoint-every", "3", "--resume")
-    killed = _shiftlab(args + ["--workers", "0"], SHIFTLAB_FAULT=fault)
+    killed = shiftlab_cli(args + ["--workers", "0"], SHIFTLAB_FAULT=fault)
     assert killed.returncode == -9 and not out.exists()
     assert ckpt.exists()  # a half-written checkpoint never replaces the previous one
     assert len(list(tmp_path.glob(".*.tmp"))) == (0 if fault.startswith("kill-after") else 1)  # the half-written one
     workers = "1" if fault.startswith("kill-after") else "0"  # the loader's workers do not change the data either
-    resumed = _shiftlab(args + ["--workers", workers])
+    resumed = shiftlab_cli(args + ["--workers", workers])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     weights, log = uninterrupted
     assert _same(_weights(out), weights)  # dropout's random state and the optimizer came back exactly
@@ -278,9 +245,9 @@ def test_feature_torchrun_two_processes_equal_one_with_twice_the_batch(files, tm
     def args(out, batch):
         return _args(files, out, "--workers", "0", factory="plain", steps=6, batch=batch)
 
-    proc = _shiftlab(args(single, 8))
+    proc = shiftlab_cli(args(single, 8))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = _torchrun(args(double, 4))
+    proc = torchrun(args(double, 4))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("saved the fine-tuned model") == 1  # rank 0 alone prints and writes
     a, b = _weights(single), _weights(double)
@@ -291,8 +258,8 @@ def test_feature_torchrun_two_processes_equal_one_with_twice_the_batch(files, tm
     # killed under torchrun, resumed under torchrun: the uninterrupted weights
     resumed, ckpt = tmp_path / "three.pt", tmp_path / "three.ckpt"
     extra = ["--checkpoint", str(ckpt), "--checkpoint-every", "2", "--resume"]
-    assert _torchrun(args(resumed, 4) + extra, SHIFTLAB_FAULT="kill-after-step:3").returncode != 0
+    assert torchrun(args(resumed, 4) + extra, SHIFTLAB_FAULT="kill-after-step:3").returncode != 0
     assert not resumed.exists()
-    proc = _torchrun(args(resumed, 4) + extra)
+    proc = torchrun(args(resumed, 4) + extra)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _same(_weights(resumed), b)

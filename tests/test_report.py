@@ -12,9 +12,7 @@ import shlex
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torch import nn
 
 from shiftlab.cli import main
 from shiftlab.errors import InputError

@@ -4,14 +4,12 @@ one process, and resuming after ``kill -9`` at any point, including during a che
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from PIL import Image
+from _subprocesses import env, torchrun, write_class_images
+from _subprocesses import shiftlab as shiftlab_cli
 
 pytestmark = pytest.mark.slow
 
@@ -32,44 +30,15 @@ def make():
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("scale")
     (root / "net.py").write_text(NET)
-    rng = np.random.default_rng(0)
     images = root / "images"
-    for c in range(3):
-        (images / f"class{c}").mkdir(parents=True)
-        for i in range(5):
-            yy, xx = np.mgrid[0:40, 0:44]
-            img = np.stack([np.sin(xx / (2 + i)) * 100 + 120, np.cos(yy / (3 + c)) * 100 + 120,
-                            rng.integers(0, 255, (40, 44))], -1)
-            Image.fromarray(img.astype(np.uint8)).save(images / f"class{c}" / f"{i}.png")
+    write_class_images(images, 5)
     return root
-
-
-def _env(**extra):
-    env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "SHIFTLAB_KEEP_ALLOCATOR": "0"})
-    env.pop("SHIFTLAB_FAULT", None)
-    env.update(extra)
-    return env
 
 
 def _args(setup, out, *extra):
     return ["audit", "--model", f"{setup / 'net.py'}:make", "--data", str(setup / "images"), "--transform",
             "diagonal:3:circular", "--layers", "stages", "--batch-size", "8", "--threads", "1", "--json", str(out),
             "--no-progress", "--force", *extra]
-
-
-def _shiftlab(args, **env):
-    return subprocess.run([sys.executable, "-m", "shiftlab", *args], capture_output=True, text=True, timeout=300,
-                          env=_env(**env))
-
-
-def _torchrun(args, nproc=2, **env):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(port), "-m", "shiftlab", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(**env))
 
 
 def _numbers(path) -> dict:
@@ -81,14 +50,14 @@ def _numbers(path) -> dict:
 @pytest.fixture(scope="module")
 def reference(setup):
     out = setup / "single.json"
-    proc = _shiftlab(_args(setup, out))
+    proc = shiftlab_cli(_args(setup, out))
     assert proc.returncode == 0, proc.stderr
     return _numbers(out)
 
 
 def test_feature_torchrun_two_cpu_processes_equal_one(setup, reference, tmp_path):
     out = tmp_path / "dist.json"
-    proc = _torchrun(_args(setup, out))
+    proc = torchrun(_args(setup, out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _numbers(out) == reference  # every metric, layer, interval and count: exactly
     assert json.loads(out.read_text())["reproducibility"]["world_size"] == 2
@@ -100,10 +69,10 @@ def test_feature_torchrun_two_cpu_processes_equal_one(setup, reference, tmp_path
 def test_feature_resume_after_kill_gives_the_uninterrupted_result(setup, reference, tmp_path, fault):
     out, ckpt = tmp_path / "a.json", tmp_path / "ckpt"
     args = _args(setup, out, "--checkpoint", str(ckpt), "--checkpoint-every", "1")
-    killed = _shiftlab(args, SHIFTLAB_FAULT=fault)
+    killed = shiftlab_cli(args, SHIFTLAB_FAULT=fault)
     assert killed.returncode == -9 and not out.exists()
     assert list(ckpt.glob("audit-rank0-of-1.pt")) or fault == "kill-in-checkpoint:1"
-    resumed = _shiftlab(args)
+    resumed = shiftlab_cli(args)
     assert resumed.returncode == 0, resumed.stderr
     assert _numbers(out) == reference
     assert not list(ckpt.glob(".*.tmp"))  # the half-written temporary was cleared
@@ -112,18 +81,18 @@ def test_feature_resume_after_kill_gives_the_uninterrupted_result(setup, referen
 def test_feature_resume_under_torchrun(setup, reference, tmp_path):
     out, ckpt = tmp_path / "a.json", tmp_path / "ckpt"
     args = _args(setup, out, "--checkpoint", str(ckpt), "--checkpoint-every", "1")
-    assert _torchrun(args, SHIFTLAB_FAULT="kill-after-batch:2").returncode != 0 and not out.exists()
-    assert _torchrun(args).returncode == 0
+    assert torchrun(args, SHIFTLAB_FAULT="kill-after-batch:2").returncode != 0 and not out.exists()
+    assert torchrun(args).returncode == 0
     assert _numbers(out) == reference
     # a different number of processes is refused, with what to do
-    proc = _shiftlab(args)
+    proc = shiftlab_cli(args)
     assert proc.returncode == 2 and "another number of processes" in proc.stderr
 
 
 def test_exception_checkpoint_of_another_audit_is_refused(setup, tmp_path):
     ckpt = tmp_path / "ckpt"
-    assert _shiftlab(_args(setup, tmp_path / "a.json", "--checkpoint", str(ckpt))).returncode == 0
-    proc = _shiftlab(_args(setup, tmp_path / "b.json", "--checkpoint", str(ckpt), "--seed", "4"))
+    assert shiftlab_cli(_args(setup, tmp_path / "a.json", "--checkpoint", str(ckpt))).returncode == 0
+    proc = shiftlab_cli(_args(setup, tmp_path / "b.json", "--checkpoint", str(ckpt), "--seed", "4"))
     assert proc.returncode == 2 and "belongs to another audit" in proc.stderr and "seed" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -148,7 +117,7 @@ def test_feature_memory_does_not_grow_with_the_data(setup, tmp_path):
         listing = tmp_path / f"list{n}.txt"
         listing.write_text("\n".join(f"{files[i % len(files)]}\t{i % 6}" for i in range(n)))
         proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, f"{setup / 'net.py'}:make", str(listing), str(n)],
-                              capture_output=True, text=True, timeout=600, env=_env())
+                              capture_output=True, text=True, timeout=600, env=env())
         assert proc.returncode == 0, proc.stderr[-2000:]
         peaks[n] = int(proc.stdout.split()[-1])
     assert peaks[20000] <= 1.2 * peaks[1000], peaks
@@ -158,9 +127,9 @@ def test_feature_report_under_torchrun_equals_one_process(setup, tmp_path):
     """The report is made of audits, so it runs under torchrun too: the same numbers, one page."""
     args = ["report", "--quick", "--model", f"{setup / 'net.py'}:make", "--data", str(setup / "images"),
             "--no-progress"]
-    one = _shiftlab([*args, "--out", str(tmp_path / "one")])
+    one = shiftlab_cli([*args, "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-2000:]
-    two = _torchrun([*args, "--out", str(tmp_path / "two")])
+    two = torchrun([*args, "--out", str(tmp_path / "two")])
     assert two.returncode == 0, two.stderr[-2000:]
     a = json.loads((tmp_path / "one" / "results.json").read_text())
     b = json.loads((tmp_path / "two" / "results.json").read_text())

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shiftlab.data.images import (BUNDLED_PHOTOS, _check_interpolation, bundled_photo, load_image,
-                                  resize_and_crop)
+from shiftlab.data.images import (BUNDLED_PHOTOS, _check_interpolation, bundled_photo, resize_and_crop)
 from shiftlab.data.photos import BUNDLED_LABELS, imagenet_class_names
 from shiftlab.errors import InputError, ShapeError
 

@@ -316,47 +316,16 @@ class _Checkpoint:
         check_output_path(self.path, True, "--checkpoint")
 
     def load(self) -> dict | None:
-        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-        if not self.path.exists():
-            return None
-        try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-            raise InputError(f"cannot read the checkpoint {self.path} ({type(exc).__name__}); delete it to start "
-                             f"over") from None
-        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-            raise InputError(f"{self.path} is not a shiftlab fine-tuning checkpoint")
-        if saved.get("version") != CHECKPOINT_VERSION:
-            raise InputError(f"{self.path} was written by another shiftlab version; delete it to start over")
-        theirs = json.loads(saved["fingerprint"])
-        if theirs != self.fingerprint:
-            diff = sorted(k for k in set(theirs) | set(self.fingerprint) if theirs.get(k) != self.fingerprint.get(k))
-            raise InputError(f"the checkpoint {self.path} belongs to another fine-tuning run (it differs in: "
-                             f"{', '.join(diff)}); use another --checkpoint or delete it")
-        return saved
+        from shiftlab.measure.checkpoint import read_checkpoint_file
+
+        return read_checkpoint_file(self.path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, self.fingerprint,
+                                    "fine-tuning run", "another --checkpoint")
 
     def save(self, state: dict) -> None:
-        import io
+        from shiftlab.measure.checkpoint import write_checkpoint_file
 
-        buffer = io.BytesIO()
-        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                    "fingerprint": json.dumps(self.fingerprint, sort_keys=True), **state}, buffer)
-        data = buffer.getvalue()
         self.writes += 1
-        kill_at = _fault("kill-in-checkpoint")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            if kill_at == self.writes:  # test hook: die half-way through the write
-                f.write(data[:len(data) // 2])
-                f.flush()
-                os.fsync(f.fileno())
-                os.kill(os.getpid(), signal.SIGKILL)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_checkpoint_file(self.path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, self.fingerprint, state, self.writes)
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -566,16 +535,7 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
     reason = protocol.fits(sizes.model_in) if hasattr(protocol, "fits") else None
     if reason:
         raise InputError(reason)
-    norm_fn = None
-    if normalize is True:
-        norm_fn = prep.normalize
-        if C != len(prep.mean):
-            raise ShapeError(f"the model's preprocessing normalises {len(prep.mean)} channels, but the images have "
-                             f"{C}; pass normalize=False or a callable")
-    elif callable(normalize):
-        norm_fn = normalize
-    elif normalize not in (False, None):
-        raise InputError(f"normalize must be True, False or a callable, got {normalize!r}")
+    norm_fn = loader.normalizer(normalize, prep, C)
     sizing = loader.Sizing(sizes.source, sizes.short_side, prep.interpolation, sizes.resize, C)
     copies = [0, 1] if config.consistency > 0 else [0]
 

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import math
 import platform
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -1113,16 +1112,7 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
         raise InputError(reason)
     if margin is None or protocol.circular:
         margin = 0 if protocol.circular else DEFAULT_MARGIN
-    norm_fn = None
-    if normalize is True:
-        norm_fn = prep.normalize
-        if C != len(prep.mean):
-            raise ShapeError(f"the model's preprocessing normalises {len(prep.mean)} channels, but the images have "
-                             f"{C}; pass normalize=False or a callable (CLI: --mean/--std)")
-    elif callable(normalize):
-        norm_fn = normalize
-    elif normalize not in (False, None):
-        raise InputError(f"normalize must be True, False or a callable, got {normalize!r}")
+    norm_fn = loader.normalizer(normalize, prep, C)
     metric_names = _check_metric_names(metrics, protocol)
     if metric_names and "accuracy" in metric_names and isinstance(src, ImageSource) and not src.has_labels:
         raise InputError("accuracy needs labels, but the data has none")

@@ -24,7 +24,7 @@ import torch
 
 from shiftlab.errors import InputError
 
-__all__ = ["CheckpointStore", "fingerprint_model"]
+__all__ = ["CheckpointStore", "fingerprint_model", "read_checkpoint_file", "write_checkpoint_file"]
 
 FORMAT = "shiftlab.audit-checkpoint"
 VERSION = 1
@@ -50,6 +50,61 @@ def _fault(kind: str) -> int | None:
     if name != kind or not count.isdigit():
         return None
     return int(count)
+
+
+def read_checkpoint_file(path: Path, fmt: str, version: int, fingerprint: dict, what: str, elsewhere: str) -> dict | None:
+    """Read a checkpoint written by :func:`write_checkpoint_file`, or ``None`` when there is none yet.
+
+    Temporaries left by a kill are removed first. A file that is unreadable, of another ``fmt`` or ``version``,
+    or whose fingerprint differs from ``fingerprint`` (another run) is refused with a one-line InputError;
+    ``what`` names the kind of checkpoint ("audit"), ``elsewhere`` the way out ("another --checkpoint folder").
+    """
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise InputError(f"cannot read the checkpoint {path} ({type(exc).__name__}); delete it to start "
+                         f"over") from None
+    if not isinstance(saved, dict) or saved.get("format") != fmt:
+        raise InputError(f"{path} is not a shiftlab {what} checkpoint")
+    if saved.get("version") != version:
+        raise InputError(f"{path} was written by another shiftlab version; delete it to start over")
+    theirs = json.loads(saved["fingerprint"])
+    if theirs != fingerprint:
+        diff = sorted(k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k))
+        raise InputError(f"the checkpoint {path} belongs to another {what} (it differs in: {', '.join(diff)}); "
+                         f"use {elsewhere} or delete it")
+    return saved
+
+
+def write_checkpoint_file(path: Path, fmt: str, version: int, fingerprint: dict, state: dict, writes: int) -> None:
+    """Write ``state`` with its format, version and fingerprint atomically (temporary file, fsync, rename).
+
+    ``writes`` counts this process's checkpoint writes, for the test hook
+    ``SHIFTLAB_FAULT=kill-in-checkpoint:N`` (die half-way through the N-th write).
+    """
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"format": fmt, "version": version, "fingerprint": json.dumps(fingerprint, sort_keys=True), **state},
+               buffer)
+    data = buffer.getvalue()
+    kill_at = _fault("kill-in-checkpoint")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        if kill_at == writes:
+            f.write(data[:len(data) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class CheckpointStore:
@@ -84,48 +139,15 @@ class CheckpointStore:
     # --------------------------------------------------------------------------------------- read
     def load(self) -> dict | None:
         """The saved partial state, or ``None`` when there is no checkpoint yet."""
-        for stale in self.folder.glob(f".{self.path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-        if not self.path.exists():
-            return None
-        try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-            raise InputError(f"cannot read the checkpoint {self.path} ({type(exc).__name__}); delete it to start "
-                             f"over") from None
-        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-            raise InputError(f"{self.path} is not a shiftlab audit checkpoint")
-        if saved.get("version") != VERSION:
-            raise InputError(f"{self.path} was written by another shiftlab version; delete it to start over")
-        theirs = json.loads(saved["fingerprint"])
-        if theirs != self.fingerprint:
-            diff = sorted(k for k in set(theirs) | set(self.fingerprint) if theirs.get(k) != self.fingerprint.get(k))
-            raise InputError(f"the checkpoint in {self.folder} belongs to another audit (it differs in: "
-                             f"{', '.join(diff)}); use another --checkpoint folder or delete it")
-        return _decode(saved)
+        saved = read_checkpoint_file(self.path, FORMAT, VERSION, self.fingerprint, "audit",
+                                     "another --checkpoint folder")
+        return None if saved is None else _decode(saved)
 
     # --------------------------------------------------------------------------------------- write
     def save(self, state: dict) -> None:
         """Write ``state`` atomically (temporary file, fsync, rename)."""
-        import io
-
-        buffer = io.BytesIO()
-        torch.save({"format": FORMAT, "version": VERSION, "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
-                    **_encode(state)}, buffer)
-        data = buffer.getvalue()
         self.writes += 1
-        kill_at = _fault("kill-in-checkpoint")
-        tmp = self.folder / f".{self.path.name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            if kill_at == self.writes:
-                f.write(data[:len(data) // 2])
-                f.flush()
-                os.fsync(f.fileno())
-                os.kill(os.getpid(), signal.SIGKILL)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_checkpoint_file(self.path, FORMAT, VERSION, self.fingerprint, _encode(state), self.writes)
 
     def after_batch(self) -> None:
         """Test hook: ``SHIFTLAB_FAULT=kill-after-batch:N`` kills the process after its N-th batch."""

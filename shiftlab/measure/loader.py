@@ -23,7 +23,28 @@ import torch
 
 from shiftlab.errors import ShiftlabError
 
-__all__ = ["Sizing", "PreparedImages", "LoadedBatch", "collate", "batch_plan", "default_workers", "make_loader"]
+__all__ = ["Sizing", "PreparedImages", "LoadedBatch", "collate", "batch_plan", "default_workers", "make_loader",
+           "normalizer"]
+
+
+def normalizer(normalize, preprocessing, channels: int):
+    """The function that normalises a batch before the model, or ``None``.
+
+    ``normalize`` is True (the model's own mean and std, from ``preprocessing``; its channels must match the
+    images' ``channels``), False or None (the images are fed as they are), or a callable of a (B, C, H, W) batch.
+    """
+    from shiftlab.errors import InputError, ShapeError
+
+    if normalize is True:
+        if channels != len(preprocessing.mean):
+            raise ShapeError(f"the model's preprocessing normalises {len(preprocessing.mean)} channels, but the "
+                             f"images have {channels}; pass normalize=False or a callable (CLI: --mean/--std)")
+        return preprocessing.normalize
+    if callable(normalize):
+        return normalize
+    if normalize not in (False, None):
+        raise InputError(f"normalize must be True, False or a callable, got {normalize!r}")
+    return None
 
 
 @dataclass(frozen=True)
