@@ -152,9 +152,11 @@ def main() -> None:
             for nproc in (1, 2):
                 launch = [sys.executable] if nproc == 1 else [
                     sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                    "127.0.0.1", "--master_port", str(29600 + i)]
-                out = subprocess.run([*launch, __file__, "--scaling-child", "--folder", str(folder)], check=True,
+                    "127.0.0.1", "--master_port", str(_free_port())]
+                out = subprocess.run([*launch, __file__, "--scaling-child", "--folder", str(folder)],
                                      capture_output=True, text=True, env=env)
+                if out.returncode != 0:
+                    raise SystemExit(f"the {nproc}-process audit failed:\n{out.stderr[-3000:]}")
                 rates[nproc].append(json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"])
         r1, r2 = statistics.median(rates[1]), statistics.median(rates[2])
         print("2. shiftlab.audit with 1 intra-op thread per process, no workers, timed inside the processes from a "
@@ -162,6 +164,14 @@ def main() -> None:
         print(f"   1 process:              {r1:.1f} images/s (per run {' '.join(f'{v:.1f}' for v in rates[1])})")
         print(f"   2 processes (torchrun): {r2:.1f} images/s (per run {' '.join(f'{v:.1f}' for v in rates[2])})")
         print(f"   scaling 2 / 1: {r2 / r1:.2f}   (target >= 1.7)")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def scaling_child(folder: str) -> None:

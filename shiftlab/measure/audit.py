@@ -55,7 +55,7 @@ import torch
 
 from shiftlab._checks import check_finite
 from shiftlab._progress import track
-from shiftlab._runtime import release_free_memory
+from shiftlab._runtime import HeapTrimmer
 from shiftlab.errors import InputError, ShapeError, ShiftlabError
 from shiftlab.measure import metrics as M
 from shiftlab.measure.protocols import CircularShiftPair, Protocol, parse_protocol
@@ -79,7 +79,6 @@ _TRIVIAL_FOR_CONSTANT = ("consistency", "top1_change", "mean_abs_change", "flip_
 LAYER_SETS = ("all", "stages")
 DEFAULT_MARGIN = 16  # input pixels left out at the border for layer errors under non-circular protocols
 CONSTANT_SHARE = 0.95  # a model giving one class to at least this share of images is flagged
-TRIM_EVERY = 1  # batches between returns of free heap pages to the kernel (see shiftlab._runtime)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1189,6 +1188,7 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
         data_loader = loader.make_loader(src, sizing, [(b, batches[b]) for b in todo], workers, dev.type == "cuda")
         label = progress if isinstance(progress, str) else "auditing"
         since_save = 0
+        trimmer = HeapTrimmer(len(all_indices))
         with torch.inference_mode():
             for loaded in track(data_loader, label, total=len(todo), enabled=bool(progress)):
                 b = loaded.number
@@ -1198,8 +1198,7 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
                 if loaded.images is not None:
                     engine.run_batch(b, loaded)
                 state["done"].add(b)
-                if len(state["done"]) % TRIM_EVERY == 0:
-                    release_free_memory()
+                trimmer.step()
                 since_save += 1
                 if store is not None:
                     if since_save >= checkpoint_every:
