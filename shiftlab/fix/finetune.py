@@ -21,7 +21,8 @@ cosine decay to 0, ``accumulate`` micro-batches per step. Batch norm is handled 
 layers stay in eval mode; their affine weights still learn); ``"train"`` uses batch statistics and updates
 the running ones; ``"reestimate"`` trains as ``"frozen"``, then estimates the running statistics afresh
 (cumulative average over ``bn_batches`` batches of views). Measured on digits (docs/finetune.md), frozen
-statistics distil far better than batch statistics.
+and batch statistics distil equally well there; frozen is the default because it keeps the teacher's
+statistics, which batch statistics of a few images of the user's data would replace.
 
 Scale. The images stream through a ``DataLoader`` whose workers decode and size them
 (:mod:`shiftlab.measure.loader`); memory does not grow with the data set. Under ``torchrun`` each process
