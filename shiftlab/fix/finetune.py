@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftlab.errors import InputError, ShapeError, ShiftlabError
+from shiftlab.errors import InputError, ShapeError
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "BATCH_NORM_MODES", "CHECKPOINT_FORMAT"]
 
@@ -498,18 +498,7 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
     n_total = len(src)
     if n_total == 0:
         raise InputError("no images to fine-tune on")
-    probe = None
-    for i in range(min(64, n_total)):
-        try:
-            item = src.load(i) if isinstance(src, ImageSource) else src[i]
-            probe = item[0] if isinstance(item, (tuple, list)) else item
-            break
-        except ShiftlabError:
-            continue
-    if probe is None:
-        raise InputError(f"none of the first {min(64, n_total)} images of {data_desc} could be read")
-    if not isinstance(probe, torch.Tensor) or probe.ndim != 3:
-        raise ShapeError(f"images must be (C, H, W) tensors, got {getattr(probe, 'shape', type(probe).__name__)}")
+    probe = loader.first_readable_image(src, range(n_total), data_desc)
     from_files = not isinstance(src, TensorImages)
     uniform = src.uniform if isinstance(src, TensorImages) else False
     C = int(probe.shape[0])

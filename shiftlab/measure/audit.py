@@ -1079,18 +1079,7 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
     from_files = not isinstance(src, TensorImages)
     uniform = src.uniform if isinstance(src, TensorImages) else False
 
-    probe = None
-    for i in all_indices[:64]:
-        try:
-            item = src.load(int(i)) if isinstance(src, ImageSource) else src[int(i)]
-            probe = item[0] if isinstance(item, (tuple, list)) else item
-            break
-        except ShiftlabError:
-            continue
-    if probe is None:
-        raise InputError(f"none of the first {min(64, len(all_indices))} images of {data_desc} could be read")
-    if not isinstance(probe, torch.Tensor) or probe.ndim != 3:
-        raise ShapeError(f"images must be (C, H, W) tensors, got {getattr(probe, 'shape', type(probe).__name__)}")
+    probe = loader.first_readable_image(src, all_indices, data_desc)
     C = int(probe.shape[0])
     want_c = _first_conv_channels(model)
     if want_c is not None and want_c != C and not (from_files and C in (1, 3, 4) and want_c == 3):

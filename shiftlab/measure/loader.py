@@ -24,7 +24,31 @@ import torch
 from shiftlab.errors import ShiftlabError
 
 __all__ = ["Sizing", "PreparedImages", "LoadedBatch", "collate", "batch_plan", "default_workers", "make_loader",
-           "normalizer"]
+           "normalizer", "first_readable_image"]
+
+
+def first_readable_image(src, indices, data_desc: str) -> torch.Tensor:
+    """The first image among the first 64 of ``indices`` that can be read: a (C, H, W) tensor, checked.
+
+    ``src`` is an :class:`~shiftlab.data.sources.ImageSource` or an indexable data set of images or
+    (image, label) pairs; unreadable ones are passed over, and none readable raises an InputError naming
+    ``data_desc``. Checking one image before the work finds the wrong kind of data in seconds, not minutes.
+    """
+    from shiftlab.data.sources import ImageSource
+    from shiftlab.errors import InputError, ShapeError
+
+    first = list(indices[:64])
+    for i in first:
+        try:
+            item = src.load(int(i)) if isinstance(src, ImageSource) else src[int(i)]
+        except ShiftlabError:
+            continue
+        probe = item[0] if isinstance(item, (tuple, list)) else item
+        if not isinstance(probe, torch.Tensor) or probe.ndim != 3:
+            raise ShapeError(f"images must be (C, H, W) tensors, got "
+                             f"{getattr(probe, 'shape', type(probe).__name__)}")
+        return probe
+    raise InputError(f"none of the first {len(first)} images of {data_desc} could be read")
 
 
 def normalizer(normalize, preprocessing, channels: int):
