@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from shiftlab.errors import InputError
 
-__all__ = ["AuditRun", "parse_fix", "FIX_METHODS"]
+__all__ = ["AuditRun", "parse_fix"]
 
 
 def parse_fix(spec: str | None) -> dict | None:
@@ -22,9 +22,6 @@ def parse_fix(spec: str | None) -> dict | None:
     from shiftlab.fix.checkpoint import parse_fix as parse
 
     return parse(spec)
-
-
-FIX_METHODS = ("blur", "aps")
 
 
 def _floats(values, flag: str) -> tuple[float, ...] | None:

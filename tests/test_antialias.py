@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 import torchvision
+from _models import make
 from torch import nn
 
 from shiftlab.errors import InputError
@@ -15,23 +16,6 @@ from shiftlab.layers import APSPool2d, BlurPool2d, aps_phase, blur_pool2d
 
 F64 = torch.float64
 timm = pytest.importorskip("timm")
-
-
-def make(name):
-    makers = {
-        "tv_resnet18": lambda: torchvision.models.resnet18(),
-        "tv_mobilenet_v2": lambda: torchvision.models.mobilenet_v2(),
-        "timm_resnet26d": lambda: timm.create_model("resnet26d", pretrained=False),  # avg-pool shortcuts
-        "timm_lite0": lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False),  # Conv2dSame
-        "timm_regnetx_002": lambda: timm.create_model("regnetx_002", pretrained=False),
-    }
-    torch.manual_seed(0)
-    model = makers[name]().eval()
-    for m in model.modules():  # non-trivial running statistics, so eval-mode BN is not the identity
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-    return model
 
 
 def relative_gap(a, b):

@@ -13,7 +13,7 @@ import warnings
 
 import pytest
 import torch
-import torchvision
+from _models import make
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -23,7 +23,14 @@ import shiftlab.layers.aps as aps_module
 import shiftlab.layers.blur_pool as blur_module
 from shiftlab.fix._ops import DensePool2d
 from shiftlab.fix.antialias import antialias
-from shiftlab.layers import PADDING_MODES, APSPool2d, BlurPool2d, aps_phase, aps_pool2d, blur_pool2d
+from shiftlab.layers import (
+    PADDING_MODES,
+    APSPool2d,
+    BlurPool2d,
+    aps_phase,
+    aps_pool2d,
+    blur_pool2d,
+)
 from shiftlab.layers.aps import _phase, _phase_graph, _plain_energies
 from shiftlab.layers.blur_pool import _blur_graph
 
@@ -67,21 +74,6 @@ def onnx_legacy(model, args) -> bytes:
         warnings.simplefilter("ignore")
         torch.onnx.export(model, args, buffer, dynamo=False)
     return buffer.getvalue()
-
-
-def make(name):
-    makers = {
-        "tv_resnet18": lambda: torchvision.models.resnet18(),
-        "timm_resnet18": lambda: timm.create_model("resnet18", pretrained=False),
-        "timm_lite0": lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False),  # Conv2dSame
-    }
-    torch.manual_seed(0)
-    model = makers[name]().eval()
-    for m in model.modules():  # non-trivial running statistics, so eval-mode BN is not the identity
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-    return model
 
 
 SHIFTS = [(0, 0), (1, 0), (0, 1), (1, 1), (5, 3), (17, 30)]

@@ -59,7 +59,7 @@ def run(args) -> int:
     from shiftlab._io import check_output_path
     from shiftlab.cli.inspect import render_table
     from shiftlab.errors import InputError
-    from shiftlab.fix.antialias import antialias
+    from shiftlab.fix.antialias import antialias, replacement_counts
     from shiftlab.fix.checkpoint import load_model, recipe_spec, save_fixed
 
     if args.filter_size is not None and args.filter_size < 1:
@@ -76,8 +76,8 @@ def run(args) -> int:
     if report:
         rows = [[i, r.name, r.before, r.after] for i, r in enumerate(report, 1)]
         print(render_table(["#", "layer", "before", "after"], rows))
-        kept = sum(r.after.startswith("kept") for r in report)
-        print(f"\n{len(report) - kept} layer(s) replaced, {kept} kept "
+        counts = replacement_counts(report)
+        print(f"\n{counts['replaced']} layer(s) replaced, {counts['kept']} kept "
               f"({args.method}{', circular padding' if args.circular else ''})")
     else:
         print("no layer needed replacing: the model has no subsampling layer this method converts")

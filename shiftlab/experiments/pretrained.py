@@ -265,7 +265,7 @@ def run_report_experiments(model_spec="pretrained:efficientnet_lite0", data_spec
     """
     from shiftlab._version import __version__
     from shiftlab.data.sources import open_images
-    from shiftlab.fix.antialias import antialias
+    from shiftlab.fix.antialias import antialias, replacement_counts
     from shiftlab.measure.inspect import inspect
     from shiftlab.measure.protocols import parse_protocol
     from shiftlab.models import preprocessing as get_preprocessing
@@ -312,8 +312,7 @@ def run_report_experiments(model_spec="pretrained:efficientnet_lite0", data_spec
         fixed, report = antialias(copy.deepcopy(model), **parse_fix(fix))
         fixed.shiftlab_source = {**(getattr(model, "shiftlab_source", None) or {}), "fix": fix}
         converted[fix] = fixed.eval()
-        replacements[fix] = {"replaced": sum(not r.after.startswith("kept") for r in report),
-                             "kept": sum(r.after.startswith("kept") for r in report)}
+        replacements[fix] = replacement_counts(report)
 
     finetuned = None
     if finetune_steps:
@@ -321,9 +320,7 @@ def run_report_experiments(model_spec="pretrained:efficientnet_lite0", data_spec
                               seed, device, progress, budget.batch_size,
                               budget.max_images if finetune_data is None else None)
         converted["finetuned"] = finetuned["model"]
-        fixed, report = antialias(copy.deepcopy(model), **parse_fix(finetune_fix))
-        replacements["finetuned"] = {"replaced": sum(not r.after.startswith("kept") for r in report),
-                                     "kept": sum(r.after.startswith("kept") for r in report)}
+        replacements["finetuned"] = replacement_counts(finetuned["replacements"])
         if files is not None:
             from shiftlab.fix.checkpoint import fixed_checkpoint_bytes
 
@@ -411,7 +408,7 @@ def _finetune(model, fix: str, steps: int, data, seed: int, device, progress: bo
     from shiftlab.runs import parse_fix
 
     started = time.perf_counter()
-    student, _ = antialias(copy.deepcopy(model), **parse_fix(fix))
+    student, replacements = antialias(copy.deepcopy(model), **parse_fix(fix))
     batch = min(8, batch_size)
     result = finetune(model, data, student=student, steps=steps, batch_size=batch, seed=seed, device=device,
                       progress="fine-tuning" if progress else False)
@@ -426,7 +423,8 @@ def _finetune(model, fix: str, steps: int, data, seed: int, device, progress: bo
     if limit is not None:
         command += ["--limit", str(limit)]
     command += ["--steps", str(steps), "--batch-size", str(batch), "--seed", str(seed), "--out", "FILE"]
-    return {"model": result.model, "summary": result.summary(), "data": data_text, "views": result.log["views"],
+    return {"model": result.model, "replacements": replacements, "summary": result.summary(), "data": data_text,
+            "views": result.log["views"],
             "last": result.log["final"], "seconds": round(time.perf_counter() - started, 2),
             "command": shlex.join(command)}
 

@@ -71,7 +71,8 @@ from shiftlab.fix._ops import DensePool2d, RunAfter, RunBefore, SamePaddedConv2d
 from shiftlab.layers import APSPool2d, BlurPool2d, SharedPhase
 from shiftlab.layers.blur_pool import MAX_FILTER_SIZE
 
-__all__ = ["antialias", "stem_conv", "Replacement", "METHODS", "PLACEMENTS", "SHORTCUT_NAMES"]
+__all__ = ["antialias", "stem_conv", "Replacement", "replacement_counts", "METHODS", "PLACEMENTS",
+           "SHORTCUT_NAMES"]
 
 METHODS = ("blur", "aps")
 #: where ``method="blur"`` puts the blur of a strided conv: ``"after"`` (Zhang 2019: the conv at stride 1, the
@@ -91,6 +92,17 @@ class Replacement:
     name: str
     before: str
     after: str
+
+    @property
+    def kept(self) -> bool:
+        """Whether the layer was left as it was (a strided stem kept on purpose), not replaced."""
+        return self.after.startswith("kept")
+
+
+def replacement_counts(report) -> dict:
+    """``{"replaced": N, "kept": M}`` for the report of :func:`antialias`."""
+    kept = sum(r.kept for r in report)
+    return {"replaced": len(report) - kept, "kept": kept}
 
 
 def _stride(module: nn.Module) -> int:

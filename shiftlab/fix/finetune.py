@@ -289,12 +289,6 @@ def _default_views(from_files: bool, side: int) -> str:
     return f"crop:{side}:{margin}" if from_files else f"circular:{margin}"
 
 
-def _fault(kind: str) -> int | None:
-    from shiftlab.measure.checkpoint import _fault as fault
-
-    return fault(kind)
-
-
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
@@ -441,7 +435,7 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
         _model_dtype,
         _sizes,
     )
-    from shiftlab.measure.checkpoint import fingerprint_model
+    from shiftlab.measure.checkpoint import _fault, fingerprint_model
     from shiftlab.measure.protocols import (
         CircularShiftPair,
         CropShiftPair,
