@@ -14,7 +14,10 @@ def track(items: Iterable[T], description: str = "", total: int | None = None, e
         yield from items
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from shiftlab.errors import printable
 
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
@@ -27,7 +30,7 @@ def track(items: Iterable[T], description: str = "", total: int | None = None, e
         console=Console(stderr=True),
         transient=False,
     ) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(escape(printable(description)), total=total)  # shown literally
         for item in items:
             yield item
             progress.advance(task)

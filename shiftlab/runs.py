@@ -114,6 +114,16 @@ class AuditRun:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
                 raise InputError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
+        if self.image_size is not None:
+            from shiftlab.models.preprocessing import check_input_size
+
+            check_input_size(self.image_size, "--image-size")
+        if self.fix is not None and self.reference is not None:
+            # --fix makes the unconverted model the reference; a second one would silently change what
+            # reference_agreement means
+            raise InputError(f"--fix and --reference together: with --fix, reference_agreement is agreement with the "
+                             f"unconverted model; to compare the fixed model with {self.reference}, save it first "
+                             f"(shiftlab fix --out FIXED.pt) and audit --model FIXED.pt --reference {self.reference}")
         if self.metrics is not None and not self.metrics:
             raise InputError("--metrics names no metric")
         _floats(self.mean, "--mean")

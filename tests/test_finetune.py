@@ -225,8 +225,9 @@ def test_feature_cli_writes_a_fixed_checkpoint_and_a_log(files, tmp_path, capsys
     out = tmp_path / "ft.pt"
     assert main(_args(files, out, "--workers", "0", factory="plain", steps=3)) == 0
     text = capsys.readouterr().out
-    assert f"--model {out}" in text and "--reference" in text
-    model = shiftlab.load_model(out)
+    plain = f"{files / 'net.py'}:plain"
+    assert f"--model {plain} --weights {out}" in text and "--reference" in text  # a file never imports net.py
+    model = shiftlab.load_model(plain, weights=out)
     assert model.shiftlab_fix["method"] == "aps"
     recipe = model.shiftlab_source["recipe"]
     assert recipe["finetune"]["steps_done"] == 3 and recipe["model"]["spec"].endswith("net.py:plain")
@@ -234,8 +235,8 @@ def test_feature_cli_writes_a_fixed_checkpoint_and_a_log(files, tmp_path, capsys
     assert log["teacher"].endswith("net.py:plain") and log["out"] == str(out) and len(log["entries"]) == 1
     # fine-tuning a fixed checkpoint further: the teacher is the original its recipe names
     again = tmp_path / "again.pt"
-    assert main(["finetune", "--model", str(out), "--data", str(files / "images"), "--steps", "2", "--batch-size",
-                 "4", "--workers", "0", "--out", str(again), "--no-progress"]) == 0
+    assert main(["finetune", "--model", plain, "--weights", str(out), "--data", str(files / "images"), "--steps", "2",
+                 "--batch-size", "4", "--workers", "0", "--out", str(again), "--no-progress"]) == 0
     assert json.loads(again.with_suffix(".json").read_text())["teacher"].endswith("net.py:plain")
 
 

@@ -56,7 +56,9 @@ def test_feature_the_finetuned_row_is_audits_of_the_saved_model(tiny, tmp_path):
     assert len(keys) == 4
     for key in keys:
         entry = results["audits"][key]
-        assert entry["command"].startswith(f"shiftlab audit --model {out / 'ft.pt'} --reference ")
+        # a checkpoint alone never imports the net.py it names (issue 17): the command names the file explicitly
+        assert entry["command"].startswith(f"shiftlab audit --model {tiny / 'net.py'}:make --weights {out / 'ft.pt'} ")
+        assert " --reference " in entry["command"]
         assert "reference_agreement" in entry["result"]["metrics"]
     # the fine-tuned model is exactly invariant to circular shifts, as its fix promises
     circ = results["audits"]["finetuned/consistency.circular"]["result"]["metrics"]["consistency"]
@@ -65,7 +67,7 @@ def test_feature_the_finetuned_row_is_audits_of_the_saved_model(tiny, tmp_path):
     text = page.read_text()
     assert "After fine-tuning" in text and EVIL not in text and "&lt;script&gt;" in text
     # the saved file is the model the commands name: loading it gives the fine-tuned, converted network
-    model = shiftlab.load_model(out / "ft.pt")
+    model = shiftlab.load_model(f"{tiny / 'net.py'}:make", weights=out / "ft.pt")
     assert model.shiftlab_fix == {"method": "aps", "filter_size": 3, "circular": True, "keep_stem": False,
                                   "exclude": [], "placement": "after"}
     assert model.shiftlab_source["recipe"]["finetune"]["steps_done"] == 3

@@ -103,7 +103,7 @@ def test_feature_torchvision_segmentation_builds_offline_and_is_dense(monkeypatc
 def test_feature_select_output_defaults_and_keys():
     a, b = torch.zeros(1, 3), torch.ones(1, 3)
     assert select_output(a) is a
-    assert select_output((a, b)) is a and select_output([a, b], 1) is b and select_output((a, b), -1) is b
+    assert select_output((a, b), 0) is a and select_output([a, b], 1) is b and select_output((a, b), -1) is b
     assert select_output({"aux": b, "logits": a}) is a
     assert select_output({"aux": b, "out": a}) is a
     assert select_output({"only": b}) is b

@@ -201,15 +201,16 @@ def test_write_report_stages_and_swaps(tiny, tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     monkeypatch.undo()
     H.write_report(results, out)  # the next run clears the staging folder and replaces the report
-    assert not (tmp_path / ".report.staging").exists() and not (tmp_path / ".report.previous").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no staging or previous folder is left
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
     with pytest.raises(InputError, match="not empty"):
         H.write_report(results, other)
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
-    H.write_report(results, other, force=True)
-    assert (other / "notes.txt").read_text() == "keep me" and (other / "index.html").exists()
+    with pytest.raises(InputError, match="even with --force"):  # a report never writes among a user's files
+        H.write_report(results, other, force=True)
+    assert [p.name for p in other.iterdir()] == ["notes.txt"] and (other / "notes.txt").read_text() == "keep me"
 
 
 def test_cli_refuses_bad_output_folders_before_any_work(tmp_path, capsys):

@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except ShiftlabError as exc:
-        print(f"shiftlab: error: {exc}", file=sys.stderr)
+        from shiftlab.errors import printable
+
+        print(f"shiftlab: error: {printable(exc)}", file=sys.stderr)  # a file name's control characters escaped
         return 2
     except BrokenPipeError:  # e.g. `shiftlab audit ... | head`
         sys.stdout = open(os.devnull, "w")
@@ -76,3 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("shiftlab: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from shiftlab._io import release_claims
+
+        release_claims()  # the output paths this command claimed at its start (see shiftlab._io)

@@ -43,6 +43,21 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2 ** 63 - 1
+
+
+def seed_argument(text: str) -> int:
+    """A seed: an integer in [0, 2**63 - 1] (what torch and the counter-based offsets take), else one line."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        shown = text if len(text) <= 24 else f"{text[:20]}... ({len(text.strip().lstrip('+-'))} digits)"
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got {shown}")
+    return value
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --weights, --seed: how every command names a model."""
     parser.add_argument("--model", required=True, metavar="SPEC",
@@ -61,7 +76,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "labels are not the model's classes")
     parser.add_argument("--image-size", type=_positive_int, metavar="PX",
                         help="model input size (default: the model's own, from timm's pretrained_cfg or torchvision's "
-                             "weight metadata; the images' own size for a model that declares none)")
+                             "weight metadata; the median size of the images for a model that declares none; at "
+                             "most 4096)")
     parser.add_argument("--mean", type=float, nargs="+", metavar="M", help="normalisation mean (1 or 3 numbers; "
                         "default: the model's)")
     parser.add_argument("--std", type=float, nargs="+", metavar="S", help="normalisation std (1 or 3 numbers)")
@@ -71,7 +87,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input size / resize size, e.g. 0.875 for a 224 crop of a 256 resize (default: the model's)")
     parser.add_argument("--no-resize", action="store_true",
                         help="centre-crop images without resizing them (images too small are skipped)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed_argument, default=0,
                         help="seed of the random offsets and of a random initialisation (default 0)")
     parser.add_argument("--batch-size", type=_positive_int, default=32,
                         help="model inputs per forward pass, copies included (default 32)")
@@ -98,7 +114,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fix", metavar="METHOD",
                         help="audit a converted copy: blur, aps, aps:circular (adds agreement with the original)")
     parser.add_argument("--reference", metavar="SPEC",
-                        help="a second model run on the same views: adds reference_agreement")
+                        help="a second model run on the same views, with the model's classes: adds "
+                             "reference_agreement (not with --fix, whose reference is the unconverted model)")
     parser.add_argument("--transform", metavar="SPEC", help=_TRANSFORM_HELP)
     parser.add_argument("--metrics", metavar="LIST", help=f"comma-separated, from: {_METRICS} "
                         "(default: the protocol's own; accuracy when the labels fit the model)")
@@ -106,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-layer equivariance errors: 'all' (every leaf module), 'stages' (blocks along the "
                              "depth), layer names (comma-separated) or a torch.nn type name such as Conv2d")
     parser.add_argument("--margin", type=_non_negative_int, help="border (input px) left out of layer errors for "
-                        "non-circular protocols (default 16)")
+                        "non-circular protocols (default 16, at most 1/8 of the input's side)")
     parser.add_argument("--output-key", metavar="KEY", help="element of a tuple (int) or dict (str) model output")
     parser.add_argument("--predictions", action="store_true",
                         help="also store every view's top-1 and the tracked class's probability in the JSON")
@@ -155,12 +172,14 @@ def run_from_args(args: argparse.Namespace):
 def print_result(result, console=None) -> None:
     """The terminal table of an audit: metrics, left-out metrics, warnings, layers, skipped files.
 
-    Every outside string (paths, specs, layer names) is shown literally: no rich markup is interpreted.
+    Every outside string (paths, specs, layer names) is shown literally: no rich markup is interpreted, and
+    control characters come out escaped (:func:`shiftlab.errors.printable`).
     """
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    from shiftlab.errors import printable
     from shiftlab.measure.audit import _fmt
 
     console = console or Console(soft_wrap=False)
@@ -168,15 +187,15 @@ def print_result(result, console=None) -> None:
     title = f"shiftlab audit: {result.model} on {result.data}, {proto['spec']}, {result.n} images"
     if result.skipped:
         title += f" ({len(result.skipped)} unreadable files skipped)"
-    table = Table(title=Text(title))
+    table = Table(title=Text(printable(title)))
     for col in ("metric", "value", "95% interval", "n", "images"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for row in result.summary_rows():
-        table.add_row(*(Text(c) for c in row))
+        table.add_row(*(Text(printable(c)) for c in row))
     console.print(table)
 
     def say(text: str) -> None:
-        console.file.write(text + "\n")  # plain text: no markup, no wrapping
+        console.file.write(printable(text) + "\n")  # plain text: no markup, no wrapping, no control characters
 
     for name, why in result.omitted.items():
         say(f"{name}: left out: {why}")
@@ -198,12 +217,17 @@ def print_result(result, console=None) -> None:
             stride = "-" if info.get("stride") is None else "x".join(map(str, info["stride"]))
             cells = [name, stride, "-" if eq is None else _fmt(eq.value), "-" if eq is None else str(eq.n),
                      "-" if eq is None else str(eq.extra.get("unrepresentable", 0)), _fmt(inv.value)]
-            lt.add_row(*(Text(c) for c in cells))
+            lt.add_row(*(Text(printable(c)) for c in cells))
         console.print(lt)
         if any(e.get("equivariance") is not None and e["equivariance"].n == 0
                and e["equivariance"].extra.get("unrepresentable", 0) > 0 for e in layers.values()):
             say("layers with n = 0: no pair's shift was a multiple of their stride; for deep layers use a protocol "
                 "with such shifts, e.g. --transform grid:2:32 or diagonal:32:circular")
+        if any(e.get("equivariance") is not None and e["equivariance"].extra.get("margin_excluded", 0) > 0
+               for e in layers.values()):
+            size = "x".join(map(str, (result.preprocessing or {}).get("model_input") or ["?"]))
+            say(f"layers with pairs left out by the margin: --margin {result.margin} (input px at the border) leaves "
+                f"nothing of their maps at a {size} input; use a smaller --margin")
     for path, reason in result.skipped[:10]:
         say(f"skipped {path}: {reason}")
     return None
@@ -213,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     from shiftlab._io import check_output_path, write_json
     from shiftlab.measure import distributed
 
-    out = check_output_path(args.json, args.force, "--json") if args.json is not None else None
+    out = check_output_path(args.json, args.force, "--json", claim=True) if args.json is not None else None
     audit_run = run_from_args(args)
     world = distributed.init_from_environment()
     result = audit_run.execute(progress=not args.no_progress and world.is_main)

@@ -86,7 +86,7 @@ def _describe(name: str, result) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from shiftlab._io import check_writable, save_figure, write_json
+    from shiftlab._io import check_output_path, save_figure, write_json
     from shiftlab.errors import InputError
 
     names = DEMOS if args.which == "all" else (args.which,)
@@ -102,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
     figure_paths = {name: out_dir / f"{name}.png" for name in names}
     # refuse before computing anything, so a refused run leaves nothing half-written
     for path in figure_paths.values():
-        check_writable(path, force=args.force)
+        check_output_path(path, args.force, "--out", claim=True)
     if args.json is not None:
-        check_writable(args.json, force=args.force)
+        check_output_path(args.json, args.force, "--json", claim=True)
 
     from shiftlab import classic
     from shiftlab.report import classic_plots

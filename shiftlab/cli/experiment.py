@@ -73,7 +73,7 @@ def _table(result: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from shiftlab._io import check_writable, save_figure, write_json
+    from shiftlab._io import check_output_path, save_figure, write_json
     from shiftlab.errors import InputError
 
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     json_path = out / f"{args.name}.json"
     figure_paths = {suffix: out / f"{args.name}{suffix}.png" for suffix in _FIGURES.get(args.name, ("",))}
     for path in [json_path, *figure_paths.values()]:  # refuse before spending minutes
-        check_writable(path, args.force)
+        check_output_path(path, args.force, "--out", claim=True)
 
     result = _runner(args.name)(seeds=seeds, quick=args.quick, data=args.data, progress=not args.no_progress)
 

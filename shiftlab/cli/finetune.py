@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from shiftlab.cli.audit import seed_argument
+
 HELP = "fine-tune a converted model to agree with the original (distillation on shifted views, no labels needed)"
 
 
@@ -50,17 +52,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "are not needed")
     data.add_argument("--limit", type=_number(int, 1), metavar="N", help="the first N images only")
     data.add_argument("--views", metavar="SPEC",
-                      help="the views, crop:S:M or circular:M (default: crop:S:32 at the model's input size S)")
+                      help="the views, crop:S:M or circular:M (default: the images at the scale the model sees them: "
+                           "crop:S:S/7 for a model that declares its input size S, e.g. crop:224:32; else "
+                           "circular:S/8 at the images' own size S, never enlarged; so too for images under 2/3 of the "
+                           "declared size)")
     data.add_argument("--image-size", type=_number(int, 1), metavar="PX",
                       help="model input size (default: the model's own)")
     data.add_argument("--class-map", metavar="FILE", help="JSON {data class: model class}, for --label-weight")
     train = parser.add_argument_group("training")
-    train.add_argument("--steps", type=_number(int, 1), required=True, metavar="N", help="optimizer steps")
+    train.add_argument("--steps", type=_number(int, 1), metavar="N",
+                       help="optimizer steps (default: about 10 passes over the data, 100 to 1000)")
     train.add_argument("--batch-size", type=_number(int, 1), default=32, metavar="N",
                        help="images per micro-batch and process (default 32)")
     train.add_argument("--accumulate", type=_number(int, 1), default=1, metavar="N",
                        help="micro-batches per optimizer step (gradient accumulation; default 1)")
-    train.add_argument("--lr", type=_number(float, 0), default=1e-4, help="AdamW peak learning rate (1e-4)")
+    train.add_argument("--lr", type=_number(float, 0),
+                       help="AdamW peak learning rate (default: 1e-3 for a network under a million parameters, "
+                            "1e-4 for larger ones)")
     train.add_argument("--weight-decay", type=_number(float, 0), default=0.01,
                        help="AdamW weight decay, on weights of 2+ dimensions (0.01)")
     train.add_argument("--warmup", type=_number(int, 0), metavar="N",
@@ -78,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "frozen, then estimated afresh at the end")
     train.add_argument("--bn-batches", type=_number(int, 1), default=50, metavar="N",
                        help="batches for --batch-norm reestimate (50)")
-    train.add_argument("--seed", type=int, default=0, help="seed of the image order and the views (0)")
+    train.add_argument("--seed", type=seed_argument, default=0, help="seed of the image order and the views (0)")
     run = parser.add_argument_group("execution and output")
     run.add_argument("--out", required=True, metavar="FILE", help="the fine-tuned model (a fixed checkpoint, .pt)")
     run.add_argument("--log", metavar="FILE", help="JSON log of the run (default: --out with .json)")
@@ -111,6 +119,16 @@ def _teacher(args, student):
     if spec is None:
         raise InputError(f"{args.weights or args.model} does not record its original model; name the teacher with "
                          f"--teacher SPEC")
+    from shiftlab.models.loading import is_registry_spec, shown_arg
+
+    if not is_registry_spec(spec):
+        # the recipe names the user's own code (evil.py:f, or whatever models.py sits here): a file's word never
+        # runs it; the architecture the user named with --model SPEC --weights FILE is the original's
+        if args.weights is None:
+            raise InputError(f"{args.model} was made from {shown_arg(spec)}, code that a checkpoint never runs on its "
+                             f"own: name the teacher with --teacher {shown_arg(spec)}"
+                             + (f" --teacher-weights {shown_arg(weights)}" if weights is not None else ""))
+        spec = args.model
     if weights is not None:
         from pathlib import Path
 
@@ -131,9 +149,9 @@ def run(args: argparse.Namespace) -> int:
     from shiftlab.fix.finetune import FinetuneConfig, finetune
     from shiftlab.measure import distributed
 
-    out = check_output_path(args.out, args.force, "--out")
+    out = check_output_path(args.out, args.force, "--out", claim=True)
     log_path = check_output_path(args.log if args.log is not None else Path(args.out).with_suffix(".json"),
-                                 args.force, "--log")
+                                 args.force, "--log", claim=True)
     if log_path.resolve() == out.resolve():
         raise InputError("--log and --out name the same file")
     if args.teacher_weights is not None and args.teacher is None:
@@ -196,14 +214,19 @@ def run(args: argparse.Namespace) -> int:
     result.log["out"] = str(out)
     write_json(log_path, result.log, force=args.force)
     final = result.log.get("final") or {}
-    print(f"fine-tuned {result.log['student']} for {config.steps} steps on {result.log['images']} images "
+    for warning in result.log.get("warnings") or []:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"fine-tuned {result.log['student']} for {result.log['config']['steps']} steps on {result.log['images']} images "
           f"({result.log['views']} views) in {result.log['seconds']:.0f} s: last loss "
           f"{final.get('loss', float('nan')):.4f}, running agreement with the teacher "
           f"{final.get('agreement', float('nan')):.1%} (training views)")
-    print(f"saved the fine-tuned model to {out} (a fixed checkpoint: shiftlab audit --model {out} ...), "
-          f"the log to {log_path}")
+    from shiftlab.fix.checkpoint import load_arguments, read_fixed
+
     teacher_source = getattr(teacher, "shiftlab_source", None) or {}
+    load_args = shlex.join(load_arguments(out, read_fixed(out)["recipe"]["model"].get("spec")))
+    print(f"saved the fine-tuned model to {out} (a fixed checkpoint: shiftlab audit {load_args} ...), "
+          f"the log to {log_path}")
     if teacher_source.get("spec") and not teacher_source.get("weights"):
-        print(f"measure it on held-out images: shiftlab audit --model {out} --reference {teacher_source['spec']} "
+        print(f"measure it on held-out images: shiftlab audit {load_args} --reference {teacher_source['spec']} "
               f"--data HELD_OUT --transform ...")
     return 0

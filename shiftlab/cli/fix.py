@@ -3,6 +3,10 @@
 The file is a fixed checkpoint (:mod:`shiftlab.fix.checkpoint`): the weights and the recipe of the conversion,
 so that ``--model FILE`` (in ``audit``, ``inspect``, ``report``, ``finetune``) and ``shiftlab.load_model(FILE)``
 give back the converted model.
+
+A conversion that replaced nothing is refused and writes no file (a compiled model, subsampling written only as
+functions in a forward, no strided layer, a blur stem kept alone); subsampling that could not be replaced beside
+what was is listed as NOT replaced and warned about on stderr, and the file is saved.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, metavar="SPEC",
                         help="timm:NAME, torchvision:NAME, pretrained:NAME or path/to/file.py:factory")
     parser.add_argument("--weights", metavar="PATH", help="optional local checkpoint to convert (weights_only=True)")
-    parser.add_argument("--method", required=True, choices=("aps", "blur"),
-                        help="blur: low-pass before subsampling (Zhang 2019); aps: adaptive polyphase (Chaman 2021)")
+    parser.add_argument("--method", required=True, choices=("aps", "blur", "lps", "tips"),
+                        help="blur: low-pass before subsampling (Zhang 2019); aps: adaptive polyphase (Chaman 2021); "
+                             "lps: learnable polyphase (Rojas-Gomez 2022; chooses as aps until fine-tuned); tips: "
+                             "learned polyphase mixture (Saha 2025; invariance learned, not guaranteed)")
     parser.add_argument("--filter-size", type=int, metavar="N", default=None,
                         help="binomial filter size (default: shiftlab.antialias's default)")
     parser.add_argument("--circular", action="store_true",
@@ -47,12 +53,37 @@ def _conversion_kwargs(args) -> dict:
     return kwargs
 
 
-def _load_instructions(out) -> str:
+def _load_instructions(out, spec=None) -> str:
+    import shlex
+
+    from shiftlab.fix.checkpoint import load_arguments
+
+    arguments = load_arguments(out, spec)
+    call = repr(str(out)) if len(arguments) == 2 else f"{arguments[1]!r}, weights={str(out)!r}"
     return "\n".join([
         "use it with:",
-        f"    shiftlab audit --model {out} ...        (also inspect, report, finetune)",
-        f"    model = shiftlab.load_model({str(out)!r})   # converted again, weights loaded strictly",
+        f"    shiftlab audit {shlex.join(arguments)} ...        (also inspect, report, finetune)",
+        f"    model = shiftlab.load_model({call})   # converted again, weights loaded strictly",
     ])
+
+
+def _listed(unreplaced) -> str:
+    return "; ".join(f"{r.before} [{r.name}]" for r in unreplaced)
+
+
+def _nothing_replaced(report, args) -> str:
+    """The one-line refusal of a conversion that replaced nothing (no file is written)."""
+    unreplaced = [r for r in report if r.unreplaced]
+    kept = [r for r in report if r.kept]
+    if unreplaced:
+        return (f"nothing to save: {args.model} subsamples only where --method {args.method} cannot replace it: "
+                f"{_listed(unreplaced)}; write that subsampling as layers (nn.MaxPool2d, nn.AvgPool2d, a strided "
+                f"nn.Conv2d) to fix it; {args.out} was not written")
+    if kept:
+        return (f"nothing to save: the only strided layer of {args.model}, the stem {kept[0].name}, is kept by "
+                f"default with --method {args.method}; pass --stem convert to convert it; {args.out} was not written")
+    return (f"nothing to save: {args.model} has no subsampling layer (strided Conv2d, MaxPool2d, AvgPool2d) for "
+            f"--method {args.method} to replace; {args.out} was not written")
 
 
 def run(args) -> int:
@@ -66,33 +97,48 @@ def run(args) -> int:
         raise InputError(f"--filter-size must be at least 1, got {args.filter_size}")
     if args.shifts < 0:
         raise InputError(f"--shifts must be 0 (all) or more, got {args.shifts}")
-    out = check_output_path(args.out, args.force, "--out")  # refuse before the (slow) conversion, not after
+    if args.certify is not None and args.method == "tips":
+        raise InputError("--certify with --method tips: TIPS's invariance is learned, not guaranteed, so there is no "
+                         "exactness to certify; leave out --certify and measure it with shiftlab audit")
+    if args.certify is not None:  # every value is checked before --out is (and long before it is written)
+        from shiftlab.models.preprocessing import check_input_size
+
+        check_input_size(tuple(args.certify), "--certify H W")
+    out = check_output_path(args.out, args.force, "--out", claim=True)  # refuse before the (slow) conversion
     model = load_model(args.model, weights=args.weights)
     if getattr(model, "shiftlab_fix", None) is not None:
         raise InputError(f"{args.weights or args.model} is a fixed checkpoint already "
                          f"({recipe_spec(model.shiftlab_fix)}); convert the original model")
     converted, report = antialias(model, inplace=True, **_conversion_kwargs(args))
+    counts = replacement_counts(report)
+    if not counts["replaced"]:  # never save a "fix" that changed nothing
+        raise InputError(_nothing_replaced(report, args))
 
-    if report:
-        rows = [[i, r.name, r.before, r.after] for i, r in enumerate(report, 1)]
-        print(render_table(["#", "layer", "before", "after"], rows))
-        counts = replacement_counts(report)
-        print(f"\n{counts['replaced']} layer(s) replaced, {counts['kept']} kept "
-              f"({args.method}{', circular padding' if args.circular else ''})")
-    else:
-        print("no layer needed replacing: the model has no subsampling layer this method converts")
+    rows = [[i, r.name, r.before, r.after] for i, r in enumerate(report, 1)]
+    print(render_table(["#", "layer", "before", "after"], rows))
+    unreplaced = [r for r in report if r.unreplaced]
+    print(f"\n{counts['replaced']} layer(s) replaced, {counts['kept']} kept"
+          f"{f', {len(unreplaced)} NOT replaced' if unreplaced else ''} "
+          f"({args.method}{', circular padding' if args.circular else ''})")
+    if unreplaced:  # saved, since something was fixed, but said plainly: the model still aliases there
+        import sys
 
+        print(f"shiftlab: warning: {len(unreplaced)} subsampling(s) could not be replaced, so the saved model still "
+              f"aliases there: {_listed(unreplaced)}", file=sys.stderr)
+
+    certified = None
+    if args.certify is not None:  # before --out is written: a model certify refuses leaves no file behind
+        from shiftlab.fix.certify import certify
+
+        certified = certify(converted, tuple(args.certify), shifts="period" if args.shifts == 0 else args.shifts)
     save_fixed(converted, out, force=args.force)
     recipe = recipe_spec(converted.shiftlab_fix)
     print(f"saved {len(converted.state_dict())} tensors and the recipe ({recipe}) to {out}")
-    print(_load_instructions(out))
+    print(_load_instructions(out, (getattr(model, "shiftlab_source", None) or {}).get("spec")))
 
-    if args.certify is not None:
-        from shiftlab.fix.certify import certify
-
-        shifts = "period" if args.shifts == 0 else args.shifts
-        result = certify(converted, tuple(args.certify), shifts=shifts)
-        if result.non_finite:
+    if certified is not None:
+        result = certified
+        if result.non_finite or result.nondeterministic:
             print(f"certify at {args.certify[0]}x{args.certify[1]}: NOT certified: {result.reason}")
             return 0
         verdict = "invariant" if result.passed else "NOT invariant"

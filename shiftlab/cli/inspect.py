@@ -7,7 +7,8 @@ HELP = "list every layer of a model that subsamples or breaks shift equivariance
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, metavar="SPEC",
-                        help="timm:NAME, torchvision:NAME, pretrained:NAME or path/to/file.py:factory")
+                        help="timm:NAME, torchvision:NAME, pretrained:NAME, path/to/file.py:factory, or a file "
+                             "written by shiftlab fix / finetune")
     parser.add_argument("--input-size", required=True, nargs=2, type=int, metavar=("H", "W"),
                         help="input height and width (use multiples of the total stride for exact strides)")
     parser.add_argument("--weights", metavar="PATH", help="optional local checkpoint (read with weights_only=True)")
@@ -68,10 +69,10 @@ def render_inspection(result) -> str:
 def run(args) -> int:
     from shiftlab._io import check_output_path, write_json
     from shiftlab.measure.inspect import inspect
-    from shiftlab.models import load_model
+    from shiftlab.fix.checkpoint import load_model  # fixed checkpoints too: the converted model is inspected
 
     if args.json is not None:
-        check_output_path(args.json, args.force, "--json")
+        check_output_path(args.json, args.force, "--json", claim=True)
     model = load_model(args.model, weights=args.weights)
     result = inspect(model, tuple(args.input_size))
     print(render_inspection(result), end="")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from shiftlab.cli.audit import seed_argument
+
 HELP = "measure the pretrained network on the bundled photos (or yours) and write an HTML report"
 
 DEFAULT_MODEL = "pretrained:efficientnet_lite0"
@@ -21,12 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model input size (default: the model's own; 224 for a model that declares none)")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"report folder (default {DEFAULT_OUT}/)")
     parser.add_argument("--quick", action="store_true", help="two photos and fewer views: a preview in seconds")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random crops and shifts (default 0)")
+    parser.add_argument("--seed", type=seed_argument, default=0, help="seed of the random crops and shifts (default 0)")
     parser.add_argument("--experiments", default=None, metavar="DIR",
                         help="also render the training-experiment results (JSON) found in DIR")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--force", action="store_true",
-                        help="write into a non-empty folder that does not hold a previous report")
+                        help="accepted for compatibility; it changes nothing: a report replaces only an earlier "
+                             "shiftlab report (with nothing else in it), never a folder holding other files")
     parser.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
     parser.add_argument("--finetune-steps", type=int, default=0, metavar="N",
                         help="also fine-tune one fix for N steps (shiftlab finetune) and add its row 'after "
@@ -44,13 +47,20 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from shiftlab.errors import InputError
+    from shiftlab.errors import InputError, printable
     from shiftlab.measure import distributed
     from shiftlab.report.html import check_output_folder
 
-    out = check_output_folder(args.out, force=args.force)  # refuse before spending minutes
-    if args.image_size is not None and args.image_size < 1:
-        raise InputError(f"--image-size must be at least 1, got {args.image_size}")
+    from shiftlab._io import claim_output
+
+    inputs = [("--data", args.data), ("--model", args.model), ("--weights", args.weights),
+              ("--experiments", args.experiments), ("--finetune-data", args.finetune_data)]
+    out = check_output_folder(args.out, force=args.force, inputs=inputs)  # refuse before spending minutes
+    claim_output(out, "--out")  # a second report into the same folder at the same time is refused now, not later
+    if args.image_size is not None:
+        from shiftlab.models.preprocessing import check_input_size
+
+        check_input_size(args.image_size, "--image-size")
     training = load_experiment_results(args.experiments) if args.experiments is not None else None
     if args.finetune_steps < 0:
         raise InputError(f"--finetune-steps must be 0 or more, got {args.finetune_steps}")
@@ -74,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     progress = not args.no_progress and world.is_main
     if progress:
-        print(f"shiftlab: measuring {args.model} on {args.data or 'the bundled photos'}", file=sys.stderr)
+        print(printable(f"shiftlab: measuring {args.model} on {args.data or 'the bundled photos'}"), file=sys.stderr)
     files: dict = {}
     results = run_report_experiments(args.model, args.data, quick=args.quick, seed=args.seed, progress=progress,
                                      device=args.device, weights=args.weights, image_size=args.image_size,
@@ -97,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"shiftlab: report written to {page} ({seconds:.0f} s); open it in a browser: "
           f"{Path(page).resolve().as_uri()}", file=sys.stderr)
     for warning in results.get("warnings", []):
-        print(f"shiftlab: warning: {warning}", file=sys.stderr)
+        print(f"shiftlab: warning: {printable(warning)}", file=sys.stderr)
     return 0
 
 

@@ -152,9 +152,13 @@ def _array_to_nchw(images: np.ndarray, what: str) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def _labels_tensor(labels, n: int, what: str) -> torch.Tensor:
-    from shiftlab.data.sources import _integer_labels
+def _integer_labels(labels, n: int, what: str, num_classes: int | None = None, unlabelled: bool = True) -> np.ndarray:
+    from shiftlab.data.sources import _integer_labels as check
 
+    return check(labels, n, what, num_classes, unlabelled)
+
+
+def _labels_tensor(labels, n: int, what: str) -> torch.Tensor:
     return torch.as_tensor(_integer_labels(labels, n, what))
 
 
@@ -191,11 +195,13 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> dict:
+    from shiftlab.data.sources import _open_regular
+
     try:
-        with open(path, "rb") as f:
+        with _open_regular(path) as f:  # a fifo named data_batch_2 is refused, never opened (it would block)
             obj = _ArrayUnpickler(f, encoding="bytes").load()
-    except InputError:
-        raise
+    except InputError as exc:
+        raise InputError(f"cannot read CIFAR-10 batch {path}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as exc:
         raise InputError(f"cannot read CIFAR-10 batch {path}: {exc.__class__.__name__}") from None
     if not isinstance(obj, dict):
@@ -222,6 +228,9 @@ def _cifar_arrays(root: Path, split, limit) -> tuple[np.ndarray, np.ndarray, lis
         raise InputError(f"unknown split {split!r}; use 'test' or 'train'")
     if not files or not files[0].is_file():
         raise InputError(f"no CIFAR-10 {split} batch in {root}")
+    class_names = _cifar_class_names(root)
+    # every image is labelled, 0-9 (or one of the meta file's names): anything else is refused, never a "miss"
+    num_classes = len(class_names) if class_names else 10
     arrays, labels, names = [], [], []
     for file in files:
         batch = _unpickle(file)
@@ -230,24 +239,33 @@ def _cifar_arrays(root: Path, split, limit) -> tuple[np.ndarray, np.ndarray, lis
         data = np.asarray(batch["data"])
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
             raise ShapeError(f"{file}: CIFAR-10 data must be uint8 (N, 3072), got {data.dtype} {data.shape}")
-        file_labels = _labels_tensor(batch["labels"], data.shape[0], f"the labels in {file.name}").numpy()
+        file_labels = _integer_labels(batch["labels"], data.shape[0], f"the labels in {file}", num_classes,
+                                      unlabelled=False)
         arrays.append(data.reshape(-1, 3, 32, 32))
         labels.append(file_labels)
         file_names = batch.get("filenames")
-        names += ([n.decode() if isinstance(n, bytes) else str(n) for n in file_names]
-                  if file_names is not None and len(file_names) == data.shape[0]
+        names += ([n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in file_names]
+                  if isinstance(file_names, (list, tuple, np.ndarray)) and len(file_names) == data.shape[0]
                   else [f"{file.name}[{i}]" for i in range(data.shape[0])])
         if limit is not None and sum(len(a) for a in arrays) >= limit:
             break
     images, y = np.concatenate(arrays), np.concatenate(labels)
     if limit is not None:
         images, y, names = images[:limit], y[:limit], names[:limit]
-    class_names = None
-    if (root / "batches.meta").is_file():
-        meta = _unpickle(root / "batches.meta")
-        if "label_names" in meta:
-            class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
     return images, y, names, class_names
+
+
+def _cifar_class_names(root: Path) -> list[str] | None:
+    """The ``label_names`` of ``batches.meta``, or None without one."""
+    if not (root / "batches.meta").is_file():
+        return None
+    names = _unpickle(root / "batches.meta").get("label_names")
+    if names is None:
+        return None
+    if not isinstance(names, (list, tuple, np.ndarray)) or not all(isinstance(n, (bytes, str)) for n in names) \
+            or not len(names):
+        raise InputError(f"{root / 'batches.meta'}: 'label_names' must be a list of class names")
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
 
 
 def _load_cifar(root: Path, split, image_size, limit, upscale, interpolation) -> ImageDataset:

@@ -149,10 +149,15 @@ def report_audits(model_spec: str, data_spec: str, input_size: int, budget: Budg
             out.append(ReportAudit(f"{fix}/{key}", f"{transform} on {FIX_TITLES.get(fix, fix)}", fix,
                                    base.with_(transform=transform, fix=fix), reference=reference))
     if finetuned is not None:
+        from shiftlab.models.loading import is_registry_spec
+
+        # a checkpoint alone never runs the code it names: a model from the user's file is named with its weights
+        where = {"model": str(finetuned), "weights": None} if is_registry_spec(model_spec) else \
+            {"model": model_spec, "weights": str(finetuned)}
         for key, transform in fix_protocols.items():
             reference = key if key.startswith("consistency") else f"original/{key}"
             out.append(ReportAudit(f"finetuned/{key}", f"{transform} on the fine-tuned model", "finetuned",
-                                   base.with_(model=str(finetuned), weights=None, reference=model_spec,
+                                   base.with_(**where, reference=model_spec,
                                               transform=transform), reference=reference))
     return out
 

@@ -119,6 +119,18 @@ class Flow:
                 return Link(last, None, f"after {last}")
             node = user
 
+    def functional_subsampling(self) -> list[str]:
+        """Subsampling written as functions in a forward, read from the graph without running it: calls of
+        ``F.max_pool2d`` / ``F.avg_pool2d`` / ``F.lp_pool2d`` (stride other than 1), ``F.conv2d`` with a stride,
+        ``F.interpolate`` with a scale factor below 1 and slicing with a step along the last two axes. Used when the
+        model cannot be run to find them (:func:`shiftlab.inspect` finds them at run time)."""
+        found = []
+        for node in self.graph.nodes:
+            label = _subsampling_call(node)
+            if label is not None:
+                found.append(f"{label} (graph node {node.name})")
+        return found
+
     def strided_ancestors(self, strided: set[str]) -> dict[str, set[str]]:
         """For each strided layer, the strided layers upstream of it in the data flow."""
         upstream: dict[fx.Node, set[str]] = {}
@@ -130,6 +142,38 @@ class Flow:
                     seen.add(parent.target)
             upstream[node] = seen
         return {name: upstream[nodes[0]] for name, nodes in self.nodes.items() if name in strided}
+
+
+def _static(value, index: int, key: str, args, kwargs):
+    value = kwargs.get(key, args[index] if len(args) > index else value)
+    return None if isinstance(value, fx.Node) else value
+
+
+def _not_one(stride) -> bool:
+    values = stride if isinstance(stride, (tuple, list)) else (stride,)
+    return any(isinstance(v, (int, float)) and v != 1 for v in values)
+
+
+def _subsampling_call(node: fx.Node) -> str | None:
+    """A label for a graph node that subsamples a map by a function, or None."""
+    name = getattr(node.target, "__name__", str(node.target)) if node.op in ("call_function", "call_method") else ""
+    args, kwargs = node.args, node.kwargs
+    if name in ("max_pool2d", "avg_pool2d", "lp_pool2d", "max_pool2d_with_indices"):
+        stride = _static(None, 2, "stride", args, kwargs)
+        stride = stride if stride not in (None, [], ()) else _static(1, 1, "kernel_size", args, kwargs)
+        return f"F.{name}" if _not_one(stride) else None
+    if name == "conv2d":
+        return "F.conv2d (strided)" if _not_one(_static(1, 3, "stride", args, kwargs)) else None
+    if name == "interpolate":
+        scale = _static(None, 2, "scale_factor", args, kwargs)
+        values = scale if isinstance(scale, (tuple, list)) else (scale,)
+        return "F.interpolate (down)" if any(isinstance(v, (int, float)) and v < 1 for v in values) else None
+    if name == "getitem" and len(args) > 1:
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        steps = [i.step for i in index if isinstance(i, slice)]
+        if index and isinstance(index[-1], slice) and any(isinstance(s, int) and s > 1 for s in steps[-2:]):
+            return "slicing with a step"
+    return None
 
 
 def trace(model: nn.Module) -> Flow | None:

@@ -55,7 +55,17 @@ again.
 
 Not supported (refused with an :class:`InputError`): non-square strides, ``LPPool2d``,
 ``FractionalMaxPool2d``, ``PixelUnshuffle``, timm's ``*Same`` pools and 'SAME' conv variants other than
-``Conv2dSame``; paddings done inside a custom forward are not made circular.
+``Conv2dSame``; compiled models (``torch.jit.script``, ``torch.jit.trace``, ``torch.jit.load``, ``torch.export``),
+whose layers cannot be seen or replaced: pass the Python model. Paddings done inside a custom forward are not
+made circular.
+
+What cannot be replaced is said. Subsampling written as a function in a ``forward`` (``F.max_pool2d``, a strided
+``F.conv2d``, ``x[..., ::2, ::2]``, ``F.interpolate`` down) or done by a leaf module of unknown type is found by
+running the model once on a small zero input with :func:`shiftlab.inspect` (64 pixels, else the model's
+``pretrained_cfg`` input size, 32 or 224 pixels, the first it accepts; a model that runs at none of them has
+its torch.fx graph read instead, where it traces); each one is listed in the
+report as a :class:`Replacement` whose ``after`` starts with ``"not replaced"`` (:attr:`Replacement.unreplaced`).
+A model with such subsampling is not made shift invariant by the conversion.
 """
 
 from __future__ import annotations
@@ -68,13 +78,15 @@ from torch import nn
 from shiftlab.errors import InputError
 from shiftlab.fix._graph import Flow, Link, trace
 from shiftlab.fix._ops import DensePool2d, RunAfter, RunBefore, SamePaddedConv2d
-from shiftlab.layers import APSPool2d, BlurPool2d, SharedPhase
+from shiftlab.layers import APSPool2d, BlurPool2d, LearnedPhase, LPSPool2d, SharedPhase, TIPSPool2d
 from shiftlab.layers.blur_pool import MAX_FILTER_SIZE
 
-__all__ = ["antialias", "stem_conv", "Replacement", "replacement_counts", "METHODS", "PLACEMENTS",
-           "SHORTCUT_NAMES"]
+__all__ = ["antialias", "stem_conv", "Replacement", "replacement_counts", "opaque_subsampling", "METHODS",
+           "PLACEMENTS", "SHORTCUT_NAMES"]
 
-METHODS = ("blur", "aps")
+METHODS = ("blur", "aps", "lps", "tips")
+#: methods that keep one polyphase component per sample (exactly invariant with circular padding)
+POLYPHASE_METHODS = ("aps", "lps")
 #: where ``method="blur"`` puts the blur of a strided conv: ``"after"`` (Zhang 2019: the conv at stride 1, the
 #: blur and subsampling after its activation) or ``"before"`` (Composer's blur_first: a stride-1 blur of the
 #: conv's input, the conv at its stride)
@@ -98,11 +110,63 @@ class Replacement:
         """Whether the layer was left as it was (a strided stem kept on purpose), not replaced."""
         return self.after.startswith("kept")
 
+    @property
+    def unreplaced(self) -> bool:
+        """Whether this is subsampling the conversion found but cannot replace (a function in a forward, a
+        leaf module of unknown type): the converted model still aliases there."""
+        return self.after.startswith("not replaced")
+
 
 def replacement_counts(report) -> dict:
-    """``{"replaced": N, "kept": M}`` for the report of :func:`antialias`."""
+    """``{"replaced": N, "kept": M}`` for the report of :func:`antialias`, with ``"not_replaced": K`` when it
+    lists subsampling it could not replace."""
     kept = sum(r.kept for r in report)
-    return {"replaced": len(report) - kept, "kept": kept}
+    unreplaced = sum(r.unreplaced for r in report)
+    counts = {"replaced": len(report) - kept - unreplaced, "kept": kept}
+    if unreplaced:
+        counts["not_replaced"] = unreplaced
+    return counts
+
+
+_FUNCTION_NOT_REPLACED = "not replaced: a function called in the forward, not a layer antialias can convert"
+#: input sizes tried to find the subsampling a model does outside convertible layers: a small one first (one
+#: cheap pass), then the model's own (timm's ``pretrained_cfg``), then others
+_PROBE_SIZES = (64, 32, 224)
+
+
+def _probe_sizes(model: nn.Module) -> list[tuple[int, int]]:
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    sizes = [(_PROBE_SIZES[0],) * 2]
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    if isinstance(size, (tuple, list)) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size):
+        sizes.append((int(size[1]), int(size[2])))
+    return list(dict.fromkeys(sizes + [(s, s) for s in _PROBE_SIZES]))
+
+
+def opaque_subsampling(model: nn.Module) -> list[Replacement] | None:
+    """The subsampling of ``model`` that :func:`antialias` cannot replace, as "not replaced" report entries.
+
+    Found by :func:`shiftlab.inspect` on the first probe size the model runs at (a function that subsamples in
+    a ``forward``, a leaf module of unknown type whose map shrinks); None if the model runs at none of them.
+    """
+    from shiftlab.measure.inspect import OPAQUE_KINDS, inspect
+
+    for size in _probe_sizes(model):
+        try:
+            result = inspect(model, size)
+        except Exception:  # any model that cannot run at this size: try the next one
+            continue
+        found = []
+        for f in result.of_kind(*OPAQUE_KINDS):
+            if f.kind == "functional-subsampling":
+                what = f.detail.split("; a function")[0]
+                why = _FUNCTION_NOT_REPLACED
+            else:
+                what = f"{f.module_type}: {f.detail}"
+                why = f"not replaced: {f.module_type} subsamples in its own forward, which antialias cannot convert"
+            found.append(Replacement(f.name, what, why))
+        return found
+    return None
 
 
 def _stride(module: nn.Module) -> int:
@@ -178,21 +242,43 @@ def _find_blocks(model: nn.Module, strided: dict[str, nn.Module], flow: Flow | N
 
 class _Converter:
     def __init__(self, model: nn.Module, method: str, filter_size: int, circular: bool,
-                 placement: str = "after") -> None:
+                 placement: str = "after", channels: dict[str, int] | None = None) -> None:
         self.model = model
+        self.channels = channels or {}
         self.method = method
         self.placement = placement
         self.filter_size = filter_size
         self.circular = circular
         self.mode = "circular" if circular else "reflect"
         self.report: list[Replacement] = []
-        self.shared: dict[str, SharedPhase] = {}
+        self.shared: dict[str, SharedPhase | LearnedPhase] = {}
 
-    def subsampler(self, name: str, stride: int) -> nn.Module:
+    def subsampler(self, name: str, stride: int, channels: int | None = None) -> nn.Module:
+        """The subsampling layer that replaces the stride of ``name``; ``channels``: those of the map it takes
+        (the learned methods size their scoring layers by it)."""
         if self.method == "blur":
             return BlurPool2d(filter_size=self.filter_size, stride=stride, padding_mode=self.mode)
-        return APSPool2d(stride=stride, filter_size=self.filter_size, padding_mode=self.mode,
-                         shared=self.shared.get(name))
+        if self.method == "aps":
+            return APSPool2d(stride=stride, filter_size=self.filter_size, padding_mode=self.mode,
+                             shared=self.shared.get(name))
+        like = _parameter_like(self.model.get_submodule(name))
+        if self.method == "lps":
+            shared = self.shared.get(name)
+            layer = LPSPool2d(None if shared is not None else self._channels(name, channels), stride=stride,
+                              filter_size=self.filter_size, padding_mode=self.mode, shared=shared)
+            return layer.to(**like)
+        tips = TIPSPool2d(self._channels(name, channels), stride=stride, padding_mode=self.mode).to(**like)
+        if self.filter_size > 1:
+            return nn.Sequential(BlurPool2d(filter_size=self.filter_size, stride=1, padding_mode=self.mode), tips)
+        return tips
+
+    def _channels(self, name: str, channels: int | None) -> int:
+        if channels is None:
+            channels = self.channels.get(name)
+        if channels is None:
+            raise InputError(f"antialias({self.method!r}) needs the channels of the map {name} subsamples, and the "
+                             f"model did not run on a probe input to find them; convert with method='aps' instead")
+        return channels
 
     def blur_first(self, name: str, conv: nn.Conv2d) -> None:
         """``placement="before"``: a stride-1 blur of the conv's input; the conv keeps its stride."""
@@ -231,7 +317,7 @@ class _Converter:
             conv = new
         else:
             conv.stride = (1, 1)
-        sub = self.subsampler(name, stride)
+        sub = self.subsampler(name, stride, conv.in_channels if pointwise else conv.out_channels)
         if pointwise:  # a 1x1 conv commutes with the blur: subsample first, convolve the smaller map
             after = f"{_describe(sub)} first, then {_describe(conv)}"
             RunBefore(sub).attach(conv)
@@ -251,13 +337,18 @@ class _Converter:
         self.report.append(Replacement(name, _describe(pool), f"{_describe(new[0])}; {_describe(sub)}"))
 
     def share(self, block: str, members: list[str]) -> None:
-        shared = SharedPhase(stride=_stride(self.model.get_submodule(members[0])))
-        shared.attach(self.model.get_submodule(block))
+        stride = _stride(self.model.get_submodule(members[0]))
+        module = self.model.get_submodule(block)
+        if self.method == "lps":
+            shared = LearnedPhase(self._channels(block, None), stride=stride).to(**_parameter_like(module))
+            what = "one LPS phase per sample (a mixture in training), scored from the block's input"
+        else:
+            shared = SharedPhase(stride=stride)
+            what = "one APS phase per sample, chosen from the block's input"
+        shared.attach(module)
         for member in members:
             self.shared[member] = shared
-        self.report.append(Replacement(block, type(self.model.get_submodule(block)).__name__,
-                                       f"one APS phase per sample, chosen from the block's input, shared by "
-                                       f"{', '.join(members)}"))
+        self.report.append(Replacement(block, type(module).__name__, f"{what}, shared by {', '.join(members)}"))
 
     def circular_padding(self) -> None:
         for name, m in list(self.model.named_modules()):
@@ -294,6 +385,63 @@ class _Converter:
                                                          "with circular padding"))
 
 
+def _parameter_like(module: nn.Module) -> dict:
+    """``device`` and ``dtype`` of a module's first floating parameter (new scoring layers are made alike)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return {"device": p.device, "dtype": p.dtype}
+    return {}
+
+
+def _input_channels(model: nn.Module) -> int | None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return None
+
+
+def map_channels(model: nn.Module, names) -> dict[str, int]:
+    """The channels of the map entering each named module, from one forward pass on a small zero input.
+
+    The learned methods size their scoring layers by it. The probe sizes are those of
+    :func:`opaque_subsampling`; the model runs in eval mode without gradients (its batch-norm statistics are
+    untouched) and its training flags are restored. Modules the pass does not reach are left out; an empty
+    dict if the model runs at none of the sizes.
+    """
+    import torch
+
+    names = set(names)
+    channels_in = _input_channels(model)
+    if not names or channels_in is None:
+        return {}
+    like = _parameter_like(model)
+    found: dict[str, int] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if name in names:
+            def record(mod, args, name=name):
+                if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
+                    found.setdefault(name, int(args[0].shape[1]))
+            handles.append(module.register_forward_pre_hook(record))
+    flags = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        for size in _probe_sizes(model):
+            found.clear()
+            try:
+                with torch.no_grad():
+                    model(torch.zeros(1, channels_in, *size, **like))
+            except Exception:  # a model that cannot run at this size: try the next one
+                continue
+            return dict(found)
+        return {}
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags.items():
+            m.training = flag
+
+
 def stem_conv(model: nn.Module) -> str | None:
     """Name of the model's stem: its first registered ``Conv2d``, if that conv is strided; else None."""
     for name, m in model.named_modules():
@@ -326,17 +474,22 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
             Pools and 1x1 shortcut convs are converted the same way under both.
 
     Returns:
-        ``(converted_model, report)``, the report a list of :class:`Replacement`, one per changed module.
+        ``(converted_model, report)``, the report a list of :class:`Replacement`, one per changed module, then
+        one per subsampling found that could not be replaced (:attr:`Replacement.unreplaced`, see
+        :func:`opaque_subsampling`).
 
     Raises:
-        InputError: unknown method or placement, bad filter size, ``placement="before"`` with ``"aps"``, or a
-            model with layers the conversion cannot handle.
+        InputError: unknown method or placement, bad filter size, ``placement="before"`` with ``"aps"``, a
+            compiled model (TorchScript, ``torch.export``), or a model with layers the conversion cannot handle.
 
     >>> import torchvision
     >>> net, report = antialias(torchvision.models.resnet18(), "blur", filter_size=1)
     >>> report[0].name, report[0].after.startswith("Conv2d(3, 64")
     ('conv1', True)
     """
+    from shiftlab.measure.inspect import refuse_compiled
+
+    refuse_compiled(model, "antialias")
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if method not in METHODS:
@@ -359,6 +512,7 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
     if unknown:
         raise InputError(f"exclude names modules that do not exist: {', '.join(unknown)}")
     _refuse_unsupported(modules, method, circular)
+    opaque = opaque_subsampling(model)  # before any change: what the conversion will leave as it is
     if not inplace:
         model = copy.deepcopy(model)
         modules = dict(model.named_modules())
@@ -367,12 +521,16 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
         exclude = (*exclude, stem)
     strided = {name: m for name, m in modules.items() if _is_strided(m) and name not in exclude}
     flow = trace(model)
+    if opaque is None:  # the model ran at no probe size: read the functions from its graph, if it traces
+        opaque = [Replacement("(model)", label, _FUNCTION_NOT_REPLACED)
+                  for label in (flow.functional_subsampling() if flow is not None else [])]
     links = {name: flow.link_after(name) if flow is not None else Link(name, None, f"after {name}")
              for name, m in strided.items() if isinstance(m, nn.Conv2d)}
-    converter = _Converter(model, method, filter_size, circular, placement)
-    if method == "aps":
-        for block, members in _find_blocks(model, strided, flow).items():
-            converter.share(block, members)
+    blocks = _find_blocks(model, strided, flow) if method in POLYPHASE_METHODS else {}
+    channels = map_channels(model, [*strided, *blocks]) if method in ("lps", "tips") else {}
+    converter = _Converter(model, method, filter_size, circular, placement, channels)
+    for block, members in blocks.items():
+        converter.share(block, members)
     for name, m in strided.items():
         if isinstance(m, nn.Conv2d):
             converter.conv(name, m, links[name])
@@ -383,6 +541,7 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
     if stem is not None:
         converter.report.insert(0, Replacement(stem, _describe(modules[stem]),
                                                "kept strided: the stem (keep_stem=False converts it too)"))
+    converter.report.extend(opaque)
     _record(model, {"method": method, "filter_size": int(filter_size), "circular": bool(circular),
                     "keep_stem": bool(keep_stem), "exclude": [str(e) for e in exclude if e != stem],
                     "placement": placement})

@@ -11,7 +11,9 @@ non-adaptive subsampling fails it at the odd shifts.
 
 A model whose output holds NaN or Inf (for the unshifted or any shifted input) is never certified: the
 deviations of such outputs mean nothing (NaN compares false with everything), so the result then reports
-infinite deviations, the count of non-finite values and a ``reason``, and ``passed`` is False.
+infinite deviations, the count of non-finite values and a ``reason``, and ``passed`` is False. Nor is a
+nondeterministic model (dropout left on, noise in ``forward``): the unshifted input is run twice, and when the two
+outputs differ beyond the tolerance, ``reason`` says so instead of blaming the shifts.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class CertifyResult:
         full_period: whether every shift of one period was checked.
         non_finite: how many output values were NaN or Inf (unshifted and shifted inputs); any makes
             the deviations infinite and the certification fail.
+        nondeterminism: max relative difference between two passes of the same unshifted inputs; above
+            ``tolerance`` the model is ``nondeterministic`` and not certified.
     """
 
     max_abs_deviation: float
@@ -62,11 +66,18 @@ class CertifyResult:
     tolerance: float
     full_period: bool
     non_finite: int = 0
+    nondeterminism: float = 0.0
+
+    @property
+    def nondeterministic(self) -> bool:
+        """Whether two passes of the same unshifted input gave outputs further apart than the tolerance."""
+        return not self.nondeterminism <= self.tolerance
 
     @property
     def passed(self) -> bool:
-        """Whether every output was finite and ``max_rel_deviation`` is within the dtype's tolerance."""
-        return self.non_finite == 0 and self.max_rel_deviation <= self.tolerance
+        """Whether every output was finite, the model deterministic and ``max_rel_deviation`` within the dtype's
+        tolerance."""
+        return self.non_finite == 0 and not self.nondeterministic and self.max_rel_deviation <= self.tolerance
 
     @property
     def reason(self) -> str | None:
@@ -74,6 +85,10 @@ class CertifyResult:
         if self.non_finite:
             return (f"the model's output holds {self.non_finite} NaN or Inf value(s) on random {self.dtype} inputs; "
                     "a model with non-finite outputs cannot be certified")
+        if self.nondeterministic:
+            return (f"the model is nondeterministic: two passes of the same unshifted input differ by "
+                    f"{self.nondeterminism:.3g} (relative; dropout left on, or noise in forward), so the deviations "
+                    f"under shifts measure its randomness, not aliasing")
         if not self.passed:
             return (f"relative deviation {self.max_rel_deviation:.3g} > {self.tolerance:.3g} at shift "
                     f"{self.worst_shift}")
@@ -84,7 +99,8 @@ class CertifyResult:
         d = asdict(self)
         d["passed"] = self.passed
         d["reason"] = self.reason
-        for key in ("max_abs_deviation", "max_rel_deviation"):
+        d["nondeterministic"] = self.nondeterministic
+        for key in ("max_abs_deviation", "max_rel_deviation", "nondeterminism"):
             if not math.isfinite(d[key]):
                 d[key] = None
         for key in ("worst_shift", "total_stride", "input_size"):
@@ -167,6 +183,18 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def refuse_learned_invariance(model: nn.Module) -> None:
+    """Refuse (InputError) a model whose subsampling is TIPS: its invariance is learned, not guaranteed, so an
+    exactness certificate is not what it claims; it is measured (``shiftlab audit``) instead."""
+    from shiftlab.layers import TIPSPool2d
+
+    tips = [name for name, m in model.named_modules() if isinstance(m, TIPSPool2d)]
+    if tips:
+        raise InputError(f"the model subsamples with TIPS ({tips[0]}{', ...' if len(tips) > 1 else ''}), whose "
+                         "invariance is learned, not guaranteed: certify proves exact invariance and makes no claim "
+                         "for it; measure it with shiftlab audit --transform circular:32:8 (and crop:...)")
+
+
 def certify(
     model: nn.Module,
     input_size,
@@ -222,6 +250,7 @@ def certify(
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    refuse_learned_invariance(model)
     if dtype not in FLOAT_DTYPES:
         raise ShapeError(f"dtype must be a floating dtype, got {dtype}")
     n_inputs, batch = _positive_int(n_inputs, "n_inputs"), _positive_int(batch, "batch")
@@ -243,6 +272,10 @@ def certify(
     with torch.inference_mode():
         reference = _as_output(net(x)).reshape(n, -1).to(torch.float64)
         non_finite = _count_non_finite(reference)
+        # the unshifted input once more: a model that is not a function of its input cannot be certified
+        again = _as_output(net(x)).reshape(n, -1).to(torch.float64)
+        scale0 = reference.abs().amax(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
+        nondeterminism = float(((again - reference).abs().amax(dim=1) / scale0).max()) if not non_finite else 0.0
         scale = reference.abs().amax(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
         chunks = list(torch.split(table, per_pass))
         for chunk in track(chunks, "certifying shifts", total=len(chunks), enabled=progress):
@@ -272,6 +305,7 @@ def certify(
         tolerance=tolerance(dtype),
         full_period=full_period,
         non_finite=non_finite,
+        nondeterminism=nondeterminism,
     )
 
 
@@ -287,7 +321,7 @@ def assert_certified(model: nn.Module, input_size, shifts="period", *, rtol: flo
     """
     result = certify(model, input_size, shifts, **kwargs)
     limit = result.tolerance if rtol is None else float(rtol)
-    if result.non_finite:
+    if result.non_finite or result.nondeterministic:
         raise AssertionError(f"not certified: {result.reason}")
     if not result.max_rel_deviation <= limit:
         raise AssertionError(

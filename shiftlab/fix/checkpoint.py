@@ -11,8 +11,12 @@ recipe before loading the weights strictly::
     >>> again = shiftlab.load_model("r18_aps.pt")                      # doctest: +SKIP
 
 From the command line, ``shiftlab fix ... --out FILE`` writes one, and ``--model FILE`` (or the architecture
-spec with ``--weights FILE``) loads it wherever a model is named. ``shiftlab.models.load_model`` and
-``load_weights``, which know nothing of conversions, refuse the file with a message that says what to do.
+spec with ``--weights FILE``) loads it wherever a model is named. Loading a file never runs code the file names:
+``--model FILE`` resolves the recorded spec only when it is a registry's (``timm:``, ``torchvision:``,
+``pretrained:``); a model built by the user's own ``mymodel.py:make`` is loaded by naming that file,
+``--model mymodel.py:make --weights FILE`` (``load_model("mymodel.py:make", weights=FILE)``).
+``shiftlab.models.load_model`` and ``load_weights``, which know nothing of conversions, refuse the file with a
+message that says what to do.
 
 The file (``torch.save``; read back with ``torch.load(..., weights_only=True)`` only) is a dict::
 
@@ -39,14 +43,16 @@ import torch
 from torch import nn
 
 from shiftlab.errors import InputError
-from shiftlab.models.loading import FIXED_CHECKPOINT_FORMAT, SelectOutput, file_sha256
+from shiftlab.models.loading import (FIXED_CHECKPOINT_FORMAT, SelectOutput, check_materialized, file_sha256,
+                                     is_registry_spec, shown_arg)
 
 __all__ = ["FORMAT", "VERSION", "FIX_METHODS", "FIX_OPTIONS", "parse_fix", "recipe_spec", "save_fixed",
-           "fixed_checkpoint_bytes", "load_fixed", "read_fixed", "is_fixed", "load_model", "conversion_kwargs"]
+           "fixed_checkpoint_bytes", "load_fixed", "read_fixed", "is_fixed", "load_model", "conversion_kwargs",
+           "load_arguments"]
 
 FORMAT = FIXED_CHECKPOINT_FORMAT
 VERSION = 1
-FIX_METHODS = ("blur", "aps")
+FIX_METHODS = ("blur", "aps", "lps", "tips")
 #: options after the method in a fix spec: ``aps:circular``, ``blur:before`` (placement), ``blur:circular:before``
 FIX_OPTIONS = ("circular", "before")
 _CONVERSION_KEYS = ("method", "filter_size", "circular", "keep_stem", "exclude", "placement")
@@ -60,7 +66,8 @@ def parse_fix(spec: str | None) -> dict | None:
     parts = [p.strip() for p in str(spec).split(":")]
     method, options = parts[0], parts[1:]
     if method not in FIX_METHODS:
-        raise InputError(f"--fix must be blur or aps, optionally followed by :circular (or blur:before), got {spec!r}")
+        raise InputError(f"--fix must be blur, aps, lps or tips, optionally followed by :circular (or blur:before), "
+                         f"got {spec!r}")
     unknown = [o for o in options if o not in FIX_OPTIONS]
     if unknown or len(set(options)) != len(options):
         raise InputError(f"--fix {spec!r}: unknown option {unknown[0] if unknown else options[0]!r}; "
@@ -194,6 +201,7 @@ def fixed_checkpoint_bytes(model: nn.Module, *, spec=None, finetune: Mapping | N
     """The bytes :func:`save_fixed` writes (for writers that place the file themselves)."""
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_materialized(model, "the model to save")
     doc = {"format": FORMAT, "version": VERSION, "recipe": _recipe(model, spec, finetune),
            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     buffer = io.BytesIO()
@@ -244,14 +252,16 @@ def load_fixed(path, model=None, device=None, seed: int | None = 0, *, contents:
 
     Args:
         path: the fixed checkpoint.
-        model: the original architecture, as a spec or an ``nn.Module`` (default: the spec the recipe records).
+        model: the original architecture, as a spec or an ``nn.Module`` (default: the spec the recipe records,
+            when it is a registry spec, ``timm:``, ``torchvision:`` or ``pretrained:``; a ``file.py:factory`` spec
+            in a file is never imported: such a model is loaded by naming its file here).
         device: where to put the model.
         seed: the random initialisation drawn before the weights are loaded (no effect on the result).
 
     The model records where it came from in ``model.shiftlab_source`` (the file, its sha256, the recipe).
     """
     from shiftlab.fix.antialias import antialias
-    from shiftlab.models.loading import _fit_state
+    from shiftlab.models.loading import load_state_strictly
     from shiftlab.models.loading import load_model as load_plain
 
     path = Path(path).expanduser()
@@ -266,12 +276,20 @@ def load_fixed(path, model=None, device=None, seed: int | None = 0, *, contents:
             raise InputError(f"{path} records no model spec (it was saved from a Python module): load it with "
                              f"shiftlab.load_model(ARCHITECTURE, weights={str(path)!r}), or pass --model SPEC "
                              f"--weights {path}")
+        if not is_registry_spec(model):
+            # a spec inside a file is data, never code to run: "evil.py:f" (or whatever models.py sits in the
+            # current folder) would be imported by resolving it; only the registries are resolved
+            raise InputError(f"{path} was made from {shown_arg(model)}, a model built by code outside shiftlab, and "
+                             f"loading a checkpoint never runs code it names: if you trust that file, name it "
+                             f"yourself, "
+                             f"--model {shown_arg(model)} --weights {shown_arg(str(path))} "
+                             f"(Python: shiftlab.load_model({model!r}, weights={str(path)!r}))")
     if isinstance(model, nn.Module) and getattr(model, "shiftlab_fix", None) is not None:
         raise InputError("the architecture given for a fixed checkpoint is already converted; pass the original")
     plain = load_plain(model, device=None, output_key=original.get("output_key"), seed=seed)
     fixed, _ = antialias(plain, inplace=True, **conversion_kwargs(recipe))
     try:
-        _fit_state(fixed, contents["state_dict"], path.name)
+        load_state_strictly(fixed, contents["state_dict"], path.name)
     except InputError as exc:
         spec = model if isinstance(model, (str, os.PathLike)) else type(model).__name__
         raise InputError(f"{exc} (architecture {spec}, converted with {recipe['fix']}; the file was made from "
@@ -284,6 +302,20 @@ def load_fixed(path, model=None, device=None, seed: int | None = 0, *, contents:
     from shiftlab.models._device import to_device
 
     return to_device(fixed.eval(), device)
+
+
+def load_arguments(path, spec) -> list[str]:
+    """The command-line arguments that load the fixed checkpoint ``path`` made from the model ``spec`` (the
+    recipe's ``model.spec``): ``["--model", path]`` for a registry spec; else the architecture named explicitly,
+    ``["--model", spec, "--weights", path]`` (``ARCHITECTURE`` for a model saved from a Python module), since a
+    checkpoint alone never runs the code it names.
+
+    >>> load_arguments("f.pt", "timm:resnet18"), load_arguments("f.pt", "net.py:make")
+    (['--model', 'f.pt'], ['--model', 'net.py:make', '--weights', 'f.pt'])
+    """
+    if is_registry_spec(spec):
+        return ["--model", str(path)]
+    return ["--model", spec if isinstance(spec, str) else "ARCHITECTURE", "--weights", str(path)]
 
 
 def _as_checkpoint(spec) -> Path | None:

@@ -34,8 +34,9 @@ Checkpoints. With ``checkpoint=FILE`` the state (student, optimizer, schedule, s
 random state, the log so far) is written every ``checkpoint_every`` steps and at the end, atomically
 (temporary file, fsync, rename): a kill at any moment leaves the previous checkpoint or the new one.
 ``resume=True`` continues from it; the resumed run ends with the very weights of an uninterrupted one (same
-threads, same device). A checkpoint of another run (other settings, teacher, data or process count) is
-refused.
+threads, same device). A checkpoint of another run (other settings, conversion, teacher, data or process
+count; the data known by its names, file sizes and modification times) is refused with what differs, and a
+damaged one (truncated, edited, keys missing or of the wrong type) with one line, before the student changes.
 
 Speed on CPU: denormal floats are flushed to zero during the run (``torch.set_flush_denormal``; a pretrained
 network's gradients are full of them, measured here: 22 s -> 1 s for a backward pass of EfficientNet-Lite0),
@@ -64,7 +65,7 @@ __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "BATCH_NORM_MODES", "
 
 BATCH_NORM_MODES = ("frozen", "train", "reestimate")
 CHECKPOINT_FORMAT = "shiftlab.finetune-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the fingerprint holds the conversion, the teacher's spec and the data's content
 LOG_KIND = "shiftlab.finetune"
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -74,24 +75,28 @@ class FinetuneConfig:
     """What a fine-tuning run does (everything that decides its weights, besides the models and the data).
 
     Attributes:
-        steps: optimizer steps.
+        steps: optimizer steps (default: about 10 passes over the data, between 100 and 1000).
         batch_size: images per micro-batch and process (each image gives one view, or two with consistency).
         accumulate: micro-batches per optimizer step (gradient accumulation).
-        lr: AdamW's peak learning rate; weight_decay: AdamW's decoupled weight decay.
+        lr: AdamW's peak learning rate (default: 1e-3 for a student under a million parameters, as on digits;
+            1e-4 for larger, pretrained networks); weight_decay: AdamW's decoupled weight decay.
         warmup: steps of linear warm-up (default: 5% of the steps, at least 1).
         temperature: T of the distillation and consistency terms.
         kl, consistency, labels: weights of the three loss terms.
-        views: the views, a pair protocol spec (``"crop:S:M"``, ``"circular:M"``); default: ``crop:S:32``
-            (``S // 8`` below 128 px) for images read from files, ``circular:S // 8`` for tensors.
+        views: the views, a pair protocol spec (``"crop:S:M"``, ``"circular:M"``); default: the data at the
+            scale the model sees it: ``crop:S:M`` with ``M = S / 7`` (``crop:224:32``) for a model that declares
+            its input size S (or ``image_size``), the standard evaluation resize; else ``circular:S // 8`` at
+            the images' own size S (no resampling), as for images under ``1 / ENLARGEMENT`` of the declared
+            side (a 224 default configuration on 32-px digits: a log warning says so).
         batch_norm: ``"frozen"``, ``"train"`` or ``"reestimate"`` (module docstring).
         bn_batches: batches of views for ``"reestimate"``.
         seed: the image order and the views.
     """
 
-    steps: int = 300
+    steps: int | None = None
     batch_size: int = 32
     accumulate: int = 1
-    lr: float = 1e-4
+    lr: float | None = None
     weight_decay: float = 0.01
     warmup: int | None = None
     temperature: float = 2.0
@@ -106,18 +111,22 @@ class FinetuneConfig:
     def __post_init__(self):
         for name, minimum in (("steps", 1), ("batch_size", 1), ("accumulate", 1), ("bn_batches", 1)):
             value = getattr(self, name)
+            if name == "steps" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
         if self.warmup is not None and (isinstance(self.warmup, bool) or not isinstance(self.warmup, int)
-                                        or not 0 <= self.warmup <= self.steps):
+                                        or not 0 <= self.warmup <= (self.steps or self.warmup)):
             raise InputError(f"warmup must be an integer in [0, steps = {self.steps}], got {self.warmup!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise InputError(f"seed must be an int, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
+            raise InputError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed!r}")
         for name in ("lr", "weight_decay", "temperature", "kl", "consistency", "labels"):
             value = getattr(self, name)
+            if name == "lr" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.lr <= 0 or self.temperature <= 0:
+        if (self.lr is not None and self.lr <= 0) or self.temperature <= 0:
             raise InputError(f"lr and temperature must be positive, got {self.lr!r} and {self.temperature!r}")
         if self.kl + self.consistency + self.labels <= 0:
             raise InputError("every loss weight is 0 (kl, consistency, labels): nothing to learn")
@@ -127,7 +136,9 @@ class FinetuneConfig:
             raise InputError(f"views must be a protocol spec such as 'crop:224:32' or 'circular:4', got {self.views!r}")
 
     @property
-    def warmup_steps(self) -> int:
+    def warmup_steps(self) -> int | None:
+        if self.warmup is None and self.steps is None:
+            return None  # chosen with the steps, from the data (:func:`finetune`)
         return max(1, round(0.05 * self.steps)) if self.warmup is None else self.warmup
 
     def lr_factor(self, step: int) -> float:
@@ -284,9 +295,35 @@ def _forward(model, x):
     return out
 
 
-def _default_views(from_files: bool, side: int) -> str:
-    margin = 32 if side >= 128 else max(1, side // 8)
-    return f"crop:{side}:{margin}" if from_files else f"circular:{margin}"
+def _default_views(crop: bool, side: int) -> str:
+    """The default views at input side ``side``: ``crop:S:M`` with the margin of the standard evaluation (the
+    224 crop of a 256 resize: ``M = S / 7``) where the model declares its input size, so that the views are
+    at the scale of that evaluation; else circular shifts by up to ``S // 8`` of the images at their own size
+    (a crop view would have to enlarge them to ``S + M``: a zoom the model never saw)."""
+    if crop:
+        return f"crop:{side}:{max(1, round(side / 7))}"
+    return f"circular:{max(1, side // 8)}"
+
+
+#: images whose shorter side, enlarged this many times, is still under the model's declared input side are not
+#: enlarged by the default views: they are fine-tuned at their own size (a 224 default configuration on 32-px digits)
+ENLARGEMENT = 1.5
+
+
+#: a student below this many parameters is a small network (trained from scratch, e.g. on digits)
+SMALL_NETWORK = 1_000_000
+
+
+def _default_lr(student: nn.Module) -> float:
+    """1e-3 for a small network (measured on digits: docs/finetune.md), 1e-4 for a large pretrained one."""
+    params = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    return 1e-3 if params < SMALL_NETWORK else 1e-4
+
+
+def _default_steps(images: int, config: FinetuneConfig, world_size: int) -> int:
+    """About 10 passes over the data, between 100 and 1000 optimizer steps."""
+    per_step = config.batch_size * config.accumulate * max(1, world_size)
+    return int(min(1000, max(100, math.ceil(10 * images / per_step))))
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -321,6 +358,70 @@ class _Checkpoint:
 
         self.writes += 1
         write_checkpoint_file(self.path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, self.fingerprint, state, self.writes)
+
+
+def _recipe_text(recipe, short: bool) -> str | None:
+    """A conversion (a spec, or a dict of :func:`shiftlab.antialias` arguments) as its short name or in full."""
+    if recipe is None or isinstance(recipe, str):
+        return recipe
+    if short and isinstance(recipe, dict):
+        from shiftlab.fix.checkpoint import recipe_spec
+
+        return recipe_spec(recipe)
+    try:
+        return json.dumps(recipe, sort_keys=True, default=repr)
+    except TypeError:
+        return repr(recipe)
+
+
+def _restore(path, saved: dict, student, optimizer, schedule, scaler, config: FinetuneConfig, world_size: int,
+             dev) -> tuple[int, dict, torch.Tensor]:
+    """Load a checkpoint's state into the run (student, optimizer, schedule, scaler): ``(step, log, window)``.
+
+    The state is checked first, so a damaged checkpoint (truncated, edited, keys missing or of the wrong type) is
+    refused with one line and leaves the student as it was."""
+    from shiftlab.measure.checkpoint import damaged
+
+    def bad(detail: str):
+        return damaged(path, detail, "another --checkpoint")
+
+    try:
+        weights, step, window, rng = saved["student"], saved["step"], saved["window"], saved["rng"]
+        log = json.loads(saved["log"])
+        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+            raise bad("its student weights are not a state dict")
+        own = student.state_dict()
+        if set(weights) != set(own) or any(tuple(weights[k].shape) != tuple(v.shape) for k, v in own.items()):
+            raise bad("its student weights do not fit the student")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= config.steps:
+            raise bad(f"its step {step!r} is not in [0, {config.steps}]")
+        if not isinstance(window, torch.Tensor) or tuple(window.shape) != (7,):
+            raise bad("its running statistics are malformed")
+        if not isinstance(rng, list) or len(rng) != world_size or not all(
+                isinstance(r, dict) and isinstance(r.get("cpu"), torch.Tensor) and r["cpu"].dtype == torch.uint8
+                and r["cpu"].shape == torch.get_rng_state().shape for r in rng):
+            raise bad("its random states are malformed")
+        if not isinstance(log, dict) or not isinstance(log.get("entries"), list) or not isinstance(
+                log.get("skipped_images"), int):
+            raise bad("its log is malformed")
+        if not isinstance(saved["optimizer"], dict) or not isinstance(saved["schedule"], dict):
+            raise bad("its optimizer state is malformed")
+        backup = {k: v.detach().clone() for k, v in own.items()}
+        try:
+            student.load_state_dict(weights, strict=True)
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            if scaler is not None and saved.get("scaler"):
+                scaler.load_state_dict(saved["scaler"])
+        except Exception:
+            student.load_state_dict(backup, strict=True)
+            raise
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        raise bad(f"its state is incomplete or malformed ({type(exc).__name__})") from None
+    log["resumed_at"] = [*(log.get("resumed_at") or []), step]
+    return step, log, window.to(dev)
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -497,7 +598,7 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
     uniform = src.uniform if isinstance(src, TensorImages) else False
     C = int(probe.shape[0])
     want_c = _first_conv_channels(student)
-    if want_c is not None and want_c != C and not (from_files and C in (1, 3, 4) and want_c == 3):
+    if want_c is not None and want_c != C and not (from_files and C in (1, 3, 4) and want_c in (1, 3)):
         raise ShapeError(f"the model's first convolution takes {want_c} channels, but the images have {C}")
     C = want_c if (want_c is not None and from_files) else C
     prep = model_preprocessing(teacher)
@@ -508,9 +609,24 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
         wanted_size = _check_size_arg(image_size)
         prep = prep.with_overrides(input_size=wanted_size)
     own = tuple(int(v) for v in probe.shape[-2:])
+    if from_files:  # as the audit: never sized from the first image alone, never probed with a tiny one
+        from shiftlab.measure.audit import _data_size
+
+        probe, own, _ = _data_size(src, range(n_total), data_desc, probe, sample=wanted_size is None)
+    scale_warning = None
+    if config.views is None and from_files and wanted_size is None and prep.fixed_size and (
+            min(own) * ENLARGEMENT < min(prep.input_size)):
+        # a size the data never had (a timm default_cfg of 224 on 32-px digits): enlarging the images 7x would
+        # distil the teacher on a scale it may never have seen; the default views follow the data instead
+        scale_warning = (f"the images ({own[0]}x{own[1]}) are much smaller than the model's declared input "
+                         f"({prep.input_size[0]}x{prep.input_size[1]}): fine-tuned at their own size, not enlarged "
+                         f"{min(prep.input_size) / min(own):.1f}x; measure it at that size too (--image-size "
+                         f"{min(own)}), or give --image-size {min(prep.input_size)} to fine-tune at the declared size")
+        prep = replace(prep, fixed_size=False)
     if config.views is None:
         natural = _sizes(CircularShiftPair(1), prep, own, wanted_size, resize, from_files, uniform).model_in
-        protocol = parse_protocol(_default_views(from_files, min(natural)))
+        declared = bool(prep.fixed_size) or wanted_size is not None
+        protocol = parse_protocol(_default_views(from_files and declared, min(natural)))
     else:
         protocol = parse_protocol(config.views)
     if not isinstance(protocol, (CropShiftPair, CircularShiftPair)) or protocol.passes != 1:
@@ -554,19 +670,42 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
         else:
             labels_how = "item labels below the class count taken as the model's class indices"
 
+    # the defaults that follow the model and the data (before the fingerprint: a resumed run must agree)
+    chosen = {}
+    if config.lr is None:
+        chosen["lr"] = _default_lr(student)
+    if config.steps is None:
+        chosen["steps"] = _default_steps(n_total, config, world.size)
+    if chosen:
+        config = replace(config, **chosen)
+
     # ---------------------------------------------------------------------------- optimisation
     optimizer = torch.optim.AdamW(_param_groups(student, config.weight_decay), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
     scaler = torch.amp.GradScaler("cuda") if amp else None
-    fingerprint = {"config": config.to_dict(), "teacher": fingerprint_model(teacher),
-                   "student": fingerprint_model(student), "student_type": type(student).__name__,
-                   "data": str(data_desc), "images": int(n_total), "views": protocol.spec(),
-                   "input": list(sizes.model_in), "preprocessing": prep.to_dict(), "world_size": int(world.size),
-                   "dtype": str(dtype), "amp": bool(amp), "labels": labels_how}
+    # everything that decides the weights: resuming with any of it changed would save one run's weights under
+    # another's recipe (a checkpoint of --fix aps resumed with --fix blur)
+    from shiftlab.measure.checkpoint import data_identity
+
+    recipe = getattr(student, "shiftlab_fix", None) if fix is None else fix
+
+    def fingerprint() -> dict:
+        return {"config": config.to_dict(), "fix": _recipe_text(recipe, True),
+                "fix_recipe": _recipe_text(recipe, False), "teacher_spec": _describe(teacher),
+                "teacher": fingerprint_model(teacher), "student": fingerprint_model(student),
+                "student_type": type(student).__name__, "data": str(data_desc), "images": int(n_total),
+                **data_identity(src, range(n_total)), "views": protocol.spec(), "input": list(sizes.model_in),
+                "preprocessing": prep.to_dict(), "resize": sizes.resize,
+                "normalize": "model" if normalize is True else ("none" if normalize is False else
+                                                                  f"{getattr(normalize, '__module__', '')}."
+                                                                  f"{getattr(normalize, '__qualname__', 'custom')}"),
+                "class_map": None if class_map is None else {str(k): v for k, v in class_map.items()},
+                "world_size": int(world.size), "dtype": str(dtype), "amp": bool(amp), "labels": labels_how}
+
     store = None
     saved = None
     if checkpoint is not None:
-        store = _Checkpoint(checkpoint, fingerprint)
+        store = _Checkpoint(checkpoint, fingerprint())
         store.check(resume)
         if resume:
             saved = store.load()
@@ -575,22 +714,21 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
            "input_size": list(sizes.model_in), "config": config.to_dict(), "labels": labels_how,
            "world_size": int(world.size), "device": str(dev), "amp": bool(amp), "dtype": str(dtype),
            "threads": torch.get_num_threads(), "entries": [], "resumed_at": [], "skipped_images": 0}
+    if scale_warning:
+        log["warnings"] = [scale_warning]
     start = 0
     # loss, kl, consistency, labels, agreeing views, views, micro-batches since the last log entry
     window = torch.zeros(7, dtype=torch.float64, device=dev)
     if saved is not None:
-        student.load_state_dict(saved["student"], strict=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        if scaler is not None and saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        start = int(saved["step"])
-        log = json.loads(saved["log"])
-        log["resumed_at"] = [*(log.get("resumed_at") or []), start]
-        window = saved["window"].to(dev)
-        if len(saved["rng"]) != world.size:
+        if isinstance(saved.get("rng"), list) and len(saved["rng"]) != world.size:
             raise InputError("the checkpoint was written by another number of processes")
+        start, log, window = _restore(store.path, saved, student, optimizer, schedule, scaler, config, world.size,
+                                      dev)
 
+    agreement = _AgreementCheck(src, sizing, views, dev, dtype, _model_dtype(teacher))
+    if saved is None:
+        log["agreement_check"] = {"images": 0 if agreement.images is None else len(agreement.images),
+                                  "views": protocol.spec(), "lr": config.lr, "before": agreement(teacher, student)}
     net = student
     if world.size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -674,6 +812,12 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
         for p, flag in zip(teacher.parameters(), teacher_grads):
             p.requires_grad_(flag)
     log["steps_done"] = config.steps
+    check = log.get("agreement_check")
+    if isinstance(check, dict):
+        check["after"] = agreement(teacher, student)
+        warning = _agreement_warning(check)
+        if warning:
+            log.setdefault("warnings", []).append(warning)
     log["final"] = log["entries"][-1] if log["entries"] else None
     log["seconds"] = round(time.perf_counter() - started, 2)
     log["command"] = command
@@ -741,6 +885,66 @@ class _Distiller:
             return torch.stack([loss.detach().double(), *(p.detach().double() for p in parts), agree.double(),
                                 torch.tensor(float(out.shape[0]), dtype=torch.float64, device=out.device),
                                 torch.ones((), dtype=torch.float64, device=out.device)])
+
+
+#: images (the first readable ones) on which the student's agreement with the teacher is measured before and after
+AGREEMENT_IMAGES = 64
+#: agreement must rise by at least this much (unless already this close to 1) or the run says it did not rise
+AGREEMENT_RISE = 0.01
+
+
+class _AgreementCheck:
+    """The student's top-1 agreement with the teacher, both in eval mode, on the first view of the first
+    ``AGREEMENT_IMAGES`` readable training images: measured before the first step and after the last, so that
+    a run whose agreement does not rise says so (a log warning, and the CLI prints it)."""
+
+    def __init__(self, src, sizing, views, dev, dtype, teacher_dtype):
+        from shiftlab.data.sources import ImageSource
+        from shiftlab.errors import ShiftlabError
+        from shiftlab.measure.loader import _prepare
+
+        images, positions = [], []
+        for i in range(len(src)):
+            if len(images) == AGREEMENT_IMAGES:
+                break
+            try:
+                item = src.load(i) if isinstance(src, ImageSource) else src[i]
+                image = item[0] if isinstance(item, (tuple, list)) else item
+                images.append(_prepare(image, sizing)[0])
+                positions.append(i)
+            except ShiftlabError:
+                continue
+        self.images = torch.stack(images) if images else None
+        self.positions = torch.as_tensor(positions, dtype=torch.long)
+        self.views, self.dev, self.dtype, self.teacher_dtype = views, dev, dtype, teacher_dtype
+
+    def __call__(self, teacher, student) -> float | None:
+        if self.images is None:
+            return None
+        was = student.training
+        student.eval()
+        agree = total = 0
+        try:
+            with torch.no_grad():
+                for k in range(0, len(self.images), 16):
+                    x = self.views(self.images[k:k + 16].to(self.dev, self.dtype), self.positions[k:k + 16])
+                    t = _forward(teacher, x.to(self.teacher_dtype)).argmax(1)
+                    s = _forward(student, x).argmax(1)
+                    agree += int((t == s).sum())
+                    total += int(t.numel())
+        finally:
+            student.train(was)
+        return agree / max(1, total)
+
+
+def _agreement_warning(check: dict) -> str | None:
+    before, after = check.get("before"), check.get("after")
+    if before is None or after is None or after >= min(1.0, before + AGREEMENT_RISE):
+        return None
+    return (f"agreement with the teacher did not rise: {before:.1%} before fine-tuning, {after:.1%} after "
+            f"({check['images']} training images, eval mode); try more --steps, another --lr (it was "
+            f"{check['lr']:g}), or --views that show the images as the model was trained on them (these: "
+            f"{check['views']})")
 
 
 def _all_reduce(values: torch.Tensor, world) -> torch.Tensor:

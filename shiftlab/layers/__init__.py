@@ -4,6 +4,10 @@
 - :func:`max_blur_pool2d` / :class:`MaxBlurPool2d`: max-pool at stride 1, then blur-pool.
 - :func:`aps_pool2d` / :class:`APSPool2d`: adaptive polyphase sampling (Chaman & Dokmanic 2021), with
   :class:`SharedPhase` to make several layers keep one phase choice.
+- :func:`lps_pool2d` / :class:`LPSPool2d`: learnable polyphase sampling (Rojas-Gomez et al. 2022), exactly
+  invariant like APS whatever it learned, with :class:`LearnedPhase` to share one choice in a residual block and
+  :class:`TemperatureSchedule` to anneal its Gumbel-softmax; :func:`tips_pool2d` / :class:`TIPSPool2d`: translation
+  invariant polyphase sampling (Saha & Gokhale 2025), whose invariance is learned, not guaranteed.
 - :mod:`~shiftlab.layers.group`: p4 / p4m group convolutions (Cohen & Welling 2016), exactly equivariant to
   quarter turns and mirrors: :class:`LiftConv2d`, :class:`GroupConv2d`, :class:`GroupPool`, :func:`group_act`.
 - :mod:`~shiftlab.layers.harmonic`: circular-harmonic layers (Worrall et al. 2017), equivariant to every
@@ -26,6 +30,19 @@ from shiftlab.layers.blur_pool import (
     binomial_filter,
     blur_pool2d,
     max_blur_pool2d,
+)
+from shiftlab.layers.lps import (
+    LearnedPhase,
+    LPSPool2d,
+    PolyphaseScorer,
+    TemperatureSchedule,
+    TIPSPool2d,
+    lps_logits,
+    lps_pool2d,
+    set_temperature,
+    tips_pool2d,
+    tips_shift_loss,
+    tips_weights,
 )
 from shiftlab.layers.group import (
     GroupConv2d,
@@ -52,6 +69,8 @@ from shiftlab.layers.harmonic import (
 __all__ = [
     "PADDING_MODES", "binomial_filter", "blur_pool2d", "BlurPool2d", "max_blur_pool2d", "MaxBlurPool2d",
     "polyphase_norms", "polyphase_energies", "aps_phase", "aps_pool2d", "APSPool2d", "SharedPhase",
+    "PolyphaseScorer", "lps_logits", "lps_pool2d", "LPSPool2d", "LearnedPhase", "TemperatureSchedule", "set_temperature",
+    "tips_weights", "tips_pool2d", "TIPSPool2d", "tips_shift_loss",
     "group_act", "lift_conv2d", "LiftConv2d", "group_conv2d", "GroupConv2d", "group_pool", "GroupPool",
     "harmonic_basis", "harmonic_conv2d", "HarmonicConv2d", "harmonic_relu", "HarmonicReLU", "HarmonicBatchNorm2d",
     "harmonic_blur_pool2d", "HarmonicBlurPool2d", "harmonic_magnitude", "HarmonicMagnitude",

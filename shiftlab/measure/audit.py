@@ -31,7 +31,9 @@ Intervals are image-level: trials that come from one image are not treated as in
 
 Guards. A result carries ``warnings``: the model's weights are random (``timm:``/``torchvision:`` without
 weights), or its predictions are (nearly) constant over the data, in which case consistency, stability and
-P(top-1 change) are good by construction; those metrics are then flagged. Accuracy is computed only where the
+P(top-1 change) are good by construction; those metrics are then flagged. The clean input of the first image
+goes through the model (and the reference) twice: a nondeterministic model (dropout left on, noise in
+``forward``) is flagged too, since its randomness mixes with the shift's effect. Accuracy is computed only where the
 data's labels live in the model's label space (:mod:`shiftlab.measure.labels`); otherwise ``omitted`` says why.
 
 Layer errors. For each selected layer with a 4-D output whose size divides the input size, the stride
@@ -61,7 +63,7 @@ from shiftlab.measure import metrics as M
 from shiftlab.measure.protocols import CircularShiftPair, Protocol, parse_protocol
 from shiftlab.models import preprocessing as model_preprocessing
 from shiftlab.models import select_output
-from shiftlab.models.preprocessing import Preprocessing
+from shiftlab.models.preprocessing import MAX_INPUT_SIDE, Preprocessing
 
 __all__ = ["audit", "AuditResult", "merge", "SCHEMA_VERSION", "METRIC_NAMES", "LAYER_SETS", "stage_layers"]
 
@@ -78,7 +80,12 @@ _TRIVIAL_FOR_CONSTANT = ("consistency", "top1_change", "mean_abs_change", "flip_
 #: layer selections by keyword (besides names and module types)
 LAYER_SETS = ("all", "stages")
 DEFAULT_MARGIN = 16  # input pixels left out at the border for layer errors under non-circular protocols
+MARGIN_SHARE = 8  # ... at most 1/MARGIN_SHARE of the input's shorter side (4 px at 32 px), so small inputs keep a core
 CONSTANT_SHARE = 0.95  # a model giving one class to at least this share of images is flagged
+MIN_IMAGE_SIDE = 8  # image files with a shorter side under this are skipped (and counted), never measured or sized from
+SIZE_SAMPLE = 64  # images whose median size sets the input of a model that declares none
+#: relative difference between two forward passes of the same input above which a model is nondeterministic
+NONDETERMINISM_RTOL = 1e-4
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -174,8 +181,12 @@ def _mean(name: str, chunks, confidence: float, extra: dict) -> M.MetricValue:
     return M.clustered_mean_value(name, val[:, 0], idx, confidence, _BOUNDS.get(name, (-math.inf, math.inf)), **extra)
 
 
-def _error_value(name: str, chunks, skipped_chunks, confidence: float, extra: dict) -> M.MetricValue:
-    """Relative errors sqrt(err2 / ref2) per compared pair, image-level interval; pooled ratio in extra."""
+def _error_value(name: str, chunks, skipped_chunks, confidence: float, extra: dict,
+                 margin_chunks=None) -> M.MetricValue:
+    """Relative errors sqrt(err2 / ref2) per compared pair, image-level interval; pooled ratio in extra.
+
+    ``extra["unrepresentable"]`` counts the pairs whose shift is not a multiple of the stride;
+    ``extra["margin_excluded"]`` (when any) those the margin left nothing of."""
     idx, val = _reduce(chunks, 2)
     rel = M.relative_errors(torch.from_numpy(val[:, 0].copy()), torch.from_numpy(val[:, 1].copy())).numpy()
     den = math.fsum(val[:, 1].tolist())
@@ -184,6 +195,9 @@ def _error_value(name: str, chunks, skipped_chunks, confidence: float, extra: di
     if skipped_chunks is not None:
         _, sk = _reduce(skipped_chunks, 1)
         extra["unrepresentable"] = int(sk[:, 0].sum())
+    if margin_chunks:
+        _, mk = _reduce(margin_chunks, 1)
+        extra["margin_excluded"] = int(mk[:, 0].sum())
     finite = np.isfinite(rel)
     if not finite.all():
         extra["infinite"] = int((~finite).sum())
@@ -232,6 +246,8 @@ class AuditResult:
     ignored: int = 0
     reproducibility: dict | None = None
     classes: int | None = None
+    #: "model" (and "reference") -> max relative change of the output between two passes of the same clean input
+    nondeterminism: dict | None = None
 
     @property
     def n(self) -> int:
@@ -273,6 +289,12 @@ class AuditResult:
             out.append(f"the model's top-1 is class {const['class']} for {const['count']} of {const['n']} images: "
                        f"its predictions are (nearly) constant, so consistency, stability and P(top-1 change) are "
                        f"good by construction and mean nothing")
+        for who, change in (self.nondeterminism or {}).items():
+            if change is not None and not change <= NONDETERMINISM_RTOL:
+                amount = "changed" if not math.isfinite(change) else f"changed by {change:.3g} (relative)"
+                out.append(f"the {who} is nondeterministic: two passes of the same clean input {amount} (dropout "
+                           f"left on, or noise in forward); consistency, P(top-1 change) and agreement mix its "
+                           f"randomness with the shift's effect")
         return out
 
     # ------------------------------------------------------------------------------------ numbers
@@ -286,7 +308,7 @@ class AuditResult:
             chunks = self.series.get(("metric", name), [])
             if name == "equivariance":
                 value = _error_value(name, chunks, self.series.get(("metric", "equivariance.skip"), []),
-                                     self.confidence, extra)
+                                     self.confidence, extra, self.series.get(("metric", "equivariance.margin")))
             elif name in _PROPORTIONS:
                 value = _proportion(name, chunks, self.confidence, self.parameters, extra)
             else:
@@ -306,7 +328,8 @@ class AuditResult:
             if (info.get("stride") is not None and self.protocol.get("shifts", True)) or info.get("rotation"):
                 entry["equivariance"] = _error_value(
                     "equivariance", self.series.get(("layer", name, "equivariance"), []),
-                    self.series.get(("layer", name, "skip"), []), self.confidence, {})
+                    self.series.get(("layer", name, "skip"), []), self.confidence, {},
+                    self.series.get(("layer", name, "margin")))
             entry["pooled_invariance"] = _error_value(
                 "pooled_invariance", self.series.get(("layer", name, "invariance"), []), None, self.confidence, {})
             out[name] = entry
@@ -364,6 +387,8 @@ class AuditResult:
             "omitted": dict(self.omitted),
             "layers": layers,
             "model_source": self.source,
+            "nondeterminism": None if self.nondeterminism is None else {  # null: the outputs differed in shape
+                k: (v if v is not None and math.isfinite(v) else None) for k, v in self.nondeterminism.items()},
             "reproducibility": self.reproducibility,
         }
         preds = self.predictions()
@@ -428,7 +453,7 @@ def merge(results: Iterable[AuditResult]) -> AuditResult:
                        dict(sorted(layer_info.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order
                                    else len(order))), series, omitted, first.labels, first.preprocessing,
                        first.source, list(first.notes), sum(r.upscaled for r in results),
-                       first.ignored, first.reproducibility, first.classes)
+                       first.ignored, first.reproducibility, first.classes, first.nondeterminism)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -713,6 +738,7 @@ class _Batch:
             return
         margin = 0 if self.protocol.circular else -(-self.margin // min(stride))
         eq = np.full((self.B, P, 2), np.nan)
+        excluded = np.zeros((self.B, P), dtype=bool)  # representable, but the margin leaves nothing to compare
         for p, (_, i, j) in enumerate(self.pairs):
             d = self.shifts[:, j] - self.shifts[:, i]
             ok = (d[:, 0] % stride[0] == 0) & (d[:, 1] % stride[1] == 0)
@@ -729,11 +755,16 @@ class _Batch:
             vals = torch.stack([e2, r2], 1).cpu().numpy()
             valid = valid.cpu().numpy()
             eq[sel.numpy()[valid], p] = vals[valid]
+            excluded[sel.numpy()[~valid], p] = True
         done = ~np.isnan(eq[..., 0])  # (B, P)
         done_rows = done.reshape(-1)
         self.add(key("equivariance"), np.repeat(idx, P)[done_rows], eq.reshape(-1, 2)[done_rows])
         skip_key = (*prefix, "skip") if prefix[0] == "layer" else ("metric", "equivariance.skip")
-        self.add(skip_key, idx, (~done).sum(1).astype(np.float64).reshape(-1, 1))
+        # a pair the stride cannot represent and one whose map the margin leaves empty are counted apart
+        self.add(skip_key, idx, (~done & ~excluded).sum(1).astype(np.float64).reshape(-1, 1))
+        if excluded.any():
+            margin_key = (*prefix, "margin") if prefix[0] == "layer" else ("metric", "equivariance.margin")
+            self.add(margin_key, idx, excluded.sum(1).astype(np.float64).reshape(-1, 1))
 
 
 def _rotation_rows(batch: _Batch, prefix: tuple, name: str, feat: torch.Tensor) -> None:
@@ -857,10 +888,18 @@ class _Sizes:
     short_side: int
     resize: bool
     note: str | None
+    rule: str = ""  # where model_in comes from, in words (recorded as preprocessing.input_size_rule)
 
 
 def _sizes(protocol: Protocol, prep: Preprocessing, own: tuple[int, int], image_size, resize, from_files: bool,
-           uniform: bool) -> _Sizes:
+           uniform: bool, basis: str = "the images' own size") -> _Sizes:
+    """The model input, source size and resize of an audit.
+
+    The input size follows one stated rule: the protocol's crop size (``crop:S:M``); else ``image_size``; else
+    the size the model declares (its configuration); else, for data read from files, ``own``: the median size
+    of a sample of the images (``basis`` says which; images under :data:`MIN_IMAGE_SIDE` left out), never the
+    first image alone; for tensors, their common size (the model's default when their sizes differ).
+    """
     ey, ex = protocol.extent
     wanted = None if image_size is None else (
         (int(image_size),) * 2 if isinstance(image_size, int) else tuple(int(v) for v in image_size))
@@ -868,25 +907,31 @@ def _sizes(protocol: Protocol, prep: Preprocessing, own: tuple[int, int], image_
     note = None
     own_based = False
     if protocol.size is not None:
-        model_in = (protocol.size, protocol.size)
+        model_in, rule = (protocol.size, protocol.size), f"the protocol's crop size ({protocol.spec()})"
     elif wanted is not None:
-        model_in = wanted
+        model_in, rule = wanted, "image_size (CLI: --image-size)"
     elif from_files:
         if prep.fixed_size:
-            model_in = default_in
-        else:  # no input size declared: measure the images at their own size
+            model_in, rule = default_in, f"the model's own ({prep.source})"
+        else:  # no input size declared: measure the images at their typical size
             side = min(own[0] - ey, own[1] - ex) if min(own[0] - ey, own[1] - ex) >= 8 else min(own)
             model_in, own_based = (side, side), True
-            note = (f"the model declares no input size: images measured at {side}x{side} (their own size; "
-                    f"--image-size to choose)")
+            rule = f"{basis} ({own[0]}x{own[1]}) less the protocol's extent; the model declares none"
+            note = (f"the model declares no input size: images measured at {side}x{side}, from {basis} "
+                    f"({own[0]}x{own[1]}); --image-size to choose")
     elif bool(resize) or not uniform or (own[0] >= default_in[0] + ey and own[1] >= default_in[1] + ex):
         model_in = default_in  # the standard evaluation: e.g. 224 centre crop of a 256 image
+        rule = f"the model's own ({prep.source})"
     else:
         side = min(own[0] - ey, own[1] - ex)  # smaller images: the largest square input they allow
         model_in, own_based = (side, side), True
+        rule = f"the images' common size ({own[0]}x{own[1]}) less the protocol's extent"
     if min(model_in) < 1:
         raise ShapeError(f"images of {own[0]}x{own[1]} are too small for {protocol.spec()!r}")
     source = (model_in[0] + ey, model_in[1] + ex)
+    if max(source) > MAX_INPUT_SIDE:
+        raise InputError(f"{protocol.spec()!r} at a {model_in[0]}x{model_in[1]} input needs {source[0]}x{source[1]} "
+                         f"px, over the {MAX_INPUT_SIDE}-px limit; use a smaller --image-size or protocol")
     do_resize = from_files if resize is None else bool(resize)
     if not from_files and resize is None:
         do_resize = not uniform
@@ -898,7 +943,69 @@ def _sizes(protocol: Protocol, prep: Preprocessing, own: tuple[int, int], image_
         raise ShapeError(f"images are {own[0]}x{own[1]} but {protocol.spec()!r} needs at least "
                          f"{source[0]}x{source[1]}; resize them (CLI: --resize; Python: resize=True) or use a "
                          f"smaller protocol")
-    return _Sizes(model_in, source, int(short_side), do_resize, note)
+    return _Sizes(model_in, source, int(short_side), do_resize, note, rule)
+
+
+def _image_hw(src, i: int) -> tuple[int, int] | None:
+    """(H, W) of image ``i``: from the file's header for image files, the array's shape for arrays, else by
+    loading it; None when it cannot be read."""
+    from shiftlab.data.sources import ImageSource
+
+    paths = getattr(src, "paths", None)
+    if isinstance(src, ImageSource) and isinstance(paths, list):
+        from PIL import Image
+
+        try:
+            with Image.open(paths[i]) as im:
+                w, h = im.size
+            return int(h), int(w)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None
+    array = getattr(src, "array", None)
+    if isinstance(src, ImageSource) and isinstance(array, np.ndarray) and array.ndim == 4:
+        return tuple(int(v) for v in (array.shape[1:3] if getattr(src, "channels_last", False) else array.shape[2:4]))
+    try:
+        item = src.load(i) if isinstance(src, ImageSource) else src[i]
+    except ShiftlabError:
+        return None
+    image = item[0] if isinstance(item, (tuple, list)) else item
+    if not isinstance(image, torch.Tensor) or image.ndim != 3:
+        return None
+    return int(image.shape[-2]), int(image.shape[-1])
+
+
+def _data_size(src, indices: np.ndarray, data_desc: str, probe: torch.Tensor, sample: bool):
+    """A probe image that is not tiny, and the data's typical (H, W) with the words that say how it was found.
+
+    With ``sample``, the typical size is the median (by shorter side, then longer) of the first
+    :data:`SIZE_SAMPLE` readable images whose shorter side is at least :data:`MIN_IMAGE_SIDE`: one stray image
+    sorted first never sets the size. Tiny images are skipped by the loader and counted; when every sampled image
+    is tiny the audit is refused.
+    """
+    from shiftlab.data.sources import ImageSource
+
+    if not sample and min(probe.shape[-2:]) >= MIN_IMAGE_SIDE:
+        return probe, tuple(int(v) for v in probe.shape[-2:]), "the first image's size"
+    sizes, tiny = [], []
+    for i in indices[:SIZE_SAMPLE]:
+        hw = _image_hw(src, int(i))
+        if hw is None:
+            continue
+        (sizes if min(hw) >= MIN_IMAGE_SIDE else tiny).append((min(hw), max(hw), hw, int(i)))
+        if not sample and sizes:
+            break
+    if not sizes:
+        some = f" (e.g. {tiny[0][2][0]}x{tiny[0][2][1]})" if tiny else ""
+        raise InputError(f"every readable image among the first {min(len(indices), SIZE_SAMPLE)} of {data_desc} is "
+                         f"under {MIN_IMAGE_SIDE} px on its shorter side{some}: too small to measure")
+    sizes.sort(key=lambda s: (s[0], s[1], s[3]))
+    _, _, hw, index = sizes[(len(sizes) - 1) // 2]
+    if min(probe.shape[-2:]) < MIN_IMAGE_SIDE:
+        item = src.load(index) if isinstance(src, ImageSource) else src[index]
+        probe = item[0] if isinstance(item, (tuple, list)) else item
+    basis = (f"the median size of {len(sizes)} sampled images" + (f" ({len(tiny)} under {MIN_IMAGE_SIDE} px left out)"
+                                                                  if tiny else ""))
+    return probe, hw, basis
 
 
 def _parse_preprocessing(prep: Preprocessing, override) -> Preprocessing:
@@ -982,15 +1089,18 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
             when K > ``batch_size``.
         layers: layer names, a module type (or tuple of types), ``"all"`` (every leaf module) or
             ``"stages"`` (:func:`stage_layers`): adds per-layer equivariance and pooled-invariance errors.
-        output_key: which element of a tuple/dict model output is scored.
+        output_key: which element of a tuple/dict model output is scored. Without it, a tuple of several
+            outputs (e.g. ``(features, logits)``) is refused, listing them (:func:`shiftlab.models.select_output`).
         seed: random offsets depend only on (seed, dataset index); also seeds a spec model's initialisation.
         indices: audit only these dataset indices (a shard); merge shards with :func:`merge`.
         margin: input pixels left out at the border when comparing layers under non-circular protocols
-            (default 16; ignored for circular protocols).
+            (default 16, at most an eighth of the input's shorter side; ignored for circular protocols). With
+            ``layers``, a margin of half the input or more is refused.
         normalize: ``True``: the model's preprocessing; ``False``: none; or a callable on (B, C, H, W).
         image_size: the model's input size (int or (H, W)). Default: the protocol's own size (``crop:S:M``),
             else the model's (timm ``pretrained_cfg``, torchvision weight metadata); for a model that declares
-            none, the images' own size.
+            none, the median size of the first 64 readable image files (never the first image alone; files
+            under 8 px are skipped and counted), or the tensors' common size. At most 4096 px.
         preprocessing: a :class:`~shiftlab.models.Preprocessing`, or a dict overriding ``mean``, ``std``,
             ``interpolation``, ``crop_pct``, ``input_size`` of the model's own. The values used are recorded.
         resize: resize each image (shorter side to the preprocessing's resize size scaled to the input, e.g.
@@ -1003,7 +1113,8 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
         class_map: ``{data class name or label: model class index}`` (see :mod:`shiftlab.measure.labels`).
         reference: a second model (module or spec) run on the very same views, or an earlier
             :class:`AuditResult` of the same protocol, seed and data made with ``predictions=True``: adds
-            ``reference_agreement``, P(the model's top-1 equals the reference's on the same view).
+            ``reference_agreement``, P(the model's top-1 equals the reference's on the same view). The reference
+            must give class scores (B, K) with the model's number of classes; otherwise it is refused.
         predictions: also keep every view's top-1, the tracked class's probability and copy 0's top-5.
         checkpoint: a folder: write this process's partial statistics there every ``checkpoint_every``
             batches (atomically), and resume from it when it holds a checkpoint of the same audit.
@@ -1026,6 +1137,8 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
     margin = _check_int("margin", margin, 0, allow_none=True)
     checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
     workers = _check_int("workers", workers, 0, allow_none=True)
+    if image_size is not None:
+        _check_size_arg(image_size)  # before any model is loaded: a huge size is refused at once
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
         raise InputError(f"confidence must be in (0, 1), got {confidence!r}")
     world = distributed.world()
@@ -1037,6 +1150,7 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
     dev = distributed.rank_device(device) if world.size > 1 else resolve_device(device)
     spec_model = isinstance(model, str)
     model_desc = model if spec_model else type(model).__name__
+    output_key_arg = output_key  # for the checkpoint's fingerprint (a spec model takes it in below)
     if spec_model:
         if dev is None:
             dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -1044,6 +1158,11 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
         output_key = None  # the loaded model already returns the selected output
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model must be a torch.nn.Module or a model spec string, got {type(model).__name__}")
+    from shiftlab.models.loading import check_materialized
+
+    check_materialized(model, "the model")  # a meta-device module cannot be moved or run: one line, not a traceback
+    if isinstance(reference, torch.nn.Module):
+        check_materialized(reference, "the reference model")
     if dev is not None:
         model.to(dev)
     dev = _model_device(model)
@@ -1080,26 +1199,33 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
     uniform = src.uniform if isinstance(src, TensorImages) else False
 
     probe = loader.first_readable_image(src, all_indices, data_desc)
+    prep = _parse_preprocessing(model_preprocessing(model), preprocessing)
+    own, size_basis = tuple(int(v) for v in probe.shape[-2:]), "the images' own size"
+    if from_files:  # the size never comes from one image, and a tiny image is never the probe
+        probe, own, size_basis = _data_size(src, all_indices, data_desc, probe,
+                                            sample=image_size is None and not prep.fixed_size)
     C = int(probe.shape[0])
     want_c = _first_conv_channels(model)
-    if want_c is not None and want_c != C and not (from_files and C in (1, 3, 4) and want_c == 3):
+    if want_c is not None and want_c != C and not (from_files and C in (1, 3, 4) and want_c in (1, 3)):
         raise ShapeError(f"the model's first convolution takes {want_c} channels, but the images have {C}")
     C = want_c if (want_c is not None and from_files) else C
 
     # ---------------------------------------------------------------------------- sizes and protocol
-    prep = _parse_preprocessing(model_preprocessing(model), preprocessing)
-    own = tuple(int(v) for v in probe.shape[-2:])
     wanted_size = None if image_size is None else _check_size_arg(image_size)
     if wanted_size is not None and tuple(prep.input_size) != wanted_size:
         prep = prep.with_overrides(input_size=wanted_size)  # the resize follows (same crop_pct)
     protocol = parse_protocol(transform) if transform is not None else _default_protocol(
         wanted_size or (tuple(prep.input_size) if (from_files and prep.fixed_size) else own))
-    sizes = _sizes(protocol, prep, own, wanted_size, resize, from_files, uniform)
+    sizes = _sizes(protocol, prep, own, wanted_size, resize, from_files, uniform, size_basis)
     reason = protocol.fits(sizes.model_in) if hasattr(protocol, "fits") else None
     if reason:
         raise InputError(reason)
-    if margin is None or protocol.circular:
-        margin = 0 if protocol.circular else DEFAULT_MARGIN
+    if margin is None or protocol.circular:  # the default fits the input: 16 px, at most an eighth of its side
+        margin = 0 if protocol.circular else min(DEFAULT_MARGIN, min(sizes.model_in) // MARGIN_SHARE)
+    elif layers is not None and 2 * margin >= min(sizes.model_in):
+        raise InputError(f"margin {margin} (CLI: --margin) leaves nothing of the {sizes.model_in[0]}x"
+                         f"{sizes.model_in[1]} input to compare layers on; use a margin below "
+                         f"{(min(sizes.model_in) + 1) // 2}, e.g. {min(sizes.model_in) // MARGIN_SHARE}")
     norm_fn = loader.normalizer(normalize, prep, C)
     metric_names = _check_metric_names(metrics, protocol)
     if metric_names and "accuracy" in metric_names and isinstance(src, ImageSource) and not src.has_labels:
@@ -1117,7 +1243,8 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
         channels_last = dtype != torch.float64 and not any(
             type(m).__module__.startswith("shiftlab.") for m in model.modules()) and not any(
             isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters())
-    sizing = loader.Sizing(sizes.source, sizes.short_side, prep.interpolation, sizes.resize, C)
+    sizing = loader.Sizing(sizes.source, sizes.short_side, prep.interpolation, sizes.resize, C,
+                           MIN_IMAGE_SIDE if from_files else 0)
 
     engine = _Engine(model=model, reference_model=reference_model, protocol=protocol, device=dev, dtype=dtype,
                      norm_fn=norm_fn, output_key=output_key, seed=seed, amp=amp, channels_last=channels_last,
@@ -1132,6 +1259,12 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
         # ------------------------------------------------------------------------ probe: what the model outputs
         first, _ = loader._prepare(probe, sizing)
         output_kind, classes = engine.probe(first)
+        if reference_result is not None:
+            if output_kind == "dense":
+                _check_reference_output(None, output_kind, classes)
+            if reference_result.classes is not None and reference_result.classes != classes:
+                raise InputError(f"the reference audit's model gives {reference_result.classes} classes and this "
+                                 f"model {classes}: their top-1 classes are not in one label space")
         wanted, omitted = _choose_metrics(metric_names, protocol, output_kind, classes,
                                           reference_model is not None or reference_result is not None)
         labels_doc, table, item_labels = None, None, False
@@ -1149,25 +1282,20 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
         state = {"chunks": {}, "done": set(), "failures": {}, "upscaled": {}, "layer_info": {}}
         store = None
         if checkpoint is not None:
-            from shiftlab.measure.checkpoint import CheckpointStore, fingerprint_model
+            from shiftlab.measure.checkpoint import CheckpointStore
 
-            fingerprint = {
-                "model": fingerprint_model(model), "model_spec": str(model_desc), "data": str(data_desc),
-                "images": int(n_total), "names": _names_digest(src, all_indices), "protocol": protocol.spec(),
-                "seed": int(seed), "batch_size": int(batch_size), "per_batch": int(per_batch),
-                "metrics": list(wanted), "layers": sorted(chosen_layers), "margin": int(margin),
-                "preprocessing": prep.to_dict(), "input": list(sizes.model_in), "resize": sizes.resize,
-                "normalize": "model" if normalize is True else str(bool(normalize)), "class_map": class_map,
-                "reference": None if reference is None else type(reference).__name__,
-                "predictions": bool(predictions), "world_size": int(world.size), "dtype": str(dtype),
-                "channels_last": bool(channels_last), "amp": bool(amp)}
+            fingerprint = _fingerprint(
+                model=model, model_desc=model_desc, output_key=output_key_arg, reference=reference,
+                reference_model=reference_model, src=src, data_desc=data_desc, indices=all_indices,
+                protocol=protocol, seed=seed, batch_size=batch_size, per_batch=per_batch, wanted=wanted,
+                chosen_layers=chosen_layers, margin=margin, prep=prep, sizes=sizes, normalize=normalize,
+                class_map=class_map, predictions=predictions, world=world, dtype=dtype,
+                channels_last=channels_last, amp=amp)
             store = CheckpointStore(checkpoint, world.rank, world.size, fingerprint)
             store.check_folder()
-            saved = store.load()
+            saved = store.load(batches, mine, ("guard", "top1") if output_kind == "logits" else None)
             if saved is not None:
                 state = saved
-                state["failures"] = {int(k): v for k, v in state["failures"].items()}
-                state["upscaled"] = {int(k): v for k, v in state["upscaled"].items()}
         todo = [b for b in mine if b not in state["done"]]
 
         # ------------------------------------------------------------------------ the run
@@ -1227,34 +1355,72 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
         parameters=protocol.parameters, indices=audited, skipped=skipped,
         layer_info=dict(sorted(state["layer_info"].items(), key=lambda kv: _layer_order(kv[0], chosen_layers))),
         series=state["chunks"], omitted=dict(omitted), labels=labels_doc,
-        preprocessing={**prep.to_dict(), "model_input": list(sizes.model_in), "source_size": list(sizes.source),
+        preprocessing={**prep.to_dict(), "model_input": list(sizes.model_in), "input_size_rule": sizes.rule,
+                       "source_size": list(sizes.source),
                        "short_side": sizes.short_side, "resize": sizes.resize,
                        "normalize": "model" if normalize is True else ("custom" if callable(normalize) else "none")},
         source=source_info, notes=notes, upscaled=int(upscaled), ignored=int(getattr(src, "ignored", 0)),
         reproducibility=_reproducibility(command, dev, seed, source_info, world, workers, amp),
-        classes=classes or None)
+        classes=classes or None, nondeterminism=dict(engine.nondeterminism) or None)
 
 
 def _check_size_arg(image_size):
-    if isinstance(image_size, bool):
-        raise InputError(f"image_size must be a positive int or (H, W), got {image_size!r}")
-    size = (image_size,) * 2 if isinstance(image_size, (int, np.integer)) else tuple(image_size)
-    if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in size):
-        raise InputError(f"image_size must be a positive int or (H, W) (CLI: --image-size), got {image_size!r}")
-    return tuple(int(v) for v in size)
+    from shiftlab.models.preprocessing import check_input_size
+
+    try:
+        return check_input_size(image_size, "image_size (CLI: --image-size)")
+    except TypeError:
+        raise InputError(f"image_size must be a positive int or (H, W) (CLI: --image-size), got {image_size!r}") \
+            from None
 
 
-def _names_digest(src, indices: np.ndarray) -> str:
-    import hashlib
+def _fingerprint(*, model, model_desc, output_key, reference, reference_model, src, data_desc, indices, protocol,
+                 seed, batch_size, per_batch, wanted, chosen_layers, margin, prep, sizes, normalize, class_map,
+                 predictions, world, dtype, channels_last, amp) -> dict:
+    """Everything that decides an audit's numbers, for its checkpoint: resuming with any of it changed would
+    merge two different runs into one number. The model and the reference are known by their weights and layers
+    (and the output their wrapper selects), the data by its names, content (file sizes and modification times;
+    the bytes of arrays in memory) and labels; the options by their values."""
+    from shiftlab.measure.checkpoint import data_identity, fingerprint_model
+    from shiftlab.models.loading import SelectOutput
 
-    names = getattr(src, "names", None)
-    digest = hashlib.sha256()
-    if names is not None:
-        for i in indices:
-            digest.update(str(names[int(i)]).encode() + b"\0")
+    def key_of(m, given):
+        if given is not None:
+            return repr(given)
+        return repr(m.key) if isinstance(m, SelectOutput) else None
+
+    def describe(m):
+        info = getattr(m, "shiftlab_source", None)
+        if isinstance(info, dict) and info.get("spec"):
+            return str(info["spec"]) + (f" (fix {info['fix']})" if info.get("fix") else "")
+        return type(m).__name__
+
+    if isinstance(reference, AuditResult):
+        import hashlib
+
+        idx, top1 = _reduce(reference.series[("record", "top1")], reference.protocol["copies"])
+        digest = hashlib.sha256(idx.astype(np.int64).tobytes() + top1.astype(np.float64).tobytes())
+        ref = {"reference": f"an earlier audit of {reference.model}", "reference_weights": digest.hexdigest()}
+    elif reference_model is not None:
+        ref = {"reference": reference if isinstance(reference, str) else describe(reference_model),
+               "reference_weights": fingerprint_model(reference_model),
+               "reference_output_key": key_of(reference_model, None)}
     else:
-        digest.update(str(len(indices)).encode())
-    return digest.hexdigest()
+        ref = {"reference": None}
+    if normalize is True or normalize is False:
+        norm = "model" if normalize else "none"
+    else:
+        kind = getattr(normalize, "__qualname__", type(normalize).__qualname__)
+        norm = f"{getattr(normalize, '__module__', '')}.{kind}"
+    return {
+        "model": fingerprint_model(model), "model_spec": str(model_desc), "output_key": key_of(model, output_key),
+        **ref, "data": str(data_desc), "images": int(len(src)), **data_identity(src, indices),
+        "protocol": protocol.spec(), "seed": int(seed), "batch_size": int(batch_size), "per_batch": int(per_batch),
+        "metrics": list(wanted), "layers": sorted(chosen_layers), "margin": int(margin),
+        "preprocessing": prep.to_dict(), "input": list(sizes.model_in), "resize": sizes.resize, "normalize": norm,
+        "class_map": None if class_map is None else {str(k): v for k, v in class_map.items()},
+        "predictions": bool(predictions), "world_size": int(world.size), "dtype": str(dtype),
+        "channels_last": bool(channels_last), "amp": bool(amp)}
 
 
 def _layer_order(name: str, chosen: dict) -> tuple[int, str]:
@@ -1297,6 +1463,7 @@ class _Engine:
         self.seed, self.amp, self.channels_last, self.record = seed, amp, channels_last, record
         self.batch_size = batch_size
         self.reference_lookup = None
+        self.nondeterminism: dict = {}  # model (and reference) -> relative change between two passes of one input
         self.ctx: _Batch | None = None
 
     # ---------------------------------------------------------------------------------------- models
@@ -1328,14 +1495,24 @@ class _Engine:
         with torch.inference_mode():
             x = self.protocol.make(images, torch.zeros(1, dtype=torch.long), self.seed, copies=[0]).inputs
             out = self.forward(self.model, x, self.output_key)
+            # the clean input twice: a model whose output changes (dropout left on, noise in forward) is flagged
+            self.nondeterminism = {"model": _relative_difference(out, self.forward(self.model, x, self.output_key))}
+            ref = None
+            if self.reference_model is not None:
+                ref = self.forward(self.reference_model, x)
+                self.nondeterminism["reference"] = _relative_difference(ref, self.forward(self.reference_model, x))
         if not out.is_floating_point():
             raise ShiftlabError(f"the model output is {out.dtype}, not floating point")
         if out.ndim == 2:
-            return "logits", int(out.shape[1])
-        if out.ndim == 4:
-            return "dense", int(out.shape[1])
-        raise ShiftlabError(f"the model output has shape {tuple(out.shape)}; the metrics need logits (B, K) or a "
-                            f"dense map (B, K, H, W)")
+            kind = "logits"
+        elif out.ndim == 4:
+            kind = "dense"
+        else:
+            raise ShiftlabError(f"the model output has shape {tuple(out.shape)}; the metrics need logits (B, K) or a "
+                                f"dense map (B, K, H, W)")
+        if ref is not None:
+            _check_reference_output(ref, kind, int(out.shape[1]))
+        return kind, int(out.shape[1])
 
     def decide(self, output_kind: str, classes: int, wanted, table, item_labels: bool) -> None:
         self.output_kind, self.classes, self.wanted = output_kind, classes, tuple(wanted)
@@ -1456,6 +1633,38 @@ class _Engine:
         if self.output_kind == "dense":
             return None, None
         return torch.stack(logits_full, 1), ref_top1
+
+
+def _relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |a| in float64 (0 for equal outputs, inf when they differ in shape or finiteness)."""
+    if a.shape != b.shape:
+        return math.inf
+    a, b = a.detach().to(torch.float64), b.detach().to(torch.float64)
+    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        return 0.0 if bool(torch.equal(a.nan_to_num(), b.nan_to_num())) else math.inf
+    scale = float(a.abs().max()) if a.numel() else 0.0
+    diff = float((a - b).abs().max()) if a.numel() else 0.0
+    return diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
+
+
+def _check_reference_output(ref: torch.Tensor, kind: str, classes: int) -> None:
+    """A reference model must give class scores in the model's label space (as many classes); else one line."""
+    if kind == "dense":
+        raise InputError("the model outputs a dense map (B, K, H, W); reference_agreement compares top-1 classes, "
+                         "so a reference (CLI: --reference, --fix) needs a classifier: drop the reference")
+    if not isinstance(ref, torch.Tensor) or not ref.is_floating_point():
+        raise InputError(f"the reference model's output is {getattr(ref, 'dtype', type(ref).__name__)}, not "
+                         f"floating-point class scores")
+    if ref.ndim == 4:
+        raise InputError(f"the reference model outputs a dense map {tuple(ref.shape)}; reference_agreement compares "
+                         f"top-1 classes, so the reference must give class scores (B, K)")
+    if ref.ndim != 2:
+        raise InputError(f"the reference model's output has shape {tuple(ref.shape)}; it must give class scores "
+                         f"(B, K)")
+    if int(ref.shape[1]) != classes:
+        raise InputError(f"the reference model gives {int(ref.shape[1])} classes and the model {classes}: their "
+                         f"top-1 classes are not in one label space, so agreement would mean nothing; use a "
+                         f"reference with the model's classes")
 
 
 def _forward(model, x, output_key, amp: bool, dev) -> torch.Tensor:

@@ -6,9 +6,13 @@ renamed over the previous one, so a kill at any moment leaves either the old che
 never a mix; a temporary left by a kill is ignored and removed. The file holds only tensors, strings and
 numbers and is read back with ``torch.load(..., weights_only=True)``.
 
-A checkpoint is tied to its audit by a fingerprint of everything that decides the numbers (model weights,
-data, protocol, seed, batch layout, metrics, layers, preprocessing, world size): resuming with anything
-changed is refused, with a message that says what differs.
+A checkpoint is tied to its audit by a fingerprint of everything that decides the numbers (the model's
+weights and layers and the output it selects, the reference model's, the data's identity: names, file sizes
+and modification times or the bytes of arrays in memory, and labels; protocol, seed, batch layout, metrics,
+layers, preprocessing, world size): resuming with anything changed is refused, with a message that names the
+option and both values (:func:`difference`). A damaged checkpoint (truncated, edited, keys missing or of the
+wrong type, statistics that do not cover the batches it records as done) is refused with one line naming the
+file (:func:`damaged`): a resumed run never merges two runs or reports a metric over part of the data.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -24,10 +29,33 @@ import torch
 
 from shiftlab.errors import InputError
 
-__all__ = ["CheckpointStore", "fingerprint_model", "read_checkpoint_file", "write_checkpoint_file"]
+__all__ = ["CheckpointStore", "damaged", "data_identity", "difference", "fingerprint_model", "read_checkpoint_file",
+           "write_checkpoint_file"]
 
 FORMAT = "shiftlab.audit-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the fingerprint holds the data's content, the reference's and the output key's identity
+
+#: fingerprint keys in user terms, in the order a difference is reported (the first one leads the message);
+#: keys of nested dicts are looked up whole ("config.labels"), then by their last part ("preprocessing.mean")
+LABELS = {
+    "model_spec": "--model", "fix": "--fix", "teacher_spec": "--teacher", "reference": "--reference",
+    "output_key": "--output-key", "data": "--data", "protocol": "--transform", "views": "--views",
+    "metrics": "--metrics", "seed": "--seed", "config.labels": "--label-weight", "steps": "--steps", "lr": "--lr",
+    "batch_size": "--batch-size", "accumulate": "--accumulate", "weight_decay": "--weight-decay",
+    "warmup": "--warmup", "temperature": "--temperature", "kl": "--kl", "consistency": "--consistency",
+    "batch_norm": "--batch-norm", "bn_batches": "--bn-batches", "margin": "--margin", "layers": "--layers",
+    "input": "--image-size", "input_size": "--image-size", "mean": "--mean", "std": "--std",
+    "interpolation": "--interpolation", "crop_pct": "--crop-pct", "class_map": "--class-map",
+    "predictions": "--predictions", "amp": "--amp", "images": "number of images",
+    "names": "image names (or their order)",
+    "content": "image content (files replaced, changed or touched since the checkpoint was written)",
+    "labels": "labels", "model": "model weights or layers", "student": "student weights or layers",
+    "teacher": "teacher weights or layers", "reference_weights": "reference model weights or layers",
+    "reference_output_key": "reference model output key", "fix_recipe": "conversion settings (--fix)",
+    "world_size": "number of processes", "resize": "resizing (--no-resize)",
+    "normalize": "normalisation", "per_batch": "batch layout", "dtype": "model dtype",
+    "channels_last": "memory format", "preprocessing": "preprocessing", "config": "settings",
+}
 
 
 def fingerprint_model(model: torch.nn.Module) -> str:
@@ -40,7 +68,62 @@ def fingerprint_model(model: torch.nn.Module) -> str:
             digest.update(str((tuple(t.shape), str(t.dtype))).encode())
             digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     digest.update(type(model).__name__.encode())
+    # the layers themselves: a conversion that adds no weights (APS, or a blur filter kept out of the state) and
+    # which output a wrapper selects (its key) are part of what the model computes
+    for name, module in model.named_modules():
+        kind = type(module)
+        try:
+            extra = module.extra_repr()
+        except Exception:  # noqa: BLE001 - a module whose description fails is known by its type alone
+            extra = ""
+        digest.update(f"{name}\0{kind.__module__}.{kind.__qualname__}\0{_ADDRESS.sub('', extra)}\0".encode())
     return digest.hexdigest()
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous()
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def data_identity(src, indices) -> dict:
+    """What identifies the audited data without decoding it: digests of the selected images' names (in order),
+    of their content (each file's size and modification time; the bytes of arrays and tensors in memory) and of
+    the labels. A file replaced, edited or touched between a kill and the resume changes ``content``."""
+    names, content, labels = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+    indices = [int(i) for i in indices]
+    listed = getattr(src, "names", None)
+    names.update(str(len(indices)).encode() + b"\0")
+    if listed is not None:
+        for i in indices:
+            names.update(str(listed[i]).encode() + b"\0")
+    paths, array, images = getattr(src, "paths", None), getattr(src, "array", None), getattr(src, "images", None)
+    if paths is not None:
+        for i in indices:
+            try:
+                st = os.stat(paths[i])
+                content.update(f"{paths[i]}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+            except OSError as exc:
+                content.update(f"{paths[i]}\0{type(exc).__name__}\0".encode())
+    elif isinstance(array, np.ndarray):
+        content.update(str((array.shape, str(array.dtype))).encode())
+        content.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    elif isinstance(images, torch.Tensor):
+        content.update(str((tuple(images.shape), str(images.dtype))).encode())
+        content.update(_tensor_bytes(images))
+    elif isinstance(images, list):
+        for i in indices:
+            content.update(str((tuple(images[i].shape), str(images[i].dtype))).encode())
+            content.update(_tensor_bytes(images[i]))
+    else:
+        content.update(f"{type(src).__module__}.{type(src).__qualname__}\0{len(src)}".encode())
+    table = getattr(src, "labels", None)
+    if isinstance(table, torch.Tensor):
+        labels.update(_tensor_bytes(table[torch.as_tensor(indices, dtype=torch.long)]))
+    labels.update(json.dumps(getattr(src, "class_names", None)).encode())
+    return {"names": names.hexdigest(), "content": content.hexdigest(), "labels": labels.hexdigest()}
 
 
 def _fault(kind: str) -> int | None:
@@ -66,18 +149,75 @@ def read_checkpoint_file(path: Path, fmt: str, version: int, fingerprint: dict, 
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise InputError(f"cannot read the checkpoint {path} ({type(exc).__name__}); delete it to start "
-                         f"over") from None
+        raise damaged(path, f"it does not load ({type(exc).__name__})", elsewhere) from None
     if not isinstance(saved, dict) or saved.get("format") != fmt:
-        raise InputError(f"{path} is not a shiftlab {what} checkpoint")
+        raise InputError(f"{path} is not a shiftlab {what} checkpoint; use {elsewhere} or delete it")
     if saved.get("version") != version:
         raise InputError(f"{path} was written by another shiftlab version; delete it to start over")
-    theirs = json.loads(saved["fingerprint"])
+    try:
+        theirs = json.loads(saved["fingerprint"])
+    except (KeyError, TypeError, ValueError):
+        theirs = None
+    if not isinstance(theirs, dict):
+        raise damaged(path, "its fingerprint is missing or unreadable", elsewhere)
+    fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))  # as it reads back (tuples as lists)
     if theirs != fingerprint:
-        diff = sorted(k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k))
-        raise InputError(f"the checkpoint {path} belongs to another {what} (it differs in: {', '.join(diff)}); "
+        raise InputError(f"the checkpoint {path} belongs to another {what}: {difference(theirs, fingerprint)}; "
                          f"use {elsewhere} or delete it")
     return saved
+
+
+def damaged(path, detail: str, elsewhere: str) -> InputError:
+    """The one-line error for a checkpoint that cannot be trusted (truncated, edited, inconsistent)."""
+    return InputError(f"the checkpoint {path} is damaged: {detail}; delete it or use {elsewhere}")
+
+
+def _flatten(doc: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in doc.items():
+        if isinstance(value, dict) and value and key != "class_map":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _label(key: str) -> tuple[str, int]:
+    order = list(LABELS)
+    for candidate in (key, key.rsplit(".", 1)[-1], key.split(".", 1)[0]):
+        if candidate in LABELS:
+            return LABELS[candidate], order.index(candidate)
+    return key, len(order)
+
+
+def _show(value) -> str | None:
+    if value is None:
+        return "(none)"
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        value = ",".join(str(v) for v in value)
+    if isinstance(value, (str, int, float, bool)) and len(str(value)) <= 80 and not (
+            isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
+        text = str(value)
+        return "".join(c if c.isprintable() else "?" for c in text) or "''"
+    return None
+
+
+def difference(theirs: dict, ours: dict) -> str:
+    """What differs between a checkpoint's fingerprint and this run's, in the options' terms:
+    ``it was made with --reference A; this run has --reference B (it also differs in: the model's weights)``."""
+    a, b = _flatten(theirs), _flatten(ours)
+    missing = object()
+    keys = [k for k in set(a) | set(b) if a.get(k, missing) != b.get(k, missing)]
+    keys.sort(key=lambda k: (_label(k)[1], k))
+    labels = list(dict.fromkeys(_label(k)[0] for k in keys))
+    first = keys[0]
+    label = labels[0]
+    then, now = _show(a.get(first)), _show(b.get(first))
+    if label.startswith("--") and then is not None and now is not None:
+        head = f"it was made with {label} {then}; this run has {label} {now}"
+    else:
+        head = f"it was made with other {label}"
+    return head + (f" (it also differs in: {', '.join(labels[1:])})" if labels[1:] else "")
 
 
 def write_checkpoint_file(path: Path, fmt: str, version: int, fingerprint: dict, state: dict, writes: int) -> None:
@@ -105,6 +245,9 @@ def write_checkpoint_file(path: Path, fmt: str, version: int, fingerprint: dict,
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+ELSEWHERE = "another --checkpoint folder"
 
 
 class CheckpointStore:
@@ -137,11 +280,28 @@ class CheckpointStore:
                              f"({others[0]}); resume with that many processes, or use another folder")
 
     # --------------------------------------------------------------------------------------- read
-    def load(self) -> dict | None:
-        """The saved partial state, or ``None`` when there is no checkpoint yet."""
-        saved = read_checkpoint_file(self.path, FORMAT, VERSION, self.fingerprint, "audit",
-                                     "another --checkpoint folder")
-        return None if saved is None else _decode(saved)
+    def load(self, batches: list | None = None, mine: list | None = None, complete: tuple | None = None) -> dict | None:
+        """The saved partial state, or ``None`` when there is no checkpoint yet.
+
+        With ``batches`` (the dataset indices of every batch) and ``mine`` (this process's batch numbers) the
+        state is checked against them: only this process's batches are done, every row of every series
+        belongs to an image of a done batch, and the series ``complete`` (when given) has rows for every image
+        of every done batch that was read. A state that fails (edited, or from a damaged file) is refused: a
+        resumed run never reports a metric over part of the images while its header counts them all.
+        """
+        saved = read_checkpoint_file(self.path, FORMAT, VERSION, self.fingerprint, "audit", ELSEWHERE)
+        if saved is None:
+            return None
+        try:
+            state = _decode(saved)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+            raise damaged(self.path, f"its statistics are incomplete or malformed ({type(exc).__name__})",
+                          ELSEWHERE) from None
+        if batches is not None:
+            problem = _inconsistency(state, batches, mine, complete)
+            if problem:
+                raise damaged(self.path, problem, ELSEWHERE)
+        return state
 
     # --------------------------------------------------------------------------------------- write
     def save(self, state: dict) -> None:
@@ -176,16 +336,74 @@ def _encode(state: dict) -> dict:
 
 
 def _decode(saved: dict) -> dict:
+    """The state :func:`_encode` wrote; raises KeyError/TypeError/ValueError for anything else."""
     chunks: dict = {}
+    if not isinstance(saved["chunks"], dict):
+        raise TypeError("chunks")
     for key, entry in saved["chunks"].items():
         items = []
         start = 0
-        idx, vals = entry["idx"].numpy(), entry["vals"].numpy()
-        for b, rows in zip(entry["batch"].tolist(), entry["rows"].tolist()):
+        parts = [entry[name] for name in ("batch", "rows", "idx", "vals")]
+        if not all(isinstance(t, torch.Tensor) for t in parts):
+            raise TypeError("chunk")
+        batch, rows_t, idx_t, vals_t = parts
+        if (batch.ndim != 1 or rows_t.shape != batch.shape or idx_t.ndim != 1 or vals_t.ndim != 2
+                or vals_t.shape[0] != idx_t.shape[0] or int(rows_t.sum()) != idx_t.shape[0]
+                or bool((rows_t < 0).any()) or idx_t.is_floating_point() or batch.is_floating_point()):
+            raise ValueError("chunk shapes")
+        idx, vals = idx_t.numpy(), vals_t.numpy()
+        for b, rows in zip(batch.tolist(), rows_t.tolist()):
             items.append((int(b), idx[start:start + rows].copy(), vals[start:start + rows].copy()))
             start += rows
-        chunks[tuple(json.loads(key))] = items
+        name = json.loads(key)
+        if not isinstance(name, list) or not all(isinstance(p, str) for p in name):
+            raise TypeError("chunk key")
+        chunks[tuple(name)] = items
     state = json.loads(saved["meta"])
-    state["done"] = set(int(b) for b in saved["done"].tolist())
+    if not isinstance(state, dict):
+        raise TypeError("meta")
+    for name in ("failures", "upscaled", "layer_info"):
+        if not isinstance(state[name], dict):
+            raise TypeError(name)
+    state["failures"] = {int(k): [(int(i), str(p), str(r)) for i, p, r in v] for k, v in state["failures"].items()}
+    state["upscaled"] = {int(k): int(v) for k, v in state["upscaled"].items()}
+    done = saved["done"]
+    if not isinstance(done, torch.Tensor) or done.ndim != 1 or done.is_floating_point():
+        raise TypeError("done")
+    state["done"] = set(int(b) for b in done.tolist())
     state["chunks"] = chunks
     return state
+
+
+def _inconsistency(state: dict, batches: list, mine: list | None, complete: tuple | None) -> str | None:
+    """Why a decoded state cannot be the partial statistics of this audit (``None`` when it can)."""
+    done = state["done"]
+    allowed = set(range(len(batches)) if mine is None else mine)
+    if not done <= allowed:
+        return f"it records batch {min(done - allowed)} as done, which is not one of this process's batches"
+    for b, upscaled in state["upscaled"].items():
+        if b not in done or upscaled < 0:
+            return "its counts of enlarged images do not match the batches it records as done"
+    failed = set()
+    for b, items in state["failures"].items():
+        if b not in done:
+            return "its skipped images do not match the batches it records as done"
+        failed |= {i for i, _, _ in items}
+    expected = set()
+    for b in done:
+        expected |= {int(i) for i in batches[b]}
+    if not failed <= expected:
+        return "its skipped images are not images of the batches it records as done"
+    expected -= failed
+    for key, items in state["chunks"].items():
+        seen = set()
+        for _, idx, _ in items:
+            seen |= set(idx.tolist())
+        if not seen <= expected:
+            return f"its {'/'.join(key)} statistics hold images of batches it does not record as done"
+        if complete is not None and tuple(key) == tuple(complete) and seen != expected:
+            return (f"its statistics cover {len(seen)} of the {len(expected)} images of the batches it records "
+                    f"as done")
+    if complete is not None and expected and tuple(complete) not in state["chunks"]:
+        return f"its statistics cover 0 of the {len(expected)} images of the batches it records as done"
+    return None

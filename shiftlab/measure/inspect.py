@@ -14,21 +14,33 @@ with forward hooks and lists, in the order the layers execute, each layer that
 and notes the layers that are harmless or that fix the problem: global pooling (invariant), adaptive
 pooling, and anti-aliased subsampling (shiftlab's ``BlurPool2d``/``APSPool2d``, timm's ``BlurPool2d``).
 
-Only ``nn.Module`` layers are seen. A function called inside a ``forward`` (``F.max_pool2d``, ``x[..., ::2]``)
-is invisible, except that a leaf module whose output map is smaller than its input is reported as
-``"other-subsampling"``.
+Subsampling written as a function inside a ``forward`` (``F.max_pool2d``, ``F.avg_pool2d``, a strided
+``F.conv2d``, ``F.interpolate`` down, ``x[..., ::2, ::2]``) is found too: the pass runs under a
+``TorchFunctionMode`` that sees every torch function called outside the layers recognised above, and each call
+that makes a map smaller is reported as ``"functional-subsampling"``, with the module in whose ``forward`` it
+ran and the source line. A leaf module of unknown type whose output map is smaller than its input is reported
+as ``"other-subsampling"``. Neither can be replaced by :func:`shiftlab.antialias` (:data:`OPAQUE_KINDS`).
+
+Compiled models (``torch.jit.script``, ``torch.jit.trace``, ``torch.jit.load``, a ``torch.export`` program or
+its graph module) hide their layers; :func:`inspect` refuses them (:func:`compiled_kind`) rather than reporting
+a stride of 1.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import os
+import sys
+
 import torch
-from torch import nn
+from torch import fx, nn
+from torch.overrides import TorchFunctionMode
 
 from shiftlab.errors import InputError, ShapeError, ShiftlabError
 
-__all__ = ["Finding", "InspectResult", "inspect", "KINDS", "SUBSAMPLING_KINDS"]
+__all__ = ["Finding", "InspectResult", "inspect", "KINDS", "SUBSAMPLING_KINDS", "OPAQUE_KINDS", "compiled_kind",
+           "refuse_compiled"]
 
 # kind -> one-line meaning (also the legend of ``shiftlab inspect``)
 KINDS = {
@@ -36,6 +48,8 @@ KINDS = {
     "max-pool": "max pooling with stride > 1: subsamples without a low-pass filter (aliases)",
     "avg-pool": "average pooling with stride > 1: a box filter, a weak low-pass (aliases)",
     "other-subsampling": "a layer whose output map is smaller than its input, by an unknown operation",
+    "functional-subsampling": "a function called inside a forward (F.max_pool2d, a strided F.conv2d, slicing "
+                              "::2, ...) subsamples: not a layer, so shiftlab fix cannot replace it",
     "blur-pool": "anti-aliased subsampling (low-pass, then subsample): reduces aliasing, not exact",
     "aps": "adaptive polyphase subsampling: exact for circular shifts when padding is circular",
     "same-padding-asymmetric": "'same' padding with more pixels after than before: moves the sampling grid",
@@ -48,7 +62,10 @@ KINDS = {
     "flatten-fc": "fully connected layer on a flattened map larger than 1x1: depends on absolute position",
 }
 # kinds that change the sampling grid (they define the cumulative stride)
-SUBSAMPLING_KINDS = frozenset({"strided-conv", "max-pool", "avg-pool", "other-subsampling", "blur-pool", "aps"})
+SUBSAMPLING_KINDS = frozenset({"strided-conv", "max-pool", "avg-pool", "other-subsampling", "functional-subsampling",
+                               "blur-pool", "aps"})
+#: subsampling that is not a layer :func:`shiftlab.antialias` can convert
+OPAQUE_KINDS = frozenset({"other-subsampling", "functional-subsampling"})
 # kinds that do not break exact equivariance to circular shifts on their own
 _HARMLESS_KINDS = frozenset({"aps", "global-pool"})
 
@@ -209,6 +226,141 @@ def _fmt2(p: tuple[int, int]) -> str:
     return f"{p[0]}x{p[1]}" if p[0] != p[1] else f"{p[0]}"
 
 
+# layers whose own functions are covered by their type's checks (a Conv2d calls F.conv2d)
+_TYPED_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.ZeroPad2d,
+                 nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.Linear)
+# functions that subsample by a stride argument (default: the kernel size, for pools)
+_POOLS = ("max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "lp_pool2d")
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+# shiftlab's anti-aliasing layers and the hooks of its conversion subsample on purpose (APS phases, blurs)
+_SHIFTLAB_OWN = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), part) + os.sep
+                      for part in ("layers", "fix"))
+
+
+def _arg(args, kwargs, index: int, key: str, default=None):
+    if key in kwargs:
+        return kwargs[key]
+    return args[index] if len(args) > index else default
+
+
+def _functional_stride(name: str, args, kwargs, in_hw, out_hw, x, out) -> tuple[int, int] | None:
+    """The stride of a function's subsampling, or None when the call does not subsample (a stride-1 'valid'
+    conv or pool, a crop, a reshape that moves pixels into channels of another count)."""
+    ratio = (max(1, round(in_hw[0] / out_hw[0])), max(1, round(in_hw[1] / out_hw[1])))
+    if name == "conv2d":
+        stride = _pair(_arg(args, kwargs, 3, "stride", 1))
+        return stride if stride != (1, 1) else None
+    if name in _POOLS:
+        stride = _arg(args, kwargs, 2, "stride", None)
+        stride = _pair(stride if stride not in (None, [], ()) else _arg(args, kwargs, 1, "kernel_size", 1))
+        return stride if stride != (1, 1) else None
+    if name == "__getitem__":
+        steps = _slice_steps(args[1] if len(args) > 1 else None, x.ndim)
+        return steps if steps is not None and steps != (1, 1) else (None if steps is not None else _ratio(ratio))
+    if name in ("interpolate", "upsample", "pixel_unshuffle", "fractional_max_pool2d", "adaptive_avg_pool2d",
+                "adaptive_max_pool2d"):
+        return ratio
+    # any other function of one tensor (not a matmul of two): a subsampling only if it keeps the channels, is no
+    # permutation of the axes, and shrinks the map by a third or more
+    tensors = sum(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values()))
+    if (tensors == 1 and out.shape[1] == x.shape[1] and not _permuted(x, out)
+            and (out_hw[0] * 3 <= in_hw[0] * 2 or out_hw[1] * 3 <= in_hw[1] * 2)):
+        return ratio
+    return None
+
+
+def _permuted(x, y) -> bool:
+    """Whether ``y``'s shape is a reordering of ``x``'s axes (a transpose or permute), not a resampling."""
+    return tuple(x.shape) != tuple(y.shape) and sorted(x.shape) == sorted(y.shape)
+
+
+def _ratio(ratio: tuple[int, int]) -> tuple[int, int] | None:
+    return ratio if ratio != (1, 1) else None
+
+
+def _slice_steps(index, ndim: int) -> tuple[int, int] | None:
+    """The steps of an index's slices along the last two axes of an ``ndim`` tensor; None if not plain slicing."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(i is None or not isinstance(i, (slice, int, type(Ellipsis))) for i in items):
+        return None
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items[at:at + 1] = [slice(None)] * (ndim - (len(items) - 1))
+    items += [slice(None)] * (ndim - len(items))
+    steps = []
+    for item in items[-2:]:
+        if not isinstance(item, slice):
+            return None
+        steps.append(int(item.step or 1))
+    return steps[0], steps[1]
+
+
+def _function_label(name: str, args) -> str:
+    if name == "__getitem__":
+        return "slicing"
+    module = "torch" if name.startswith("_") else "F"
+    return f"{module}.{name.lstrip('_')}"
+
+
+def _caller() -> str | None:
+    """``file:line`` of the code that called the torch function under way: the first frame outside torch and
+    this module; None when that code is shiftlab's layers or conversion hooks (they subsample on purpose)."""
+    frame = sys._getframe(1)
+    here = os.path.abspath(__file__)
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not path.startswith(_TORCH_DIR) and path != here:
+            if path.startswith(_SHIFTLAB_OWN):
+                return None
+            return f"{os.path.basename(path)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "unknown place"
+
+
+class _FunctionWatch(TorchFunctionMode):
+    """Shows the tracer every torch function called during the pass, with its result."""
+
+    def __init__(self, tracer) -> None:
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.tracer.function_call(func, args, kwargs, out)
+        return out
+
+
+def compiled_kind(model) -> str | None:
+    """What hides the layers of ``model``, in words, or None for a plain Python module.
+
+    A TorchScript module (``torch.jit.script``, ``torch.jit.trace``, ``torch.jit.load``), a ``torch.export``
+    program or its graph module (aten operations instead of layers), as the model or as one of its submodules.
+    """
+    if type(model).__name__ == "ExportedProgram":
+        return "a torch.export program"
+    if not isinstance(model, nn.Module):
+        return None
+    for name, m in model.named_modules():
+        where = f" (its submodule {name})" if name else ""
+        if isinstance(m, torch.jit.ScriptModule):
+            how = "torch.jit.trace" if "Traced" in type(m).__name__ else "TorchScript: torch.jit.script or torch.jit.load"
+            return f"a compiled model ({how}){where}"
+        graph = getattr(m, "graph", None)
+        if isinstance(m, fx.GraphModule) and any(
+                type(node.target).__name__ in ("OpOverload", "OpOverloadPacket") for node in graph.nodes):
+            return f"an exported graph of aten operations (torch.export){where}"
+    return None
+
+
+def refuse_compiled(model, tool: str) -> None:
+    """Raise :class:`InputError` if ``model`` is compiled (:func:`compiled_kind`): ``tool`` cannot see into it."""
+    kind = compiled_kind(model)
+    if kind is not None:
+        raise InputError(f"{tool} cannot see into {kind}: its layers are compiled code, not Python modules; pass "
+                         "the Python nn.Module it was made from (on the command line, a file.py:factory returning it)")
+
+
 class _Tracer:
     """Collects findings from forward hooks, in execution order."""
 
@@ -226,6 +378,48 @@ class _Tracer:
         self.level = {input_size: (1, 1)}  # map size -> cumulative stride
         self.last_map = None  # (C, h, w) of the most recent 4D output
         self.findings: list[Finding] = []
+        self.active: list[nn.Module] = []  # the modules whose forward is under way, innermost last
+
+    def enter(self, module: nn.Module, inputs) -> None:
+        self.active.append(module)
+
+    def sees_functions(self) -> bool:
+        """Whether a function called now runs in a forward the layer checks do not cover (a container's or the
+        model's own), so that its subsampling would otherwise go unseen."""
+        if not self.active:
+            return False
+        m = self.active[-1]
+        if id(m) in self.hidden or _is_shiftlab_layer(m) or not any(True for _ in m.children()):
+            return False  # shiftlab's layers, and leaves (an unknown leaf is "other-subsampling")
+        return not isinstance(m, _TYPED_LAYERS + self.timm["same"] + self.timm["blur"])
+
+    def function_call(self, func, args, kwargs, out) -> None:
+        """Record a torch function called in a forward that makes a (B, C, H, W) map smaller."""
+        if not isinstance(out, torch.Tensor) or out.ndim != 4 or not self.sees_functions():
+            return
+        x = _first_tensor(args)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] != out.shape[0]:
+            return
+        in_hw, out_hw = _hw(x), _hw(out)
+        if out_hw[0] >= in_hw[0] and out_hw[1] >= in_hw[1] or out_hw == (1, 1):
+            return  # not smaller, or a global pooling (harmless)
+        name = getattr(func, "__name__", "") or ""
+        stride = _functional_stride(name if name.startswith("__") else name.lstrip("_"), args, kwargs, in_hw, out_hw,
+                                    x, out)
+        if stride is None:
+            return
+        where = _caller()
+        if where is None:
+            return  # shiftlab's own code (an APS phase, a blur): not the model's subsampling
+        owner = self.active[-1]
+        label = _function_label(name, args)
+        cum = self.record_level(in_hw, out_hw, stride)
+        self.findings.append(Finding(
+            name=self.names.get(id(owner), "?"), module_type=type(owner).__name__, kind="functional-subsampling",
+            detail=f"{label} in the forward ({where}): {in_hw[0]}x{in_hw[1]} -> {out_hw[0]}x{out_hw[1]}, "
+                   f"stride {_fmt2(stride)}; a function, not a layer: cannot be replaced",
+            stride=stride, cumulative_stride=cum, input_hw=in_hw, output_hw=out_hw))
+        self.last_map = (int(out.shape[1]), *out_hw)
 
     # cumulative stride bookkeeping: each distinct map size is one level of the network
     def cumulative(self, hw: tuple[int, int]) -> tuple[int, int]:
@@ -254,6 +448,8 @@ class _Tracer:
         ))
 
     def hook(self, module: nn.Module, inputs, output) -> None:
+        if self.active and self.active[-1] is module:
+            self.active.pop()
         x = _first_tensor(inputs)
         y = _first_tensor(output)
         in_hw, out_hw = _hw(x), _hw(y)
@@ -380,6 +576,8 @@ class _Tracer:
             if isinstance(y, torch.Tensor) and y.ndim == 2 and y.shape[1] == x.shape[1] and in_hw != (1, 1):
                 self.add(m, "global-pool", f"{in_hw[0]}x{in_hw[1]} -> 1x1", (1, 1), cum, in_hw, None)
             return
+        if _permuted(x, y):
+            return  # a permutation of the axes (torchvision's Permute), which resamples nothing
         if out_hw == (1, 1) and in_hw != (1, 1):
             self.add(m, "global-pool", f"{in_hw[0]}x{in_hw[1]} -> 1x1", (1, 1), cum, in_hw, out_hw)
         elif out_hw[0] * 3 <= in_hw[0] * 2 or out_hw[1] * 3 <= in_hw[1] * 2:
@@ -460,6 +658,7 @@ def inspect(model: nn.Module, input_size, channels: int | None = None, device=No
         >>> result.kinds()[:3]
         ['strided-conv', 'zero-padding', 'max-pool']
     """
+    refuse_compiled(model, "inspect")
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     size = _check_size(input_size)
@@ -469,10 +668,11 @@ def inspect(model: nn.Module, input_size, channels: int | None = None, device=No
     tracer = _Tracer(model, size)
     training = {m: m.training for m in model.modules()}
     handles = [m.register_forward_hook(tracer.hook) for m in model.modules()]
+    handles += [m.register_forward_pre_hook(tracer.enter, prepend=True) for m in model.modules()]
     try:
         model.eval()
         x = torch.zeros(1, channels, *size, device=device, dtype=dtype)
-        with torch.inference_mode():
+        with torch.inference_mode(), _FunctionWatch(tracer):  # functions called in forwards: see function_call
             model(x)
     except ShiftlabError:
         raise

@@ -97,12 +97,14 @@ def resolve_labels(labels: torch.Tensor, class_names, label_space, num_outputs: 
         if bad:
             k, v = next(iter(bad.items()))
             raise InputError(f"--class-map maps {k!r} to {v}, but the model has {num_outputs} outputs")
+        # one lookup per distinct label (not per index up to the largest: a label of 10**18 is one entry)
+        present, inverse = torch.unique(labels.clamp(min=0), return_inverse=True)
         lookup = []
-        for i in range(int(labels.max()) + 1):
+        for i in present.tolist():
             key = names[i] if names is not None and i < len(names) else str(i)
             lookup.append(class_map.get(key, class_map.get(str(i), -1)))
         table = torch.tensor(lookup, dtype=torch.int64)
-        mapped = torch.where(known, table[labels.clamp(min=0)], torch.full_like(labels, -1))
+        mapped = torch.where(known, table[inverse], torch.full_like(labels, -1))
         if not bool((mapped >= 0).any()):
             return LabelMapping(None, "the class map covers none of the data's classes")
         return LabelMapping(mapped, f"mapped by the class map ({int((mapped >= 0).sum())} of {int(known.sum())} "

@@ -80,6 +80,7 @@ class Sizing:
     interpolation: str
     resize: bool
     channels: int
+    min_side: int = 0  # images whose shorter side is below this are failures (too small to measure), not enlarged
 
 
 def _prepare(image: torch.Tensor, sizing: Sizing) -> tuple[torch.Tensor, bool]:
@@ -100,6 +101,8 @@ def _prepare(image: torch.Tensor, sizing: Sizing) -> tuple[torch.Tensor, bool]:
             image = (image[:3] * weights).sum(0, keepdim=True)
         else:
             raise ShiftlabError(f"has {c} channels, the model takes {sizing.channels}")
+    if min(h, w) < sizing.min_side:
+        raise ShiftlabError(f"is {h}x{w}, under the {sizing.min_side}-px minimum side: too small to measure")
     sh, sw = sizing.source
     upscaled = False
     if sizing.resize:

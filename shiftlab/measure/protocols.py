@@ -509,10 +509,18 @@ PROTOCOL_HELP = (
 
 
 def _ints(parts: list[str], spec: str) -> list[int]:
+    from shiftlab.models.preprocessing import MAX_INPUT_SIDE
+
     try:
-        return [int(p) for p in parts]
+        values = [int(p) for p in parts]
     except ValueError:
         raise InputError(f"bad transform spec {spec!r}: expected integers in {':'.join(parts)!r}") from None
+    # every integer of a spec is a size, an offset or a count of steps in pixels: none may exceed the largest input
+    huge = [v for v in values if v > MAX_INPUT_SIDE]
+    if huge:
+        raise InputError(f"bad transform spec {spec!r}: {huge[0]} is over the {MAX_INPUT_SIDE}-px limit of a model "
+                         f"input")
+    return values
 
 
 def parse_protocol(spec: str | Protocol) -> Protocol:

@@ -35,14 +35,34 @@ from shiftlab.errors import InputError, ShapeError
 from shiftlab.models._device import to_device
 from shiftlab.models.pretrained import pretrained
 
-__all__ = ["SelectOutput", "file_sha256", "load_model", "load_weights", "output_kind", "read_checkpoint",
-           "select_output"]
+__all__ = ["REGISTRY_KINDS", "SelectOutput", "check_materialized", "file_sha256", "is_registry_spec", "load_model",
+           "load_state_strictly", "load_weights", "output_kind", "read_checkpoint", "select_output", "shown_arg"]
 
 _SPEC_FORMS = "timm:NAME, torchvision:NAME, pretrained:NAME or path/to/file.py:factory"
 _DEFAULT_DICT_KEYS = ("logits", "out")
 #: the ``"format"`` entry of a fixed checkpoint (a converted model's weights and its recipe, written by
 #: :func:`shiftlab.save_fixed`); such a file does not load into the plain architecture (see :func:`load_weights`)
 FIXED_CHECKPOINT_FORMAT = "shiftlab.fixed-checkpoint"
+#: the spec kinds that build a model from an installed registry (timm, torchvision, the bundled networks): resolving
+#: one runs no user code, so a spec recorded inside a file may be resolved only when it is one of these
+REGISTRY_KINDS = ("timm", "torchvision", "pretrained")
+
+
+def is_registry_spec(spec) -> bool:
+    """Whether ``spec`` is a string that :func:`load_model` resolves from a registry (``timm:NAME``,
+    ``torchvision:NAME``, ``pretrained:NAME``), running no user code: never a ``file.py:factory`` spec, however
+    it is spelled (``timm:x.py:make`` names the file ``timm:x.py``), and never a path.
+
+    >>> is_registry_spec("timm:resnet18"), is_registry_spec("models.py:make"), is_registry_spec("timm:a.py:f")
+    (True, False, False)
+    """
+    if not isinstance(spec, str):
+        return False
+    head = spec.rpartition(":")[0]
+    if head.endswith(".py") or spec.endswith(".py"):  # what _build reads as a user's file, checked the same way
+        return False
+    kind, sep, name = spec.partition(":")
+    return kind in REGISTRY_KINDS and bool(sep) and bool(name)
 
 
 def _suggest(name: str, names) -> str:
@@ -223,13 +243,31 @@ def _refuse_fixed(obj, path: Path) -> None:
         return
     recipe = obj.get("recipe") if isinstance(obj.get("recipe"), Mapping) else {}
     method = recipe.get("method", "?")
+    original = recipe.get("model") if isinstance(recipe.get("model"), Mapping) else {}
+    spec = original.get("spec")
+    if isinstance(spec, str) and not is_registry_spec(spec):  # the file is not loaded alone (its code is not run)
+        how = (f"shiftlab.load_model({spec!r}, weights={str(path)!r}) or pass --model {shown_arg(spec)} "
+               f"--weights {shown_arg(str(path))}")
+    else:
+        how = f"shiftlab.load_model({str(path)!r}) or pass it as --model {path}"
     raise InputError(f"{path} is a fixed (antialias, method {method}) checkpoint; loading it into the plain "
-                     f"architecture would lose the conversion: load it with shiftlab.load_model({str(path)!r}) or "
-                     f"pass it as --model {path}")
+                     f"architecture would lose the conversion: load it with {how}")
+
+
+def shown_arg(text: str) -> str:
+    """``text`` as one shell word for a command in a message: quoted where needed, control characters escaped."""
+    import shlex
+
+    text = str(text)
+    return shlex.quote(text) if text.isprintable() else ascii(text)
 
 
 def _fit_state(model: nn.Module, state: Mapping, name: str) -> nn.Module:
     """Load ``state`` into ``model`` strictly; any missing, unexpected or mis-shaped entry raises InputError."""
+    empty = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_meta]
+    if empty:
+        raise InputError(f"weights {name} hold {len(empty)} tensors on the meta device, shapes without values "
+                         f"({_examples(empty)}); save the state_dict of a model whose weights are materialised")
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -261,6 +299,27 @@ def load_weights(model: nn.Module, path) -> nn.Module:
     return _fit_state(model, _extract_state_dict(obj, path), path.name)
 
 
+def load_state_strictly(model: nn.Module, state: Mapping, name: str) -> nn.Module:
+    """Load the state_dict ``state`` (from the file called ``name``) into ``model`` strictly: a missing, unexpected,
+    mis-shaped or meta-device entry raises :class:`~shiftlab.errors.InputError` with a one-line summary."""
+    return _fit_state(model, state, name)
+
+
+def check_materialized(model: nn.Module, what: str) -> nn.Module:
+    """``model``, if every parameter and buffer holds values; one on the meta device (shapes only: built under
+    ``torch.device("meta")``, ``init_empty_weights``, or weights that left it there) raises
+    :class:`~shiftlab.errors.InputError`, since nothing can be measured, converted or moved from it."""
+    from torch.nn.parameter import UninitializedTensorMixin
+
+    empty = [name for name, t in (*model.named_parameters(), *model.named_buffers())
+             if not isinstance(t, UninitializedTensorMixin) and t.is_meta]
+    if empty:
+        raise InputError(f"{what} has {len(empty)} parameters or buffers on the meta device, shapes without values "
+                         f"({_examples(empty)}); build it on a real device, or load its weights into it with "
+                         f"load_state_dict(..., assign=True) before passing it")
+    return model
+
+
 def file_sha256(path) -> str:
     """The sha256 of a file's bytes, as hex (for the reproducibility record)."""
     digest = hashlib.sha256()
@@ -275,7 +334,8 @@ def select_output(output, key=None) -> torch.Tensor:
 
     - a tensor: returned as is (``key`` must be None);
     - a tuple or list (namedtuples too): element ``key`` (an int; a field name for namedtuples);
-      by default the first element;
+      by default its only element, or a namedtuple's ``logits`` field; several unnamed outputs (e.g.
+      ``(features, logits)``) are ambiguous and raise :class:`~shiftlab.errors.InputError` listing them;
     - a dict (OrderedDict, Hugging Face ``ModelOutput``): entry ``key`` (a str); by default ``"logits"``,
       else ``"out"`` (torchvision segmentation), else the only tensor entry. Anything else is ambiguous
       and raises :class:`~shiftlab.errors.InputError` listing the keys, so pass ``output_key``.
@@ -301,7 +361,7 @@ def select_output(output, key=None) -> torch.Tensor:
         value = output[key]
     elif isinstance(output, (tuple, list)):
         if key is None:
-            key = 0
+            key = _default_sequence_key(output)
         if isinstance(key, str) and hasattr(output, "_fields"):
             if key not in output._fields:
                 raise InputError(f"output_key {key!r} not in the model's output fields {list(output._fields)}")
@@ -317,6 +377,26 @@ def select_output(output, key=None) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise InputError(f"output {key!r} is a {type(value).__name__}, not a tensor; choose another output_key")
     return value
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor {tuple(value.shape)}"
+    return f"{type(value).__name__} (not a tensor)"
+
+
+def _default_sequence_key(output):
+    """The element of a tuple/list output to measure when none is named: its only element, or a namedtuple's
+    ``logits`` field; anything else is ambiguous (e.g. ``(features, logits)``) and refused, listing the outputs."""
+    if hasattr(output, "_fields") and "logits" in output._fields:
+        return "logits"
+    if len(output) == 1:
+        return 0
+    listed = ", ".join(f"{i}: {_describe(v)}" for i, v in enumerate(output[:8]))
+    more = f", ... ({len(output)} in all)" if len(output) > 8 else ""
+    raise InputError(f"the model returns a {type(output).__name__} of {len(output)} outputs ({listed}{more}); which "
+                     f"one holds the class scores is ambiguous: choose one with output_key (CLI: --output-key "
+                     f"0..{len(output) - 1})")
 
 
 def output_kind(output: torch.Tensor) -> str:
@@ -368,7 +448,7 @@ def load_model(spec, weights=None, device=None, output_key=None, seed: int | Non
         device: e.g. ``"cpu"`` or ``"cuda:0"``; None leaves the model where it is.
         output_key: for models returning a tuple/list (int) or dict (str): the model is wrapped in
             :class:`SelectOutput`. Without it the model is returned unwrapped; pass its outputs through
-            :func:`select_output` (first element, or the ``"logits"``/``"out"`` entry) when needed.
+            :func:`select_output` (the only element, or the ``"logits"``/``"out"`` entry) when needed.
         seed: the random initialisation of a name-built model is drawn with this seed (without touching
             the caller's random state); ``None`` leaves torch's global generator as it is.
 
@@ -385,8 +465,12 @@ def load_model(spec, weights=None, device=None, output_key=None, seed: int | Non
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = _build(spec)
+    what = f"the model {shown_arg(os.fspath(spec))}" if isinstance(spec, (str, os.PathLike)) else \
+        f"the model ({type(spec).__name__})"
+    check_materialized(model, what)  # before the weights: a strict load into a meta tensor is a silent no-op
     if weights is not None:
         load_weights(model, weights)
+        check_materialized(model, f"{what} with weights {weights}")
     source = _provenance(spec, weights, seed)
     if output_key is not None:
         model = SelectOutput(model, output_key)

@@ -18,11 +18,33 @@ from shiftlab._checks import check_bchw, check_finite, check_float
 from shiftlab.data.images import INTERPOLATIONS, resize_and_crop
 from shiftlab.errors import InputError, ShapeError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing", "prepare", "preprocessing"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MAX_INPUT_SIDE", "Preprocessing", "check_input_size", "prepare",
+           "preprocessing"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CROP_PCT = 0.875  # 224 / 256
+#: the largest model input side accepted (px). One 3 x 4096 x 4096 float32 input is 201 MB and the first
+#: 64-channel stride-2 map of a CNN 1.07 GB per copy; 100,000 px would need 120 GB for the input alone. Models
+#: are trained at 32-1024 px; PIL's own decompression-bomb limit (89 M pixels) sits at about 9,500 px square.
+MAX_INPUT_SIDE = 4096
+
+
+def check_input_size(size, what: str = "input size") -> tuple[int, int]:
+    """``size`` (an int or (H, W)) as a pair of ints in [1, :data:`MAX_INPUT_SIDE`]; else InputError naming ``what``.
+
+    >>> check_input_size(224)
+    (224, 224)
+    """
+    if isinstance(size, bool):
+        raise InputError(f"{what} must be a positive int or (H, W), got {size!r}")
+    pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in pair):
+        raise InputError(f"{what} must be a positive int or (H, W), got {size!r}")
+    if max(pair) > MAX_INPUT_SIDE:
+        raise InputError(f"{what} {max(pair)} px is over the {MAX_INPUT_SIDE}-px limit (one {max(pair)}x{max(pair)} "
+                         f"input alone would take {3 * 4 * max(pair) ** 2 / 1e9:.3g} GB); use a smaller size")
+    return int(pair[0]), int(pair[1])
 
 
 @dataclass(frozen=True)
@@ -89,10 +111,7 @@ class Preprocessing:
                 raise InputError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
             pct = float(crop_pct)
         if input_size is not None:
-            size = (int(input_size),) * 2 if isinstance(input_size, int) else tuple(int(v) for v in input_size)
-            if len(size) != 2 or min(size) < 1:
-                raise InputError(f"input_size must be a positive int or (H, W), got {input_size!r}")
-            fields["input_size"], fields["fixed_size"] = size, True
+            fields["input_size"], fields["fixed_size"] = check_input_size(input_size, "input_size"), True
         resize = max(max(fields["input_size"]), int(math.floor(max(fields["input_size"]) / pct + 1e-9)))
         source = self.source if not changed else f"{self.source}; given: {', '.join(changed)}"
         return Preprocessing(resize_size=resize, source=source, **fields)

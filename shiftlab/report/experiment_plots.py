@@ -9,6 +9,8 @@ recomputes a measurement. Spread across seeds is drawn as error bars or bands of
 
 from __future__ import annotations
 
+from shiftlab.report.plots import literal_text
+
 __all__ = [
     "plot_architecture",
     "plot_shift_sweep",
@@ -62,6 +64,7 @@ def _seeds_note(result: dict, spread: bool = True) -> str:
     return f"{n} seed{'s' if n != 1 else ''}{quick}; {what}"
 
 
+@literal_text
 def plot_architecture(result: dict, ax=None):
     """Grouped bars per variant: accuracy, circular consistency, crop consistency, 1 - P(top-1 change)."""
     plt = _pyplot()
@@ -105,6 +108,7 @@ def _split_at_zero(shifts, mean, std):
     return out
 
 
+@literal_text
 def plot_shift_sweep(result: dict, ax=None):
     """Agreement with the unshifted top-1 against the diagonal shift (crop protocol), one line per variant.
 
@@ -130,6 +134,7 @@ def plot_shift_sweep(result: dict, ax=None):
     return fig
 
 
+@literal_text
 def plot_position_heatmaps(result: dict, axes=None):
     """Accuracy at each position of the canvas, one heatmap per variant (mean over seeds); the training
     region is outlined."""
@@ -159,6 +164,7 @@ def plot_position_heatmaps(result: dict, axes=None):
     return fig
 
 
+@literal_text
 def plot_augmentation(result: dict, axes=None):
     """Left: accuracy on centred digits (what each choice costs) and anywhere on the canvas (what it buys).
     Right: consistency and stability under shifts."""
@@ -207,6 +213,7 @@ def _rotation_style(name: str, entry: dict) -> dict:
     return {"color": color, "ls": "--" if dashed else "-", "label": label}
 
 
+@literal_text
 def plot_rotation(result: dict, axes=None):
     """Accuracy against rotation angle for every network and training condition, under both rotation
     protocols (the canvas resampled by ``rotate``; the digits rendered rotated), and against zoom and
@@ -253,6 +260,7 @@ def plot_rotation(result: dict, axes=None):
     return fig
 
 
+@literal_text
 def plot_rotation_cost(result: dict, ax=None):
     """What rotation invariance costs: accuracy averaged over all angles against inference time per image,
     one point per condition (filled: canvas rotation; hollow: digits rendered rotated; error bars +-1 s.d.

@@ -43,6 +43,34 @@ def _text_kw() -> dict:
     return {"usetex": False, "parse_math": False}
 
 
+def literal_text(plot):
+    """Draw every string of ``plot``'s figure literally: no mathtext, no TeX.
+
+    Names come from outside (photo and class names, experiment and variant names, layer names): ``$x^{2}_a$``
+    must read as typed, never be typeset (nor fail to parse). The figure is built with ``text.parse_math`` and
+    ``text.usetex`` off, and afterwards every text of the figure (tick labels included, created first) is set
+    the same way: both settings are kept by each text, so the figure stays literal wherever it is saved.
+    """
+    import functools
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+        from matplotlib.text import Text
+
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            fig = plot(*args, **kwargs)
+            for ax in fig.get_axes():
+                ax.get_xticklabels(which="both")
+                ax.get_yticklabels(which="both")
+            for text in fig.findobj(Text):
+                text.set_usetex(False)
+                text.set_parse_math(False)
+        return fig
+
+    return wrapper
+
+
 def metric(results: dict, key: str, name: str) -> dict | None:
     """The metric ``name`` of audit ``key`` (``{"value", "ci", "n", "images", ...}``), or None."""
     audit = (results.get("audits") or {}).get(key)
@@ -56,14 +84,29 @@ def _predictions(results: dict, key: str) -> dict | None:
     return None if not audit else audit["result"].get("predictions")
 
 
+def _interval(m: dict) -> tuple[float | None, float | None]:
+    """The metric's interval, or (None, None) where it is undefined (an interval over images needs two)."""
+    ci = m.get("ci") or (None, None)
+    lo, hi = ci
+    return (None, None) if lo is None or hi is None else (float(lo), float(hi))
+
+
 def _err(m):
+    """(value, error below, error above) for an error bar: no bar where the interval is undefined."""
     v = m["value"]
-    lo, hi = m["ci"]
+    lo, hi = _interval(m)
+    if lo is None:
+        return v, 0.0, 0.0
     return v, max(v - lo, 0.0), max(hi - v, 0.0)
 
 
 def _complement(m: dict) -> dict:
-    return {**m, "value": 1 - m["value"], "ci": [1 - m["ci"][1], 1 - m["ci"][0]]}
+    lo, hi = _interval(m)
+    return {**m, "value": 1 - m["value"], "ci": [None, None] if lo is None else [1 - hi, 1 - lo]}
+
+
+def _interval_note(m: dict) -> str:
+    return "" if _interval(m)[0] is not None else "; no interval: one photo"
 
 
 def _names(results: dict, preds: dict) -> list[str]:
@@ -77,6 +120,7 @@ def _class_name(results: dict, c: int) -> str:
     return (results.get("class_names") or {}).get(str(c), f"class {c}")
 
 
+@literal_text
 def plot_jaggedness(results: dict, axes=None):
     """The tracked class's probability against the diagonal shift, one panel per sweep, one line per photo;
     red crosses mark the steps where the top-1 class changed."""
@@ -144,6 +188,7 @@ def shift_bars(results: dict) -> list[tuple[str, dict, str]]:
     return rows
 
 
+@literal_text
 def plot_shift_metrics(results: dict, ax=None):
     """Horizontal bars with 95% image-level intervals: consistencies, 1 - P(top-1 change), the worst case."""
     plt = _pyplot()
@@ -159,8 +204,8 @@ def plot_shift_metrics(results: dict, ax=None):
         flagged = bool(m.get("flag"))
         ax.barh(y, v, color="#d0d0d0" if flagged else "#9db4d8", edgecolor="#777777" if flagged else "#2458a6")
         ax.errorbar(v, y, xerr=[[lo], [hi]], color="black", capsize=4, linewidth=1.2)
-        ax.text(min(v + hi, 1.0) + 0.01, y, f"{100 * v:.1f}%  (n = {m['n']}, {m.get('images', '?')} photos)"
-                + ("  not meaningful" if flagged else ""), va="center", fontsize=8, **_text_kw())
+        ax.text(min(v + hi, 1.0) + 0.01, y, f"{100 * v:.1f}%  (n = {m['n']}, {m.get('images', '?')} photos"
+                + f"{_interval_note(m)})" + ("  not meaningful" if flagged else ""), va="center", fontsize=8, **_text_kw())
     ax.set_yticks(ys)
     ax.set_yticklabels([r[0] for r in rows], fontsize=9)
     ax.set_xlim(0, 1.3)
@@ -172,6 +217,7 @@ def plot_shift_metrics(results: dict, ax=None):
     return fig
 
 
+@literal_text
 def plot_shift_map(results: dict, max_images: int = 10):
     """Small multiples: the tracked class's probability over the grid of crop offsets (dy, dx); cells where the
     top-1 differs from the unshifted crop's are crossed."""
@@ -226,6 +272,7 @@ def layer_rows(results: dict) -> list[dict]:
     return rows
 
 
+@literal_text
 def plot_layer_profile(results: dict, ax=None):
     """Per-layer 1-px invariance and equivariance errors against depth, subsampling marked."""
     plt = _pyplot()
@@ -302,6 +349,7 @@ FIX_COLUMNS = (("crop_consistency", "crop\nconsistency"), ("circular_consistency
                ("agreement", "same top-1 as\nthe original"))
 
 
+@literal_text
 def plot_fix_comparison(results: dict, ax=None):
     """Grouped bars with 95% intervals: each metric for the original and the converted models."""
     plt = _pyplot()
@@ -336,6 +384,7 @@ def plot_fix_comparison(results: dict, ax=None):
 INVARIANCES = {"rotation": "rotation", "scale": "scale", "brightness": "brightness"}
 
 
+@literal_text
 def plot_invariances(results: dict, axes=None):
     """Top row: the fraction of photos keeping their top-1 (agreement with the reference value, 95% interval).
     Bottom row: the tracked class's probability, one line per photo."""
@@ -351,7 +400,8 @@ def plot_invariances(results: dict, axes=None):
         values = proto.get("angles") or proto.get("factors")
         ref = values[0]
         curve = (metric(results, kind, "agreement") or {}).get("curve") or {}
-        pts = sorted([(ref, 1.0, 1.0, 1.0)] + [(p, v, c[0], c[1]) for p, v, c in
+        pts = sorted([(ref, 1.0, 1.0, 1.0)] + [(p, v, v if c[0] is None else c[0], v if c[1] is None else c[1])
+                                                for p, v, c in
                                                 zip(curve.get("parameters", []), curve.get("value", []),
                                                     curve.get("ci", []))])
         ax = axes[0][col]
