@@ -5,14 +5,17 @@ first stage's convolution runs at full resolution), then a head. The switches:
 
 - ``downsample``: ``"maxpool"`` (``MaxPool2d(2, 2)``), ``"stride"`` (the stage's convolution has stride 2),
   ``"blur"`` (Zhang's ``MaxBlurPool2d``: max over 2x2 at stride 1, then a binomial 3x3 blur and
-  subsampling) or ``"aps"`` (``APSPool2d``: keep the polyphase component with the largest norm).
+  subsampling), ``"aps"`` (``APSPool2d``: keep the polyphase component with the largest norm), ``"lps"``
+  (``LPSPool2d``: keep the component a learned scorer prefers; a Gumbel-softmax mixture in training) or
+  ``"tips"`` (``TIPSPool2d``: a learned per-channel mixture of the components).
   A ``torch.nn.Module`` subclass may be passed instead, built as ``downsample(**downsample_kwargs)``.
 - ``head``: ``"gap"`` (global average pooling, then a linear layer) or ``"fc"`` (flatten the last feature map,
   then a linear layer: the classic LeNet-style head, which sees absolute positions).
 - ``padding``: ``"zeros"`` or ``"circular"`` for every convolution (and the blur/APS layers).
 
-With ``downsample="aps"``, ``padding="circular"`` and ``head="gap"`` the network is exactly invariant to
-circular integer shifts of its input (Chaman & Dokmanic 2021), whatever its weights.
+With ``downsample="aps"`` or ``"lps"``, ``padding="circular"`` and ``head="gap"`` the network is exactly invariant
+to circular integer shifts of its input (Chaman & Dokmanic 2021; Rojas-Gomez et al. 2022), whatever its weights;
+with ``"tips"`` the invariance is learned, not guaranteed.
 
 Two rotation-equivariant networks with the same stage layout (``depth`` stages, one 2x subsampling each,
 widths ``width * 2**k``, an invariant pooled head):
@@ -33,14 +36,16 @@ import torch
 from torch import nn
 
 from shiftlab.errors import InputError
-from shiftlab.layers import APSPool2d, MaxBlurPool2d
+from shiftlab.layers import APSPool2d, LPSPool2d, MaxBlurPool2d, TIPSPool2d
 from shiftlab.layers.group import GroupConv2d, GroupPool, LiftConv2d
 from shiftlab.layers.harmonic import (HarmonicBatchNorm2d, HarmonicBlurPool2d, HarmonicConv2d, HarmonicMagnitude,
                                       HarmonicReLU)
 
 __all__ = ["DOWNSAMPLING", "HEADS", "PADDINGS", "SmallCNN", "GroupCNN", "HarmonicCNN", "count_macs"]
 
-DOWNSAMPLING = ("maxpool", "stride", "blur", "aps")
+DOWNSAMPLING = ("maxpool", "stride", "blur", "aps", "lps", "tips")
+#: downsampling layers whose first argument is the number of channels they take (they learn per channel)
+_SIZED_BY_CHANNELS = (LPSPool2d, TIPSPool2d)
 HEADS = ("gap", "fc")
 PADDINGS = ("zeros", "circular")
 
@@ -59,6 +64,11 @@ def _downsample_layer(downsample, padding: str, kwargs: dict | None):
                                **(kwargs or {})}, 1
     if downsample == "aps":
         return APSPool2d, {"stride": 2, "filter_size": 1, "padding_mode": "circular", **(kwargs or {})}, 1
+    if downsample == "lps":
+        return LPSPool2d, {"stride": 2, "padding_mode": "circular", **(kwargs or {})}, 1
+    if downsample == "tips":
+        return TIPSPool2d, {"stride": 2, "padding_mode": "circular" if padding == "circular" else "zeros",
+                            **(kwargs or {})}, 1
     raise InputError(f"unknown downsample {downsample!r}; use one of {DOWNSAMPLING} or an nn.Module type")
 
 
@@ -66,7 +76,7 @@ class SmallCNN(nn.Module):
     """A small CNN for canvases of digits; see the module docstring for the switches.
 
     Args:
-        downsample: "maxpool" | "stride" | "blur" | "aps", or an ``nn.Module`` subclass.
+        downsample: "maxpool" | "stride" | "blur" | "aps" | "lps" | "tips", or an ``nn.Module`` subclass.
         head: "gap" | "fc".
         padding: "zeros" | "circular".
         width: channels of the first stage; stage ``k`` (from 0) has ``width * 2**k`` channels.
@@ -107,7 +117,8 @@ class SmallCNN(nn.Module):
             out = width * 2**stage
             blocks += [conv(channels, out, conv_stride), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
             if layer is not None:
-                blocks.append(layer(**layer_kwargs))
+                sized = isinstance(layer, type) and issubclass(layer, _SIZED_BY_CHANNELS)
+                blocks.append(layer(out, **layer_kwargs) if sized else layer(**layer_kwargs))
             channels = out
         self.features = nn.Sequential(*blocks)
         side = canvas // 2**depth

@@ -5,6 +5,11 @@ initial weights, the batch order, each augmentation draw) is derived from the se
 weights are drawn inside ``torch.random.fork_rng`` so the caller's global random state is untouched.
 Evaluation runs in float64 on a copy of the model, so that exactness claims (APS) are not blurred by float32
 rounding.
+
+Learned subsampling trains as its authors do: the LPS Gumbel-softmax temperature anneals per epoch
+(:data:`LPS_TEMPERATURE`), the scoring parameters of LPS and TIPS layers get no weight decay, and a model with
+TIPS layers adds TIPS's shift term (:data:`TIPS_ALPHA` times the mean squared difference between each TIPS layer's
+output on a shifted input and its shifted output). The returned record says which of these applied.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import nn
 
 from shiftlab._progress import track
 from shiftlab.errors import InputError
+from shiftlab.layers.lps import TemperatureSchedule, TIPSShiftTerm, has_learned_subsampling, parameter_groups
 
 __all__ = ["TrainConfig", "ShiftAugment", "RotationAugment", "ScaleAugment", "BrightnessAugment",
            "build_model", "train_model", "predict"]
@@ -38,6 +44,13 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                 "weight_decay": self.weight_decay, "optimizer": "Adam", "schedule": "cosine, per step"}
+
+
+#: the LPS temperature schedule of the experiments: 1.0, times 0.7 per epoch, down to 0.1 (short runs; the
+#: authors' long runs use 0.97 per epoch to 0.1)
+LPS_TEMPERATURE = {"start": 1.0, "factor": 0.7, "every": 1, "floor": 0.1}
+#: weight of TIPS's shift term (the authors' alpha)
+TIPS_ALPHA = 0.35
 
 
 def _uniform(seed: int, indices: torch.Tensor, low: float, high: float, steps: int = 1000) -> torch.Tensor:
@@ -172,7 +185,11 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, co
                          f"{tuple(labels.shape)}")
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    learned = has_learned_subsampling(model)
+    optimizer = torch.optim.Adam(parameter_groups(model, config.weight_decay), lr=config.lr)
+    temperature = TemperatureSchedule(**LPS_TEMPERATURE) if learned["lps"] else None
+    shift_term = TIPSShiftTerm(model, TIPS_ALPHA, generator=torch.Generator().manual_seed(seed)) \
+        if learned["tips"] else None
     n = images.shape[0]
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
     total_steps = config.epochs * steps_per_epoch
@@ -186,11 +203,15 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, co
             if step == 0:
                 order = torch.randperm(n, generator=generator)
                 running = 0.0
+                if temperature is not None:
+                    temperature.apply(model, epoch)
             index = order[step * config.batch_size:(step + 1) * config.batch_size]
             x = images[index]
             if augment is not None:
                 x = augment(x, index, seed * 100_003 + epoch)
             loss = F.cross_entropy(model(x), labels[index])
+            if shift_term is not None:
+                loss = loss + shift_term.loss()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -198,8 +219,15 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, co
             running += loss.item() * len(index)
             if step == steps_per_epoch - 1:
                 losses.append(running / n)
+    if shift_term is not None:
+        shift_term.remove()
     model.eval()
-    return {"losses": losses, "seconds": time.perf_counter() - start}
+    record = {"losses": losses, "seconds": time.perf_counter() - start}
+    if temperature is not None:
+        record["lps_temperature"] = {**LPS_TEMPERATURE, "final": temperature.value(config.epochs - 1)}
+    if shift_term is not None:
+        record["tips_alpha"] = TIPS_ALPHA
+    return record
 
 
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500, dtype: torch.dtype = torch.float64,

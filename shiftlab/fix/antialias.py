@@ -266,11 +266,11 @@ class _Converter:
             shared = self.shared.get(name)
             layer = LPSPool2d(None if shared is not None else self._channels(name, channels), stride=stride,
                               filter_size=self.filter_size, padding_mode=self.mode, shared=shared)
-            return layer.to(**like)
+            return layer.to(**like).train(self.model.training)  # new layers take the model's mode
         tips = TIPSPool2d(self._channels(name, channels), stride=stride, padding_mode=self.mode).to(**like)
         if self.filter_size > 1:
-            return nn.Sequential(BlurPool2d(filter_size=self.filter_size, stride=1, padding_mode=self.mode), tips)
-        return tips
+            tips = nn.Sequential(BlurPool2d(filter_size=self.filter_size, stride=1, padding_mode=self.mode), tips)
+        return tips.train(self.model.training)
 
     def _channels(self, name: str, channels: int | None) -> int:
         if channels is None:
@@ -341,6 +341,7 @@ class _Converter:
         module = self.model.get_submodule(block)
         if self.method == "lps":
             shared = LearnedPhase(self._channels(block, None), stride=stride).to(**_parameter_like(module))
+            shared.train(module.training)
             what = "one LPS phase per sample (a mixture in training), scored from the block's input"
         else:
             shared = SharedPhase(stride=stride)

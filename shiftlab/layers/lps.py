@@ -52,7 +52,8 @@ from shiftlab.layers.aps import _components, _pad_to_multiple, _phase, _plain_en
 from shiftlab.layers.blur_pool import _check_padding_mode, _check_stride, _is_int
 
 __all__ = ["PolyphaseScorer", "lps_logits", "lps_pool2d", "LPSPool2d", "LearnedPhase", "TemperatureSchedule",
-           "set_temperature", "tips_weights", "tips_pool2d", "TIPSPool2d", "tips_shift_loss"]
+           "set_temperature", "tips_weights", "tips_pool2d", "TIPSPool2d", "tips_shift_loss", "TIPSShiftTerm",
+           "scoring_parameters", "parameter_groups", "has_learned_subsampling"]
 
 # id(LearnedPhase) -> the phase (eval, (B,) int64) or mixture weights (train, (B, s*s)) of the pass under way
 _ACTIVE: ContextVar[dict[int, Tensor]] = ContextVar("shiftlab_active_lps", default={})
@@ -476,3 +477,83 @@ def tips_shift_loss(layer: TIPSPool2d, x: Tensor, max_shift: int = 1, generator:
     cols = slice(max(dx, 0) + pad, w + min(dx, 0) - pad)
     diff = (moved - expected)[..., rows, cols]
     return diff.square().mean() if diff.numel() else out.new_zeros(())
+
+
+def _scoring_modules(model: nn.Module):
+    return [m for m in model.modules() if isinstance(m, (PolyphaseScorer, TIPSPool2d))]
+
+
+def scoring_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of every LPS scorer and TIPS mixing layer in ``model`` (each once)."""
+    seen, out = set(), []
+    for module in _scoring_modules(model):
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimiser parameter groups: the scoring parameters of LPS/TIPS layers without weight decay (as the LPS
+    authors train them), every other trainable parameter with ``weight_decay``. Empty groups are left out."""
+    scoring = {id(p) for p in scoring_parameters(model)}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in scoring]
+    learned = [p for p in model.parameters() if p.requires_grad and id(p) in scoring]
+    groups = [{"params": rest, "weight_decay": weight_decay}] if rest else []
+    return groups + ([{"params": learned, "weight_decay": 0.0}] if learned else [])
+
+
+def has_learned_subsampling(model: nn.Module) -> dict:
+    """``{"lps": n, "tips": m}``: how many LPS and TIPS layers ``model`` holds."""
+    return {"lps": sum(isinstance(m, (LPSPool2d, LearnedPhase)) for m in model.modules()),
+            "tips": sum(isinstance(m, TIPSPool2d) for m in model.modules())}
+
+
+class TIPSShiftTerm:
+    """TIPS's auxiliary training term for a whole model: ``alpha`` times the mean of :func:`tips_shift_loss`
+    over the TIPS layers, on the inputs they received in the last training forward pass.
+
+    Use as a context manager around training; after each forward, add ``term.loss()`` to the task loss::
+
+        with TIPSShiftTerm(model, alpha=0.35) as term:
+            loss = criterion(model(x), y) + term.loss()
+    """
+
+    def __init__(self, model: nn.Module, alpha: float = 0.35, max_shift: int = 1,
+                 generator: torch.Generator | None = None) -> None:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+            raise InputError(f"alpha must be a finite number >= 0, got {alpha!r}")
+        self.alpha, self.max_shift, self.generator = float(alpha), max_shift, generator
+        self.layers = [m for m in model.modules() if isinstance(m, TIPSPool2d)]
+        self._inputs: list[tuple[TIPSPool2d, Tensor]] = []
+        self._measuring = False
+        self._handles = [layer.register_forward_pre_hook(self._keep) for layer in self.layers]
+
+    def _keep(self, layer: nn.Module, args: tuple) -> None:
+        if layer.training and not self._measuring and args and isinstance(args[0], Tensor):
+            self._inputs.append((layer, args[0]))
+
+    def loss(self) -> Tensor | float:
+        """The term for the inputs seen since the last call (0.0 when there were none); clears them."""
+        kept, self._inputs = self._inputs, []
+        if not kept or self.alpha == 0:
+            return 0.0
+        self._measuring = True
+        try:
+            terms = [tips_shift_loss(layer, x, self.max_shift, self.generator) for layer, x in kept]
+        finally:
+            self._measuring = False
+        return self.alpha * torch.stack(terms).mean()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._inputs = [], []
+
+    def __enter__(self) -> "TIPSShiftTerm":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.remove()
+        return False

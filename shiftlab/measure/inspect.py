@@ -51,7 +51,9 @@ KINDS = {
     "functional-subsampling": "a function called inside a forward (F.max_pool2d, a strided F.conv2d, slicing "
                               "::2, ...) subsamples: not a layer, so shiftlab fix cannot replace it",
     "blur-pool": "anti-aliased subsampling (low-pass, then subsample): reduces aliasing, not exact",
-    "aps": "adaptive polyphase subsampling: exact for circular shifts when padding is circular",
+    "aps": "adaptive polyphase subsampling (APS, or LPS's learned choice): exact for circular shifts when padding "
+           "is circular",
+    "tips": "learned mixture of polyphase components (TIPS): invariance learned, not guaranteed",
     "same-padding-asymmetric": "'same' padding with more pixels after than before: moves the sampling grid",
     "zero-padding": "zero padding: exact equivariance fails near the borders",
     "constant-padding": "padding with a constant (e.g. -inf for max pooling): fails near the borders",
@@ -63,7 +65,7 @@ KINDS = {
 }
 # kinds that change the sampling grid (they define the cumulative stride)
 SUBSAMPLING_KINDS = frozenset({"strided-conv", "max-pool", "avg-pool", "other-subsampling", "functional-subsampling",
-                               "blur-pool", "aps"})
+                               "blur-pool", "aps", "tips"})
 #: subsampling that is not a layer :func:`shiftlab.antialias` can convert
 OPAQUE_KINDS = frozenset({"other-subsampling", "functional-subsampling"})
 # kinds that do not break exact equivariance to circular shifts on their own
@@ -558,7 +560,9 @@ class _Tracer:
     def antialiased(self, m, in_hw, out_hw) -> None:
         stride = self.subsampling_stride(m, in_hw, out_hw)
         cum = self.record_level(in_hw, out_hw, stride) if out_hw else self.cumulative(in_hw)
-        kind = "aps" if "aps" in type(m).__name__.lower() or "polyphase" in type(m).__name__.lower() else "blur-pool"
+        name = type(m).__name__.lower()
+        kind = ("tips" if name.startswith("tips") else
+                "aps" if "aps" in name or "lps" in name or "polyphase" in name else "blur-pool")
         parts = [f"stride {_fmt2(stride)}"]
         for attr in ("filter_size", "padding_mode"):
             value = getattr(m, attr, None)
