@@ -206,3 +206,27 @@ def test_feature_phase_scores_equal_the_scorer_on_each_component():
     x = torch.randn(2, 3, 8, 12, dtype=torch.float64)
     expected = torch.stack([scorer(x[..., i::2, j::2]) for i in range(2) for j in range(2)], dim=1)
     torch.testing.assert_close(scorer.phase_scores(x, 2), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_feature_tips_shift_term_collects_training_inputs_only_and_detaches():
+    from shiftlab.layers import TIPSShiftTerm
+
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), TIPSPool2d(3), TIPSPool2d(3))
+    with torch.no_grad():
+        for m in model[1:]:
+            m.mix.weight.normal_()
+    x = torch.randn(2, 2, 16, 16)
+    with TIPSShiftTerm(model, alpha=0.5, generator=torch.Generator().manual_seed(0)) as term:
+        model.eval()
+        model(x)
+        assert term.loss() == 0.0  # nothing collected in evaluation
+        model.train()
+        model(x)
+        loss = term.loss()
+        assert loss.requires_grad and loss.item() > 0
+        loss.backward()
+        assert model[0].weight.grad is not None  # the term trains the layers before TIPS too
+        assert term.loss() == 0.0  # cleared
+    assert all(not m._forward_pre_hooks for m in model)
+    with pytest.raises(InputError, match="alpha"):
+        TIPSShiftTerm(model, alpha=-1)

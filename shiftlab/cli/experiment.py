@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "train small CNNs on real handwritten digits to test a claim (architecture, positions, augmentation, rotation)"
+HELP = ("train small CNNs on real handwritten digits to test a claim (architecture, positions, augmentation, rotation, "
+        "subsampling)")
 
-EXPERIMENTS = ("architecture", "unseen-positions", "augmentation", "rotation")
+EXPERIMENTS = ("architecture", "unseen-positions", "augmentation", "rotation", "subsampling")
+
+# the experiments that train named SmallCNN variants (--variants)
+_VARIANT_EXPERIMENTS = ("architecture", "unseen-positions", "subsampling")
 
 # the columns of the summary table printed per experiment: (metric key, column title)
 _COLUMNS = {
@@ -20,11 +24,13 @@ _COLUMNS = {
     "rotation": [("accuracy_at_0_deg", "0 deg"), ("accuracy_at_45_deg", "45 deg"), ("accuracy_at_90_deg", "90 deg"),
                  ("accuracy_at_180_deg", "180 deg"), ("mean_accuracy_over_angles", "mean over angles"),
                  ("quarter_turn_agreement", "same top-1 at 0/90/180/270"), ("inference_ms_per_image", "ms/image")],
+    "subsampling": [("accuracy", "accuracy"), ("crop_consistency", "crop cons."),
+                    ("circular_consistency", "circular cons."), ("top1_change", "P(top-1 change)")],
 }
 
 
 # the figures each experiment writes, by file-name suffix
-_FIGURES = {"architecture": ("", "_sweep"), "rotation": ("", "_cost")}
+_FIGURES = {"architecture": ("", "_sweep"), "rotation": ("", "_cost"), "subsampling": ("",)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, metavar="SPEC",
                         help="labelled images instead of the bundled digits: a CIFAR-10 python folder, a folder of "
                              "class subfolders, or an .npz with images and labels")
+    parser.add_argument("--variants", default=None, metavar="NAMES",
+                        help="comma-separated networks DOWNSAMPLE-HEAD-PADDING to train instead of the default set "
+                             f"(for {', '.join(_VARIANT_EXPERIMENTS)})")
     parser.add_argument("--force", action="store_true", help="overwrite existing result files")
     parser.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
 
@@ -48,6 +57,8 @@ def _runner(name: str):
         from shiftlab.experiments.positions import run_unseen_positions as run
     elif name == "augmentation":
         from shiftlab.experiments.augmentation import run_augmentation as run
+    elif name == "subsampling":
+        from shiftlab.experiments.subsampling import run_subsampling as run
     else:
         from shiftlab.experiments.rotation import run_rotation as run
     return run
@@ -70,6 +81,21 @@ def _table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _variants(args: argparse.Namespace) -> list[str]:
+    """The names given with --variants, each checked before any work."""
+    from shiftlab.errors import InputError
+    from shiftlab.experiments._common import parse_variant
+
+    if args.name not in _VARIANT_EXPERIMENTS:
+        raise InputError(f"--variants applies to {', '.join(_VARIANT_EXPERIMENTS)}, not to {args.name}")
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not names:
+        raise InputError("--variants names no variant")
+    for name in names:
+        parse_variant(name)
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -82,12 +108,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
+    extra = {"variants": _variants(args)} if args.variants is not None else {}
     json_path = out / f"{args.name}.json"
     figure_paths = {suffix: out / f"{args.name}{suffix}.png" for suffix in _FIGURES.get(args.name, ("",))}
     for path in [json_path, *figure_paths.values()]:  # refuse before spending minutes
         check_output_path(path, args.force, "--out", claim=True)
 
-    result = _runner(args.name)(seeds=seeds, quick=args.quick, data=args.data, progress=not args.no_progress)
+    result = _runner(args.name)(seeds=seeds, quick=args.quick, data=args.data, progress=not args.no_progress, **extra)
 
     from shiftlab.report.experiment_plots import experiment_figures
 
@@ -103,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
           f"{f', {cpu:.0f} s CPU' if cpu is not None else ''}{' (quick)' if args.quick else ''}; "
           f"data: {result['data']['data']}")
     print(_table(result))
+    if result.get("statement"):
+        print(result["statement"])
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="the model: with --fix, the original (the teacher, converted into the student); without, a "
                             "fixed checkpoint (the student; teacher: --teacher, or the original its recipe names)")
     model.add_argument("--weights", metavar="PATH", help="local checkpoint for --model (weights_only=True)")
-    model.add_argument("--fix", metavar="METHOD", help="the conversion: blur, aps, aps:circular, blur:before")
+    model.add_argument("--fix", metavar="METHOD", help="the conversion: blur, aps, lps, tips (each optionally "
+                                                       ":circular), blur:before")
     model.add_argument("--teacher", metavar="SPEC", help="the teacher (default: --model with --fix; else the original "
                                                           "recorded in the fixed checkpoint)")
     model.add_argument("--teacher-weights", metavar="PATH", help="local checkpoint for --teacher")
@@ -86,6 +87,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "frozen, then estimated afresh at the end")
     train.add_argument("--bn-batches", type=_number(int, 1), default=50, metavar="N",
                        help="batches for --batch-norm reestimate (50)")
+    train.add_argument("--lps-temperature", type=_number(float, 0), nargs=2, default=(1.0, 0.1),
+                       metavar=("START", "END"), help="with --fix lps: the Gumbel-softmax temperature of the LPS "
+                                                      "layers, annealed geometrically from START to END (1.0 0.1)")
+    train.add_argument("--tips-alpha", type=_number(float, 0), default=0.35, metavar="W",
+                       help="with --fix tips: weight of TIPS's shift-equivariance term (0.35, the authors')")
     train.add_argument("--seed", type=seed_argument, default=0, help="seed of the image order and the views (0)")
     run = parser.add_argument_group("execution and output")
     run.add_argument("--out", required=True, metavar="FILE", help="the fine-tuned model (a fixed checkpoint, .pt)")
@@ -163,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     config = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
                             weight_decay=args.weight_decay, warmup=args.warmup, temperature=args.temperature,
                             kl=args.kl, consistency=args.consistency, labels=args.label_weight, views=args.views,
-                            batch_norm=args.batch_norm, bn_batches=args.bn_batches, seed=args.seed)
+                            batch_norm=args.batch_norm, bn_batches=args.bn_batches, seed=args.seed,
+                            lps_temperature=tuple(args.lps_temperature), tips_alpha=args.tips_alpha)
     if args.views is not None:
         from shiftlab.measure.protocols import parse_protocol
 

@@ -5,8 +5,9 @@
 - :mod:`~shiftlab.experiments.train`: deterministic CPU training, augmentations, float64/float32 evaluation.
 - :mod:`~shiftlab.experiments.protocols`: the experiments' own audit protocols (a diagonal sweep around the
   unshifted view, placements of an object on a canvas); every number comes from ``shiftlab.audit``.
-- ``run_architecture``, ``run_unseen_positions``, ``run_augmentation``, ``run_rotation``: the four experiments
-  (``shiftlab experiment NAME``); each returns a JSON-serialisable dict that records its seeds.
+- ``run_architecture``, ``run_unseen_positions``, ``run_augmentation``, ``run_rotation``, ``run_subsampling``:
+  the five experiments (``shiftlab experiment NAME``); each returns a JSON-serialisable dict that records its
+  seeds.
 
 Names are imported lazily, so importing this package does not load scikit-learn or the layers.
 """
@@ -20,6 +21,7 @@ _EXPORTS = {
     "run_unseen_positions": "shiftlab.experiments.positions",
     "run_augmentation": "shiftlab.experiments.augmentation",
     "run_rotation": "shiftlab.experiments.rotation",
+    "run_subsampling": "shiftlab.experiments.subsampling",
     "SmallCNN": "shiftlab.experiments.nets",
     "make_canvas_split": "shiftlab.experiments.digits",
 }

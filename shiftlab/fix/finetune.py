@@ -107,6 +107,8 @@ class FinetuneConfig:
     batch_norm: str = "frozen"
     bn_batches: int = 50
     seed: int = 0
+    lps_temperature: tuple[float, float] = (1.0, 0.1)
+    tips_alpha: float = 0.35
 
     def __post_init__(self):
         for name, minimum in (("steps", 1), ("batch_size", 1), ("accumulate", 1), ("bn_batches", 1)):
@@ -132,6 +134,14 @@ class FinetuneConfig:
             raise InputError("every loss weight is 0 (kl, consistency, labels): nothing to learn")
         if self.batch_norm not in BATCH_NORM_MODES:
             raise InputError(f"batch_norm must be one of {', '.join(BATCH_NORM_MODES)}, got {self.batch_norm!r}")
+        start_end = self.lps_temperature
+        if (not isinstance(start_end, (tuple, list)) or len(start_end) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
+                       for v in start_end) or start_end[1] > start_end[0]):
+            raise InputError(f"lps_temperature must be (start, end) with start >= end > 0, got {start_end!r}")
+        if (isinstance(self.tips_alpha, bool) or not isinstance(self.tips_alpha, (int, float))
+                or not math.isfinite(self.tips_alpha) or self.tips_alpha < 0):
+            raise InputError(f"tips_alpha must be a finite number >= 0, got {self.tips_alpha!r}")
         if self.views is not None and not isinstance(self.views, str):
             raise InputError(f"views must be a protocol spec such as 'crop:224:32' or 'circular:4', got {self.views!r}")
 
@@ -148,8 +158,14 @@ class FinetuneConfig:
             return (step + 1) / warm
         return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, self.steps - warm)))
 
+    def lps_temperature_at(self, step: int) -> float:
+        """The LPS Gumbel-softmax temperature at optimizer step ``step``: geometric from start to end over the run."""
+        start, end = self.lps_temperature
+        return start * (end / start) ** (min(step, self.steps) / max(1, self.steps))
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "warmup": self.warmup_steps, "optimizer": "AdamW", "schedule": "linear warm-up, cosine"}
+        return {**asdict(self), "lps_temperature": list(self.lps_temperature), "warmup": self.warmup_steps,
+                "optimizer": "AdamW", "schedule": "linear warm-up, cosine"}
 
 
 @dataclass
@@ -279,10 +295,15 @@ def _set_batch_norm(model: nn.Module, mode: str) -> None:
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay on weight matrices and kernels; none on biases, norms and the scoring layers of LPS/TIPS (as their
+    authors train them)."""
+    from shiftlab.layers import scoring_parameters
+
+    scoring = {id(p) for p in scoring_parameters(model)}
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (decay if p.ndim >= 2 and id(p) not in scoring else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -747,6 +768,9 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
                         "rng": rngs, "log": json.dumps(log), "window": window.cpu()})
         distributed.barrier()
 
+    from shiftlab.layers import has_learned_subsampling, set_temperature
+
+    lps_layers = has_learned_subsampling(student)["lps"]
     flush_supported = torch.set_flush_denormal(True)
     label = progress if isinstance(progress, str) else "fine-tuning"
     steps_seen = 0
@@ -765,6 +789,8 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
         batches = iter(data_loader)
         with _Bar(bool(progress) and world.is_main, config.steps, start, label) as bar:
             for step in range(start, config.steps):
+                if lps_layers:
+                    set_temperature(student, config.lps_temperature_at(step))
                 optimizer.zero_grad(set_to_none=True)
                 for micro in range(config.accumulate):
                     loaded = next(batches)
@@ -791,7 +817,8 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
                         "step": done, "lr": lr, "loss": totals[0].item() / micro_batches,
                         "kl": totals[1].item() / micro_batches,
                         "consistency": totals[2].item() / micro_batches, "labels": totals[3].item() / micro_batches,
-                        "agreement": totals[4].item() / max(1.0, totals[5].item())})
+                        "agreement": totals[4].item() / max(1.0, totals[5].item()),
+                        **({"lps_temperature": config.lps_temperature_at(step)} if lps_layers else {})})
                     window.zero_()
                 entry = log["entries"][-1] if log["entries"] else None
                 bar.advance("" if entry is None else f"loss {entry['loss']:.3f}  agreement {entry['agreement']:.1%}")
@@ -804,6 +831,8 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
         if config.batch_norm == "reestimate":
             _reestimate(student, stream, sizing, views, dev, dtype, config, world)
     finally:
+        if distil.shift_term is not None:
+            distil.shift_term.remove()
         rng.__exit__(None, None, None)
         if flush_supported:
             torch.set_flush_denormal(False)
@@ -864,6 +893,11 @@ class _Distiller:
         self.teacher, self.net, self.config, self.views, self.copies = teacher, net, config, views, copies
         self.amp, self.scaler = amp, scaler
         self.teacher_dtype = _model_dtype(teacher)
+        from shiftlab.layers import TIPSShiftTerm, has_learned_subsampling
+
+        # TIPS's own training term on the student's TIPS layers (their invariance is learned from it)
+        self.shift_term = (TIPSShiftTerm(net, config.tips_alpha, generator=torch.Generator().manual_seed(config.seed))
+                           if has_learned_subsampling(net)["tips"] and config.tips_alpha > 0 else None)
 
     def __call__(self, images: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,
                  sync: bool = True) -> torch.Tensor:
@@ -878,6 +912,8 @@ class _Distiller:
                 target = target.clone()  # a normal tensor: usable in the autograd graph
                 out = _forward(net, x)
             loss, parts = _loss(out, target, labels, self.config, self.copies)
+            if self.shift_term is not None:
+                loss = loss + self.shift_term.loss()
             scaled = loss / self.config.accumulate
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         with torch.no_grad():

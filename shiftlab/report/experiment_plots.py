@@ -1,10 +1,10 @@
 """Figures for the training experiments (``shiftlab experiment``): architecture, unseen-positions,
-augmentation, rotation.
+augmentation, rotation, subsampling.
 
 Each function takes the saved result dict of one experiment (as written to ``NAME.json``) and an optional
 matplotlib ``ax`` (or ``axes``), imports matplotlib inside (Agg backend) and returns the figure. Nothing here
 recomputes a measurement. Spread across seeds is drawn as error bars or bands of +-1 standard deviation.
-:func:`plot_experiment` draws the overview figure of any of the four; :func:`experiment_figures` all of them.
+:func:`plot_experiment` draws the overview figure of any of them; :func:`experiment_figures` all of them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ __all__ = [
     "plot_augmentation",
     "plot_rotation",
     "plot_rotation_cost",
+    "plot_subsampling",
     "plot_experiment",
     "experiment_figures",
     "experiment_title",
@@ -32,6 +33,7 @@ TITLES = {
     "unseen-positions": "Unseen positions: trained in one quadrant, tested everywhere",
     "augmentation": "Augmentation against architecture",
     "rotation": "Rotation: plain, p4 and harmonic CNNs, with and without augmentation (and scale, brightness)",
+    "subsampling": "Subsampling: strided, max-pool, BlurPool, APS, LPS and TIPS beside the published CIFAR-10 table",
 }
 
 
@@ -314,8 +316,46 @@ def plot_rotation_cost(result: dict, ax=None):
     return fig
 
 
+@literal_text
+def plot_subsampling(result: dict, axes=None):
+    """One panel per metric (accuracy, crop consistency, circular consistency): a bar per variant (mean over
+    seeds, error bars +-1 s.d. when there is more than one seed, the mean written above), and beside it, as a
+    hollow diamond, the published CIFAR-10 ResNet-18 value of the method it stands for (``result["published"]``,
+    percent / 100). Bar axes start at 0."""
+    plt = _pyplot()
+    panels = [("accuracy", "accuracy"), ("crop_consistency", "crop (shift) consistency"),
+              ("circular_consistency", "circular consistency")]
+    fig, axes = _axes(plt, axes, len(panels), (13, 4.4))
+    names = list(result["variants"])
+    published = result.get("published") or {}
+    table = published.get("methods", {})
+    several = len(result.get("seeds", [])) > 1
+    for ax, (key, label) in zip(axes, panels):
+        for i, name in enumerate(names):
+            entry = result["variants"][name]
+            mean, std = _mean_std(entry["summary"], key)
+            ax.bar(i - 0.12, mean, 0.5, yerr=std if several else None, capsize=3 if several else 0,
+                   color=_COLORS[i % len(_COLORS)])
+            ax.text(i - 0.12, mean + (std if several else 0.0) + 0.01, f"{mean:.3f}", ha="center", va="bottom",
+                    fontsize=6.5)
+            value = table.get(entry.get("published_method") or "", {}).get(key)
+            if value is not None:
+                ax.plot(i + 0.28, value / 100.0, marker="D", ms=6, mfc="white", mec="#30343f", mew=1.3, ls="none")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=25, ha="right", fontsize=7)
+        ax.set_ylim(0.0, 1.1)
+        ax.set_title(label, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("fraction of test images")
+    source = published.get("source", "")
+    fig.suptitle(f"{TITLES['subsampling']} ({_seeds_note(result) if several else _seeds_note(result, spread=False)})"
+                 + (f"\nhollow diamonds: the published values, {source}" if source else ""), fontsize=8.5)
+    fig.tight_layout()
+    return fig
+
+
 _OVERVIEW = {"architecture": plot_architecture, "unseen-positions": plot_position_heatmaps,
-             "augmentation": plot_augmentation, "rotation": plot_rotation}
+             "augmentation": plot_augmentation, "rotation": plot_rotation, "subsampling": plot_subsampling}
 
 
 def _name(result) -> str:
@@ -363,6 +403,11 @@ def experiment_caption(result: dict) -> str:
         parts = [f"{k}: inside {m(e, 'inside'):.3f}, far {m(e, 'far'):.3f}" for k, e in v.items()]
     elif name == "augmentation":
         parts = [f"{k}: centred {m(e, 'accuracy'):.3f}, anywhere {m(e, 'accuracy_anywhere'):.3f}" for k, e in v.items()]
+    elif name == "subsampling":
+        parts = [f"{k}: accuracy {m(e, 'accuracy'):.3f}, crop consistency {m(e, 'crop_consistency'):.3f}, "
+                 f"circular consistency {m(e, 'circular_consistency'):.3f}" for k, e in v.items()]
+        if result.get("statement"):
+            parts.append(result["statement"])
     else:
         angles = result["sweeps"]["angles"]
         shown = [a for a in angles if a in (0.0, 45.0, 90.0, 180.0)] or angles
