@@ -6,12 +6,16 @@ keep the argmax by a gather. Candidates run once per round in a rotating order (
 rounds; the whole measurement repeats in fresh processes and the script prints each process's ratios and their
 median. Targets (issue 19): LPSPool2d at most 1.3x APSPool2d.
 
-Run: ``python benchmarks/bench_lps.py [--rounds 15] [--processes 3] [--hidden 8]``
+With ``--train``: one training step (forward, backward, SGD) of torchvision's ResNet-18 converted with LPS against the
+same network converted with APS (batch 8 at 112x112, circular padding): the cost of learning the choice.
+
+Run: ``python benchmarks/bench_lps.py [--rounds 15] [--processes 3] [--hidden 8] [--train]``
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import torch
 from shiftlab.layers import APSPool2d, LPSPool2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import child_or_runs, interleaved, process_options, ratio_summary  # noqa: E402
+from _timing import child_or_runs, in_fresh_processes, interleaved, process_options, ratio_summary  # noqa: E402
 
 SLICE = "x[..., ::2, ::2].contiguous()"
 
@@ -52,11 +56,46 @@ def measure(rounds: int, hidden: int = 8) -> dict[str, float]:
         return interleaved(candidates, rounds)
 
 
+def measure_train(rounds: int) -> dict[str, float]:
+    import torchvision
+
+    from shiftlab.fix.antialias import antialias
+
+    torch.manual_seed(0)
+    base = torchvision.models.resnet18()
+    x, y = torch.randn(8, 3, 112, 112), torch.randint(0, 1000, (8,))
+    steps = {}
+    for method in ("aps", "lps"):
+        net = antialias(base, method, circular=True)[0].train()
+        optimiser = torch.optim.SGD(net.parameters(), lr=1e-3)
+
+        def step(net=net, optimiser=optimiser):
+            optimiser.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            optimiser.step()
+        steps[f"{method.upper()} ResNet-18 training step"] = step
+    return interleaved(steps, rounds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     process_options(parser, rounds=15, processes=3)
     parser.add_argument("--hidden", type=int, default=8)
+    parser.add_argument("--train", action="store_true", help="time a training step of LPS vs APS ResNet-18")
     args = parser.parse_args()
+    if args.train:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.child:
+            print(json.dumps(measure_train(args.rounds)))
+            return
+        command = [__file__, "--child", "--train", "--rounds", str(args.rounds)]
+        runs = in_fresh_processes(command + (["--threads", str(args.threads)] if args.threads else []), args.processes)
+        print(f"torchvision resnet18, batch 8 at 112x112, circular; {args.processes} processes x {args.rounds} rounds")
+        for name in runs[0]:
+            print(f"  {name:32s} ms: " + " ".join(f"{run[name] * 1e3:8.1f}" for run in runs))
+        print(f"LPS / APS training step: {ratio_summary(runs, 'LPS ResNet-18 training step', 'APS ResNet-18 training step')}")
+        return
     runs = child_or_runs(args, __file__, measure, hidden=args.hidden)
     if runs is None:
         return

@@ -40,7 +40,8 @@ def briefly_trained(model: nn.Module, steps: int = 3, seed: int = 0) -> nn.Modul
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["tv_resnet18", "tv_mobilenet_v2", "timm_resnet26d", "timm_lite0"])
+@pytest.mark.parametrize("name", ["tv_resnet18", "tv_mobilenet_v2", "timm_resnet26d", "timm_lite0",
+                                  "timm_regnetx_002"])
 @pytest.mark.parametrize("circular", [False, True])
 def test_feature_lps_at_conversion_computes_exactly_what_aps_does(name, circular):
     model = make(name)

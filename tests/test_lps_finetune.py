@@ -4,10 +4,14 @@ with its shift term; bad settings are refused."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from test_finetune import _tune, _value, digits  # noqa: F401  (the module-scoped teacher fixture)
+from test_finetune import _args, _tune, _value, digits, files  # noqa: F401  (the module-scoped fixtures)
 
+import shiftlab
+from shiftlab.cli import main
 from shiftlab.errors import InputError
 from shiftlab.experiments.finetune import digits_targets
 from shiftlab.fix.finetune import FinetuneConfig, _param_groups
@@ -55,3 +59,25 @@ def test_exception_bad_lps_and_tips_settings_are_refused():
             FinetuneConfig(tips_alpha=bad)
     config = FinetuneConfig(steps=100, lps_temperature=(1.0, 0.1))
     assert config.lps_temperature_at(0) == 1.0 and abs(config.lps_temperature_at(100) - 0.1) < 1e-12
+
+
+def test_feature_cli_finetune_lps_and_tips_and_their_bad_inputs(files, tmp_path, capsys):  # noqa: F811
+    for fix in ("lps:circular", "tips"):
+        out = tmp_path / f"{fix.replace(':', '_')}.pt"
+        assert main(_args(files, out, "--workers", "0", factory="plain", steps=3, fix=fix)) == 0, \
+            capsys.readouterr().err
+        model = shiftlab.load_model(f"{files / 'net.py'}:plain", weights=out)
+        assert model.shiftlab_fix["method"] == fix.split(":")[0]
+        log = json.loads(out.with_suffix(".json").read_text())
+        if fix.startswith("lps"):
+            assert log["entries"][-1]["lps_temperature"] < 1.0
+    capsys.readouterr()
+    for extra, message in ((["--lps-temperature", "0", "0.1"], "lps_temperature"),
+                           (["--lps-temperature", "0.1", "1.0"], "lps_temperature"),
+                           (["--tips-alpha", "-1"], "--tips-alpha")):
+        bad = tmp_path / "bad.pt"
+        assert main(_args(files, bad, *extra, fix="lps")) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and not bad.exists()
+    assert main(_args(files, tmp_path / "x.pt", fix="nope")) == 2
+    assert "--fix" in capsys.readouterr().err

@@ -230,3 +230,14 @@ def test_feature_tips_shift_term_collects_training_inputs_only_and_detaches():
     assert all(not m._forward_pre_hooks for m in model)
     with pytest.raises(InputError, match="alpha"):
         TIPSShiftTerm(model, alpha=-1)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")
+def test_exception_lps_refuses_graph_capture_and_tips_exports():
+    net = _net(LPSPool2d(3).double())
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(InputError, match="cannot be exported"):
+        torch.jit.trace(net, x)
+    tips = _net(TIPSPool2d(3).double())
+    traced = torch.jit.trace(tips, x)
+    torch.testing.assert_close(traced(x), tips(x))

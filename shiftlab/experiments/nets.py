@@ -242,8 +242,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int, int]) -> int:
 
     Counted: ``nn.Conv2d``, ``nn.Linear`` and shiftlab's group and harmonic convolutions (a harmonic layer after
     the first is counted as its one real convolution on complex inputs, 2 C_in M_in channels; the first,
-    on a real image, with C_in). The fixed binomial blur of BlurPool, the norms of APS, batch norms and
-    the filter expansion of the group layers are not counted (they are cheap and depthwise).
+    on a real image, with C_in), and the scoring network of LPS (its two 3x3 convolutions run on every position
+    of the map they score). The fixed binomial blur of BlurPool, the norms of APS, batch norms and the filter
+    expansion of the group layers are not counted (they are cheap and depthwise).
 
     Shape:
         input_shape: (B, C, H, W); the count is per image.
@@ -256,7 +257,16 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int, int]) -> int:
         nonlocal total
         total += _conv_macs(module, output)
 
+    def scorer_hook(module, args):
+        nonlocal total
+        scorer = module.scorer
+        if scorer is not None and args and args[0].ndim == 4:
+            h, w = args[0].shape[-2:]
+            hidden, channels = scorer.conv1.out_channels, scorer.conv1.in_channels
+            total += h * w * 9 * (channels * hidden + hidden * hidden)
+
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
+    handles += [m.register_forward_pre_hook(scorer_hook) for m in model.modules() if isinstance(m, LPSPool2d)]
     was_training = model.training
     try:
         model.eval()

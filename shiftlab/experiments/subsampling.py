@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import itertools
 
-import torch
-
 from shiftlab.errors import InputError
 from shiftlab.experiments._common import (EVALUATION, Timer, environment, parse_variant, protocol_specs, seed_list,
-                                          shift_metrics, summarise, summarise_curves, train_variant)
+                                          shift_metrics, summarise, train_variant)
 from shiftlab.experiments.digits import make_canvas_split
 from shiftlab.experiments.train import LPS_TEMPERATURE, TIPS_ALPHA, TrainConfig
 
@@ -180,9 +178,8 @@ def run_subsampling(seeds: int = 3, quick: bool = False, data: str | None = None
             config = parse_variant(variant)
             runs = []
             for seed in seeds_:
-                with torch.random.fork_rng(devices=[]):  # LPS's Gumbel noise: drawn from the seed, repeatable
-                    torch.manual_seed(seed)
-                    model, record = train_variant(variant, split, p["width"], p["train"], seed, progress=progress)
+                # (train_model draws LPS's Gumbel noise from the seed: repeatable)
+                model, record = train_variant(variant, split, p["width"], p["train"], seed, progress=progress)
                 with Timer() as t:
                     metrics = shift_metrics(model, test.images, test.labels, seed, p["max_shift"])
                 metrics.pop("sweep")

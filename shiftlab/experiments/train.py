@@ -198,7 +198,9 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, co
     steps = ((epoch, step) for epoch in range(config.epochs) for step in range(steps_per_epoch))
     losses, running, order = [], 0.0, None
     model.train()
-    with _DeterministicAlgorithms():
+    # the forward pass's own randomness (LPS's Gumbel noise, dropout) from the seed too, not the global state
+    with _DeterministicAlgorithms(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1_000_003 + 17)
         for epoch, step in track(steps, description, total=total_steps, enabled=progress):
             if step == 0:
                 order = torch.randperm(n, generator=generator)

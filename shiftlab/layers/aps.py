@@ -257,32 +257,6 @@ def _select(x: Tensor, stride: int, phase: Tensor) -> Tensor:
     return view[batch, :, :, phase // stride, :, phase % stride]
 
 
-def _fusable(x: Tensor) -> bool:
-    """Whether the choice and the copy can run block by block (eager CPU inference, more than one sample)."""
-    return (x.device.type == "cpu" and x.shape[0] > 1 and not in_graph_capture()
-            and not (torch.is_grad_enabled() and x.requires_grad))
-
-
-def _choose_and_select_in_blocks(x: Tensor, stride: int) -> tuple[Tensor, Tensor]:
-    """:func:`_phase` then :func:`_select`, one block of samples (about ``_BLOCK_BYTES``) at a time.
-
-    Each block's energies are computed and its kept component copied out while the block is still in cache, so
-    the input is read from memory about once instead of twice (``benchmarks/bench_aps.py``). Every sample's
-    choice is the one :func:`_phase` makes for the whole batch: its energies are sums over that sample only.
-    """
-    b, c, h, w = x.shape
-    out = x.new_empty(b, c, h // stride, w // stride)
-    phases = torch.empty(b, dtype=torch.int64)
-    step = max(1, _BLOCK_BYTES // max(c * h * w * x.element_size(), 1))
-    for start in range(0, b, step):
-        block = x[start:start + step]
-        phase = _phase(block, stride)
-        phases[start:start + block.shape[0]] = phase
-        for i, p in enumerate(phase.tolist()):
-            out[start + i].copy_(block[i, :, p // stride::stride, p % stride::stride])
-    return out, phases
-
-
 def aps_pool2d(x: Tensor, stride: int = 2, filter_size: int = 1, padding_mode: str = "circular",
                return_phase: bool = False, *, phase: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Adaptive polyphase sampling: keep, per sample, the polyphase component of largest norm.
@@ -313,9 +287,6 @@ def aps_pool2d(x: Tensor, stride: int = 2, filter_size: int = 1, padding_mode: s
     if filter_size > 1:
         x = blur_pool2d(x, filter_size, 1, padding_mode)
     x = _pad_to_multiple(x, stride)
-    if phase is None and _fusable(x):
-        out, phase = _choose_and_select_in_blocks(x, stride)
-        return (out, phase) if return_phase else out
     if phase is None:
         phase = _phase(x, stride)
     else:

@@ -35,6 +35,10 @@ averages quadrants of the map, which move under a shift: **TIPS's invariance is 
 Its training adds :func:`tips_shift_loss` (the mean squared difference between the layer's output for a
 shifted input and the shifted output, for zero-filled shifts of up to ``max_shift`` output pixels).
 Measure a TIPS model with ``shiftlab.audit``; ``certify`` does not claim exactness for it.
+
+Export. The LPS choice falls back to the APS rule for near-ties, a branch on the data, so LPS layers refuse graph
+capture (``torch.export``, ``torch.compile``, ``torch.jit.trace``, ONNX) rather than record one branch silently;
+TIPS layers are plain tensor operations and export.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from torch import Tensor, nn
 from shiftlab._checks import check_bchw, check_float
 from shiftlab.errors import InputError, ShapeError
 from shiftlab.layers.aps import _components, _pad_to_multiple, _phase, _plain_energies, _select
-from shiftlab.layers.blur_pool import _check_padding_mode, _check_stride, _is_int
+from shiftlab.layers.blur_pool import _check_padding_mode, _check_stride, _is_int, in_graph_capture
 
 __all__ = ["PolyphaseScorer", "lps_logits", "lps_pool2d", "LPSPool2d", "LearnedPhase", "TemperatureSchedule",
            "set_temperature", "tips_weights", "tips_pool2d", "TIPSPool2d", "tips_shift_loss", "TIPSShiftTerm",
@@ -154,6 +158,9 @@ def _logits(x: Tensor, scorer: nn.Module, stride: int, prior_scale: float) -> Te
 
 def _eval_phase(x: Tensor, scorer: nn.Module, stride: int, prior_scale: float) -> Tensor:
     """The phase kept in evaluation: the largest logit, or the APS rule where the top two are close."""
+    if in_graph_capture():
+        raise InputError("LPS layers cannot be exported or compiled yet (their near-tie rule branches on the data); "
+                         "export an APS- or blur-converted model instead")
     if x.shape[0] == 0:
         return torch.zeros(0, dtype=torch.int64, device=x.device)
     with torch.no_grad():
