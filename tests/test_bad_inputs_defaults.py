@@ -311,3 +311,27 @@ def test_class11_grey_models_read_image_files(tmp_path, mode):
     assert result.metrics["consistency"].n > 0
     tuned = finetune(net, str(folder), fix="aps", steps=1, batch_size=2, workers=0)
     assert tuned.log["input_size"] == [24, 24]
+
+
+def test_class10_mathtext_in_photo_names_is_shown_literally_in_the_article_figures(tmp_path):
+    """class 10, mathtext: a photo whose name is mathtext is drawn literally in the demos' figures (their titles
+    name the photo)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    from matplotlib.text import Text
+
+    from shiftlab.classic import edge_experiment
+    from shiftlab.report.classic_plots import plot_edge_experiment
+
+    name = "$x^{2}_a$ $\\nosuchcmd$"
+    import dataclasses
+
+    result = dataclasses.replace(edge_experiment(np.random.default_rng(0).random((40, 40)), shift=(3, 5)),
+                                 source=name)
+    fig = plot_edge_experiment(result)
+    texts = [t for t in fig.findobj(Text) if t.get_text()]
+    assert any(name in t.get_text() for t in texts)
+    assert all(not t.get_parse_math() for t in texts)
+    fig.savefig(tmp_path / "edges.png")  # a mathtext parse would fail on \nosuchcmd

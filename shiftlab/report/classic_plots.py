@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from shiftlab.report.plots import literal_text
+
 __all__ = [
     "plot_pool_iterations",
     "plot_pixel_experiment",
@@ -32,6 +34,7 @@ def _show(ax, image, title: str, cmap: str = "viridis", vmin=None, vmax=None) ->
     ax.set_axis_off()
 
 
+@literal_text
 def plot_pool_iterations(maps, axes=None, title: str | None = None, cmap: str = "viridis"):
     """One panel per pooling iteration, each titled with its shape (as in the article).
 
@@ -55,6 +58,7 @@ def plot_pool_iterations(maps, axes=None, title: str | None = None, cmap: str = 
     return fig
 
 
+@literal_text
 def plot_pixel_experiment(result, axes=None):
     """Both bright-pixel images through their poolings: one row per image, one panel per iteration.
 
@@ -78,6 +82,7 @@ def plot_pixel_experiment(result, axes=None):
     return fig
 
 
+@literal_text
 def plot_edge_experiment(result, axes=None):
     """Edge maps side by side: photo and vertical edges of the original, translated and mirrored copies.
 
@@ -109,6 +114,7 @@ def plot_edge_experiment(result, axes=None):
     return fig
 
 
+@literal_text
 def plot_pooling_experiment(result, axes=None):
     """The edge map of a photo through its max poolings, one panel per iteration titled with its shape.
 
@@ -119,6 +125,7 @@ def plot_pooling_experiment(result, axes=None):
     return plot_pool_iterations(result.maps, axes=axes, title=f"vertical edges of {result.source}, max-pooled")
 
 
+@literal_text
 def plot_tandem_experiment(result, axes=None):
     """Three rows of pooled edge maps (original, translated, other side) and the convergence numbers.
 
