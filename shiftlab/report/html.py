@@ -796,7 +796,8 @@ def _swap_in(staging, out) -> None:
     for _ in range(20):
         previous = None
         if os.path.lexists(out):
-            if os.path.islink(out) or not os.path.isdir(out) or foreign_entries(out):
+            # (what it holds is checked once it is ours, below: another run may be swapping it right now)
+            if os.path.islink(out) or not os.path.isdir(out):
                 raise InputError(f"--out {out} changed during the run and now holds files shiftlab report did not "
                                  f"write; the report was not written: move them away and run again")
             previous = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name[:48]}.previous-"))
