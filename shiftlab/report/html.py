@@ -848,20 +848,6 @@ def _remove_stale_staging(out) -> None:
             continue
 
 
-def _remove_ours(folder) -> None:
-    """Remove a folder a report wrote (a staging folder, or a report holding only its own files); never a user's."""
-    import shutil
-
-    from shiftlab.errors import InputError
-
-    if not folder.exists():
-        return
-    if folder.is_dir() and not folder.is_symlink() and ((folder / _STAGING_MARK).exists() or not foreign_entries(folder)):
-        shutil.rmtree(folder)
-        return
-    raise InputError(f"{folder} is in the way of the report and was not made by shiftlab; move it away")
-
-
 def _inputs_inside(out, inputs) -> str | None:
     """The first of ``inputs`` (flag, spec) that is ``out`` itself or lies inside it, shown as ``flag spec``."""
     import os
