@@ -625,9 +625,9 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
     prep = model_preprocessing(teacher)
     wanted_size = None
     if image_size is not None:
-        from shiftlab.measure.audit import _check_size_arg
+        from shiftlab.models.preprocessing import check_input_size
 
-        wanted_size = _check_size_arg(image_size)
+        wanted_size = check_input_size(image_size, "image_size (CLI: --image-size)")
         prep = prep.with_overrides(input_size=wanted_size)
     own = tuple(int(v) for v in probe.shape[-2:])
     if from_files:  # as the audit: never sized from the first image alone, never probed with a tiny one

@@ -63,7 +63,10 @@ from shiftlab.measure import metrics as M
 from shiftlab.measure.protocols import CircularShiftPair, Protocol, parse_protocol
 from shiftlab.models import preprocessing as model_preprocessing
 from shiftlab.models import select_output
-from shiftlab.models.preprocessing import MAX_INPUT_SIDE, Preprocessing
+from shiftlab.models.preprocessing import MAX_INPUT_SIDE, Preprocessing, check_input_size
+
+#: how ``image_size`` is named in its errors
+IMAGE_SIZE_ARG = "image_size (CLI: --image-size)"
 
 __all__ = ["audit", "AuditResult", "merge", "SCHEMA_VERSION", "METRIC_NAMES", "LAYER_SETS", "stage_layers"]
 
@@ -1138,7 +1141,7 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
     checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
     workers = _check_int("workers", workers, 0, allow_none=True)
     if image_size is not None:
-        _check_size_arg(image_size)  # before any model is loaded: a huge size is refused at once
+        check_input_size(image_size, IMAGE_SIZE_ARG)  # before any model is loaded: a huge size is refused at once
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
         raise InputError(f"confidence must be in (0, 1), got {confidence!r}")
     world = distributed.world()
@@ -1211,7 +1214,7 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
     C = want_c if (want_c is not None and from_files) else C
 
     # ---------------------------------------------------------------------------- sizes and protocol
-    wanted_size = None if image_size is None else _check_size_arg(image_size)
+    wanted_size = None if image_size is None else check_input_size(image_size, IMAGE_SIZE_ARG)
     if wanted_size is not None and tuple(prep.input_size) != wanted_size:
         prep = prep.with_overrides(input_size=wanted_size)  # the resize follows (same crop_pct)
     protocol = parse_protocol(transform) if transform is not None else _default_protocol(
@@ -1362,16 +1365,6 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
         source=source_info, notes=notes, upscaled=int(upscaled), ignored=int(getattr(src, "ignored", 0)),
         reproducibility=_reproducibility(command, dev, seed, source_info, world, workers, amp),
         classes=classes or None, nondeterminism=dict(engine.nondeterminism) or None)
-
-
-def _check_size_arg(image_size):
-    from shiftlab.models.preprocessing import check_input_size
-
-    try:
-        return check_input_size(image_size, "image_size (CLI: --image-size)")
-    except TypeError:
-        raise InputError(f"image_size must be a positive int or (H, W) (CLI: --image-size), got {image_size!r}") \
-            from None
 
 
 def _fingerprint(*, model, model_desc, output_key, reference, reference_model, src, data_desc, indices, protocol,

@@ -258,8 +258,9 @@ def shown_arg(text: str) -> str:
     """``text`` as one shell word for a command in a message: quoted where needed, control characters escaped."""
     import shlex
 
-    text = str(text)
-    return shlex.quote(text) if text.isprintable() else ascii(text)
+    from shiftlab.errors import printable
+
+    return shlex.quote(printable(text))
 
 
 def _fit_state(model: nn.Module, state: Mapping, name: str) -> nn.Module:

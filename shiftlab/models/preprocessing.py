@@ -38,7 +38,10 @@ def check_input_size(size, what: str = "input size") -> tuple[int, int]:
     """
     if isinstance(size, bool):
         raise InputError(f"{what} must be a positive int or (H, W), got {size!r}")
-    pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    try:
+        pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    except TypeError:  # neither an int nor a sequence
+        raise InputError(f"{what} must be a positive int or (H, W), got {size!r}") from None
     if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in pair):
         raise InputError(f"{what} must be a positive int or (H, W), got {size!r}")
     if max(pair) > MAX_INPUT_SIDE:
