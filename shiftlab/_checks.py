@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from shiftlab.errors import ShapeError
+from shiftlab.errors import InputError, ShapeError
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -59,3 +59,24 @@ def check_finite(x: torch.Tensor, name: str = "x") -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise ShapeError(f"{name} contains NaN or Inf")
     return x
+
+
+def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None, *,
+              allow_none: bool = False) -> int | None:
+    """``value`` as an int, or :class:`~shiftlab.errors.InputError` naming ``name`` (bools are not integers).
+
+    The one integer checker of shiftlab's arguments: ``minimum``/``maximum`` are inclusive bounds; ``None``
+    passes through when ``allow_none``.
+    """
+    import numbers
+
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise InputError(f"{name} must be an integer <= {maximum}, got {value!r}")
+    return value

@@ -180,7 +180,7 @@ def print_result(result, console=None) -> None:
     from rich.text import Text
 
     from shiftlab.errors import printable
-    from shiftlab.measure.audit import _fmt
+    from shiftlab.measure.audit import format_value
 
     console = console or Console(soft_wrap=False)
     proto = result.protocol
@@ -215,8 +215,8 @@ def print_result(result, console=None) -> None:
             eq = entry.get("equivariance")
             inv = entry["pooled_invariance"]
             stride = "-" if info.get("stride") is None else "x".join(map(str, info["stride"]))
-            cells = [name, stride, "-" if eq is None else _fmt(eq.value), "-" if eq is None else str(eq.n),
-                     "-" if eq is None else str(eq.extra.get("unrepresentable", 0)), _fmt(inv.value)]
+            cells = [name, stride, "-" if eq is None else format_value(eq.value), "-" if eq is None else str(eq.n),
+                     "-" if eq is None else str(eq.extra.get("unrepresentable", 0)), format_value(inv.value)]
             lt.add_row(*(Text(printable(c)) for c in cells))
         console.print(lt)
         if any(e.get("equivariance") is not None and e["equivariance"].n == 0

@@ -184,9 +184,9 @@ def run(args: argparse.Namespace) -> int:
 
     source = open_images(args.data, limit=args.limit)
     if args.checkpoint is not None:
-        from shiftlab.fix.finetune import _Checkpoint
+        from shiftlab.fix.finetune import FinetuneCheckpoint
 
-        _Checkpoint(args.checkpoint, {}).check(args.resume)
+        FinetuneCheckpoint(args.checkpoint, {}).check(args.resume)
     elif args.resume:
         raise InputError("--resume needs --checkpoint FILE")
     world = distributed.init_from_environment()

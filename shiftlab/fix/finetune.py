@@ -350,7 +350,7 @@ def _default_steps(images: int, config: FinetuneConfig, world_size: int) -> int:
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-class _Checkpoint:
+class FinetuneCheckpoint:
     """The run's checkpoint file: written by rank 0, atomically; read by every rank."""
 
     def __init__(self, path, fingerprint: dict):
@@ -726,7 +726,7 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
     store = None
     saved = None
     if checkpoint is not None:
-        store = _Checkpoint(checkpoint, fingerprint())
+        store = FinetuneCheckpoint(checkpoint, fingerprint())
         store.check(resume)
         if resume:
             saved = store.load()

@@ -412,12 +412,12 @@ class AuditResult:
         rows = []
         for name, mv in self.metrics.items():
             mark = " !" if mv.extra.get("flag") else ""
-            rows.append((name, _fmt(mv.value) + mark, f"[{_fmt(mv.ci[0])}, {_fmt(mv.ci[1])}]", str(mv.n),
+            rows.append((name, format_value(mv.value) + mark, f"[{format_value(mv.ci[0])}, {format_value(mv.ci[1])}]", str(mv.n),
                          str(mv.extra.get("images", ""))))
         return rows
 
 
-def _fmt(v: float) -> str:
+def format_value(v: float) -> str:
     if v is None or not math.isfinite(v):
         return "-"
     return f"{v:.4g}" if abs(v) < 1e-3 and v != 0 else f"{v:.4f}"
