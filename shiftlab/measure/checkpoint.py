@@ -29,7 +29,7 @@ import torch
 
 from shiftlab.errors import InputError
 
-__all__ = ["CheckpointStore", "damaged", "data_identity", "difference", "fingerprint_model", "read_checkpoint_file",
+__all__ = ["CheckpointStore", "audit_fingerprint", "damaged", "data_identity", "difference", "fingerprint_model", "read_checkpoint_file",
            "write_checkpoint_file"]
 
 FORMAT = "shiftlab.audit-checkpoint"
@@ -124,6 +124,62 @@ def data_identity(src, indices) -> dict:
         labels.update(_tensor_bytes(table[torch.as_tensor(indices, dtype=torch.long)]))
     labels.update(json.dumps(getattr(src, "class_names", None)).encode())
     return {"names": names.hexdigest(), "content": content.hexdigest(), "labels": labels.hexdigest()}
+
+
+
+def audit_fingerprint(prepared, per_batch: int, world) -> dict:
+    """Everything that decides an audit's numbers, for its checkpoint: resuming with any of it changed would
+    merge two different runs into one number. The model and the reference are known by their weights and layers
+    (and the output their wrapper selects), the data by its names, content (file sizes and modification times;
+    the bytes of arrays in memory) and labels; the options by their values. ``prepared``: the audit's
+    :class:`~shiftlab.measure.prepare.Prepared` value; ``per_batch``: images per batch."""
+    from shiftlab.measure.result import AuditResult
+    from shiftlab.measure.statistics import reduce_rows
+    from shiftlab.models.loading import SelectOutput
+
+    models, images, options = prepared.models, prepared.images, prepared.options
+    model, reference, reference_model = models.model, models.reference, models.reference_model
+    src, indices, normalize, sizes = images.source, images.indices, prepared.normalize, prepared.sizes
+    prep, class_map = images.preprocessing, options.class_map
+
+    def key_of(m, given):
+        if given is not None:
+            return repr(given)
+        return repr(m.key) if isinstance(m, SelectOutput) else None
+
+    def describe(m):
+        info = getattr(m, "shiftlab_source", None)
+        if isinstance(info, dict) and info.get("spec"):
+            return str(info["spec"]) + (f" (fix {info['fix']})" if info.get("fix") else "")
+        return type(m).__name__
+
+    if isinstance(reference, AuditResult):
+        import hashlib
+
+        idx, top1 = reduce_rows(reference.series[("record", "top1")], reference.protocol["copies"])
+        digest = hashlib.sha256(idx.astype(np.int64).tobytes() + top1.astype(np.float64).tobytes())
+        ref = {"reference": f"an earlier audit of {reference.model}", "reference_weights": digest.hexdigest()}
+    elif reference_model is not None:
+        ref = {"reference": reference if isinstance(reference, str) else describe(reference_model),
+               "reference_weights": fingerprint_model(reference_model),
+               "reference_output_key": key_of(reference_model, None)}
+    else:
+        ref = {"reference": None}
+    if normalize is True or normalize is False:
+        norm = "model" if normalize else "none"
+    else:
+        kind = getattr(normalize, "__qualname__", type(normalize).__qualname__)
+        norm = f"{getattr(normalize, '__module__', '')}.{kind}"
+    return {
+        "model": fingerprint_model(model), "model_spec": models.description,
+        "output_key": key_of(model, models.output_key_arg), **ref, "data": images.description,
+        "images": int(len(src)), **data_identity(src, indices), "protocol": prepared.protocol.spec(),
+        "seed": options.seed, "batch_size": options.batch_size, "per_batch": int(per_batch),
+        "metrics": list(prepared.metrics), "layers": sorted(prepared.layers), "margin": prepared.margin,
+        "preprocessing": prep.to_dict(), "input": list(sizes.model_in), "resize": sizes.resize, "normalize": norm,
+        "class_map": None if class_map is None else {str(k): v for k, v in class_map.items()},
+        "predictions": bool(options.predictions), "world_size": int(world.size), "dtype": str(models.dtype),
+        "channels_last": bool(prepared.runner.channels_last), "amp": bool(options.amp)}
 
 
 def _fault(kind: str) -> int | None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numbers
 import os
 import sys
 
@@ -37,10 +38,11 @@ import torch
 from torch import fx, nn
 from torch.overrides import TorchFunctionMode
 
-from shiftlab.errors import InputError, ShapeError, ShiftlabError
+from shiftlab._checks import check_int
+from shiftlab.errors import ArgumentShapeError, InputError, ShapeError, ShiftlabError
 
 __all__ = ["Finding", "InspectResult", "inspect", "KINDS", "SUBSAMPLING_KINDS", "OPAQUE_KINDS", "compiled_kind",
-           "refuse_compiled"]
+           "refuse_compiled", "check_input_size", "input_channels"]
 
 # kind -> one-line meaning (also the legend of ``shiftlab inspect``)
 KINDS = {
@@ -610,7 +612,8 @@ def _pads_text(pads) -> str:
     return f"(top {top}, bottom {bottom}, left {left}, right {right})"
 
 
-def _input_channels(model: nn.Module) -> int:
+def input_channels(model: nn.Module) -> int:
+    """The input channels a model expects: the ``in_channels`` of its first ``Conv2d``, else 3 (RGB)."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             return int(module.in_channels)
@@ -623,16 +626,16 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def _check_size(input_size) -> tuple[int, int]:
-    if isinstance(input_size, int):
-        input_size = (input_size, input_size)
+def check_input_size(input_size) -> tuple[int, int]:
+    """``input_size`` (``H`` for a square, or ``(H, W)``) as a pair of positive ints; else an ``InputError``
+    (:class:`~shiftlab.errors.ArgumentShapeError`, also a ``ShapeError``)."""
+    pair = (input_size, input_size) if isinstance(input_size, numbers.Integral) else input_size
     try:
-        h, w = (int(v) for v in input_size)
+        h, w = pair
     except (TypeError, ValueError):
-        raise ShapeError(f"input_size must be an int or (H, W), got {input_size!r}") from None
-    if h < 1 or w < 1:
-        raise ShapeError(f"input_size must be positive, got {h}x{w}")
-    return h, w
+        raise ArgumentShapeError(f"input_size must be an int or (H, W), got {input_size!r}") from None
+    return (check_int("input_size H", h, 1, error=ArgumentShapeError),
+            check_int("input_size W", w, 1, error=ArgumentShapeError))
 
 
 def inspect(model: nn.Module, input_size, channels: int | None = None, device=None) -> InspectResult:
@@ -665,8 +668,8 @@ def inspect(model: nn.Module, input_size, channels: int | None = None, device=No
     refuse_compiled(model, "inspect")
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    size = _check_size(input_size)
-    channels = _input_channels(model) if channels is None else int(channels)
+    size = check_input_size(input_size)
+    channels = input_channels(model) if channels is None else check_int("channels", channels, 1)
     model_device, dtype = _model_device_dtype(model)
     device = model_device if device is None else torch.device(device)
     tracer = _Tracer(model, size)

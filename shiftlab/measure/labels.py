@@ -68,11 +68,11 @@ def read_class_map(path) -> dict[str, int]:
 
 @lru_cache(maxsize=1)
 def _imagenet_lookup() -> dict[str, int]:
-    from shiftlab.data.photos import _names, _timm_info_file
+    from shiftlab.data.photos import imagenet_descriptions, imagenet_metadata_file
 
-    synsets = _timm_info_file("imagenet_synsets.txt").read_text(encoding="utf-8").split()
+    synsets = imagenet_metadata_file("imagenet_synsets.txt").read_text(encoding="utf-8").split()
     lookup: dict[str, int] = {}
-    for index, description in enumerate(_names(True)):
+    for index, description in enumerate(imagenet_descriptions(True)):
         for synonym in description.split(","):
             lookup.setdefault(_key(synonym), index)
     for index, synset in enumerate(synsets):

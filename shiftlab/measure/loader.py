@@ -24,7 +24,7 @@ import torch
 from shiftlab.errors import ShiftlabError
 
 __all__ = ["Sizing", "PreparedImages", "LoadedBatch", "collate", "batch_plan", "default_workers", "make_loader",
-           "normalizer", "first_readable_image"]
+           "normalizer", "first_readable_image", "size_image"]
 
 
 def first_readable_image(src, indices, data_desc: str) -> torch.Tensor:
@@ -83,7 +83,7 @@ class Sizing:
     min_side: int = 0  # images whose shorter side is below this are failures (too small to measure), not enlarged
 
 
-def _prepare(image: torch.Tensor, sizing: Sizing) -> tuple[torch.Tensor, bool]:
+def size_image(image: torch.Tensor, sizing: Sizing) -> tuple[torch.Tensor, bool]:
     """One (C, H, W) image in [0, 1] -> the source size; also whether it had to be enlarged."""
     from shiftlab.data.images import resize_shorter_side
 
@@ -138,7 +138,7 @@ class PreparedImages(torch.utils.data.Dataset):
             else:
                 item = self.source[index]
                 image, label = (item[0], int(item[1])) if isinstance(item, (tuple, list)) else (item, -1)
-            image, upscaled = _prepare(image, self.sizing)
+            image, upscaled = size_image(image, self.sizing)
         except ShiftlabError as exc:
             return index, None, -1, str(exc), False
         return index, image, label, None, upscaled
@@ -212,3 +212,7 @@ def make_loader(source, sizing: Sizing, batches: Sequence[tuple[int, np.ndarray]
     return torch.utils.data.DataLoader(PreparedImages(source, sizing), batch_sampler=batch_indices,
                                        num_workers=int(workers), collate_fn=_Collate(numbers),
                                        pin_memory=bool(pin_memory), **kwargs)
+
+
+# the old private name, until fine-tuning moves to size_image
+_prepare = size_image
