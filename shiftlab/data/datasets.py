@@ -8,9 +8,6 @@ resized (shorter side to S) and centre-cropped, so that crop-shift protocols can
 from __future__ import annotations
 
 import os
-import pickle
-import re
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shiftlab.data.images import (BUNDLED_PHOTOS, _check_interpolation, bundled_photo, resize_and_crop)
+from shiftlab.data.arrays import _open_npz
+from shiftlab.data.cifar import _cifar_arrays, _cifar_root
+from shiftlab.data.images import BUNDLED_PHOTOS, _check_interpolation, bundled_photo, resize_and_crop
+from shiftlab.data.labels import _integer_labels
 from shiftlab.data.photos import BUNDLED_LABELS, imagenet_class_names
+from shiftlab.data.sources import ImageArrays, open_images
 from shiftlab.errors import InputError, ShapeError
 
 __all__ = ["DEFAULT_IMAGE_SIZE", "ImageDataset", "load_dataset"]
@@ -87,7 +88,6 @@ class ImageDataset:
                 f"{len(self.skipped)} skipped, source={self.source!r})")
 
 
-# ---------------------------------------------------------------------------------------------- sizing
 def _fit(x: torch.Tensor, image_size: int | None, upscale: bool, interpolation: str, what: str) -> torch.Tensor:
     """(N, 3, H, W) float -> (N, 3, S, S): shorter side to S, centre crop. S = min(H, W) if image_size is None."""
     h, w = x.shape[-2:]
@@ -111,7 +111,6 @@ def _check_limit(limit) -> None:
         raise InputError(f"limit must be a positive int, got {limit!r}")
 
 
-# ---------------------------------------------------------------------------------------------- arrays
 def _array_to_nchw(images: np.ndarray, what: str) -> torch.Tensor:
     """An image array of (N, H, W), (N, H, W, C) or (N, C, H, W), C in {1, 3} -> (N, 3, H, W) float in [0, 1]."""
     if images.dtype == np.uint8:
@@ -152,120 +151,15 @@ def _array_to_nchw(images: np.ndarray, what: str) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def _integer_labels(labels, n: int, what: str, num_classes: int | None = None, unlabelled: bool = True) -> np.ndarray:
-    from shiftlab.data.sources import _integer_labels as check
-
-    return check(labels, n, what, num_classes, unlabelled)
-
-
 def _labels_tensor(labels, n: int, what: str) -> torch.Tensor:
     return torch.as_tensor(_integer_labels(labels, n, what))
 
 
 def _load_npz(path: Path, image_size, limit, upscale, interpolation) -> ImageDataset:
-    from shiftlab.data.sources import _open_npz
-
     source = _open_npz(path, limit)
     x = _array_to_nchw(source.array, f"the images in {path.name}")
     x = _fit(x, image_size, upscale, interpolation, f"the images in {path.name}")
     return ImageDataset(x, source.labels, source.names, source.class_names, [], str(path))
-
-
-# ---------------------------------------------------------------------------------------------- CIFAR-10
-_CIFAR_FILES = re.compile(r"^(data_batch_[1-5]|test_batch)$")
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles dicts, lists, bytes and numpy arrays only: a CIFAR batch needs nothing else."""
-
-    _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module, name):
-        if (module, name) not in self._ALLOWED:
-            raise InputError(f"refusing to unpickle {module}.{name}: not a CIFAR-10 batch")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return super().find_class(module, name)
-
-
-def _unpickle(path: Path) -> dict:
-    from shiftlab.data.sources import _open_regular
-
-    try:
-        with _open_regular(path) as f:  # a fifo named data_batch_2 is refused, never opened (it would block)
-            obj = _ArrayUnpickler(f, encoding="bytes").load()
-    except InputError as exc:
-        raise InputError(f"cannot read CIFAR-10 batch {path}: {exc}") from None
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as exc:
-        raise InputError(f"cannot read CIFAR-10 batch {path}: {exc.__class__.__name__}") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{path} is not a CIFAR-10 batch (it holds a {type(obj).__name__})")
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
-
-
-def _cifar_root(path: Path) -> Path | None:
-    for candidate in (path, path / "cifar-10-batches-py"):
-        if candidate.is_dir() and any(_CIFAR_FILES.match(p.name) for p in candidate.iterdir() if p.is_file()):
-            return candidate
-    return None
-
-
-def _cifar_arrays(root: Path, split, limit) -> tuple[np.ndarray, np.ndarray, list[str], list[str] | None]:
-    """The uint8 (N, 3, 32, 32) images, labels, names and class names of a CIFAR-10 python folder's split."""
-    if split is None:
-        split = "test" if (root / "test_batch").is_file() else "train"
-    if split == "test":
-        files = [root / "test_batch"]
-    elif split == "train":
-        files = sorted(p for p in root.iterdir() if re.match(r"^data_batch_[1-5]$", p.name))
-    else:
-        raise InputError(f"unknown split {split!r}; use 'test' or 'train'")
-    if not files or not files[0].is_file():
-        raise InputError(f"no CIFAR-10 {split} batch in {root}")
-    class_names = _cifar_class_names(root)
-    # every image is labelled, 0-9 (or one of the meta file's names): anything else is refused, never a "miss"
-    num_classes = len(class_names) if class_names else 10
-    arrays, labels, names = [], [], []
-    for file in files:
-        batch = _unpickle(file)
-        if "data" not in batch or "labels" not in batch:
-            raise InputError(f"{file} is not a CIFAR-10 batch (keys: {', '.join(map(str, batch))})")
-        data = np.asarray(batch["data"])
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
-            raise ShapeError(f"{file}: CIFAR-10 data must be uint8 (N, 3072), got {data.dtype} {data.shape}")
-        file_labels = _integer_labels(batch["labels"], data.shape[0], f"the labels in {file}", num_classes,
-                                      unlabelled=False)
-        arrays.append(data.reshape(-1, 3, 32, 32))
-        labels.append(file_labels)
-        file_names = batch.get("filenames")
-        names += ([n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in file_names]
-                  if isinstance(file_names, (list, tuple, np.ndarray)) and len(file_names) == data.shape[0]
-                  else [f"{file.name}[{i}]" for i in range(data.shape[0])])
-        if limit is not None and sum(len(a) for a in arrays) >= limit:
-            break
-    images, y = np.concatenate(arrays), np.concatenate(labels)
-    if limit is not None:
-        images, y, names = images[:limit], y[:limit], names[:limit]
-    return images, y, names, class_names
-
-
-def _cifar_class_names(root: Path) -> list[str] | None:
-    """The ``label_names`` of ``batches.meta``, or None without one."""
-    if not (root / "batches.meta").is_file():
-        return None
-    names = _unpickle(root / "batches.meta").get("label_names")
-    if names is None:
-        return None
-    if not isinstance(names, (list, tuple, np.ndarray)) or not all(isinstance(n, (bytes, str)) for n in names) \
-            or not len(names):
-        raise InputError(f"{root / 'batches.meta'}: 'label_names' must be a list of class names")
-    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
 
 
 def _load_cifar(root: Path, split, image_size, limit, upscale, interpolation) -> ImageDataset:
@@ -274,7 +168,6 @@ def _load_cifar(root: Path, split, image_size, limit, upscale, interpolation) ->
     return ImageDataset(x, _labels_tensor(y, x.shape[0], "CIFAR-10 labels"), names, class_names, [], str(root))
 
 
-# ---------------------------------------------------------------------------------------------- folders
 def _load_files(source, image_size, upscale, interpolation) -> ImageDataset:
     """Decode every image of a file source (a folder or a list) into one tensor; skip and list the unusable."""
     size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
@@ -345,8 +238,6 @@ def load_dataset(spec=None, image_size: int | None = None, limit: int | None = N
     _check_interpolation(interpolation)
     if spec is None or (isinstance(spec, str) and spec == "photos"):
         return _load_photos(image_size, limit, interpolation)
-    from shiftlab.data.sources import ImageArrays, open_images
-
     path = Path(spec).expanduser() if isinstance(spec, (str, os.PathLike)) else None
     if path is not None and path.is_dir() and _cifar_root(path) is not None:
         return _load_cifar(_cifar_root(path), split, image_size, limit, upscale, interpolation)

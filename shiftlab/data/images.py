@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from shiftlab._checks import check_bchw, check_finite, check_float
+from shiftlab.data.decoding import decode_image
 from shiftlab.errors import InputError, ShapeError
 
 __all__ = ["BUNDLED_PHOTOS", "INTERPOLATIONS", "bundled_photo", "center_crop", "load_image", "resize_and_crop",
@@ -91,14 +92,12 @@ def load_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
     """Read an image file (any format PIL reads) as float64 in [0, 1].
 
     16-bit images are scaled by 65535 and float images must lie in [0, 1]
-    (:func:`shiftlab.data.sources.decode_image`). Raises :class:`~shiftlab.errors.InputError` with a one-line message if the file is missing
-    or not a readable image.
+    (:func:`shiftlab.data.decoding.decode_image`). Raises :class:`~shiftlab.errors.InputError` with a one-line
+    message if the file is missing or not a readable image.
 
     Shape:
         Output: (H, W, 3) for ``mode="RGB"``, (H, W) for ``mode="L"``.
     """
-    from shiftlab.data.sources import decode_image
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"image file not found: {path}")

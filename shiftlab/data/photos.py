@@ -12,7 +12,7 @@ from pathlib import Path
 
 from shiftlab.errors import InputError
 
-__all__ = ["BUNDLED_LABELS", "imagenet_class_names"]
+__all__ = ["BUNDLED_LABELS", "imagenet_class_names", "imagenet_descriptions", "imagenet_metadata_file"]
 
 # photo name (shiftlab.data.images.BUNDLED_PHOTOS) -> ImageNet-1k class index.
 # Left out on purpose: astronaut (no ImageNet class for a person or a space suit), rocket (a Falcon 9 on
@@ -27,9 +27,14 @@ BUNDLED_LABELS: dict[str, int] = {
 }
 
 
-def _timm_info_file(name: str) -> Path:
-    # timm ships the ImageNet synsets and their names as package data (what timm.data.ImageNetInfo reads);
-    # they are read directly, which spares importing all of timm
+def imagenet_metadata_file(name: str) -> Path:
+    """The path of one of the ImageNet metadata files timm ships as package data (no network).
+
+    ``name`` is a file of ``timm/data/_info/``, e.g. ``"imagenet_synsets.txt"`` (the 1000 WordNet ids, by
+    class index) or ``"imagenet_synset_to_lemma.txt"`` (id, tab, description). These are what
+    ``timm.data.ImageNetInfo`` reads; they are read directly, which spares importing all of timm. Raises
+    :class:`~shiftlab.errors.InputError` when timm or the file is missing.
+    """
     spec = importlib.util.find_spec("timm")
     for folder in (spec.submodule_search_locations or []) if spec else []:
         path = Path(folder, "data", "_info", name)
@@ -39,10 +44,20 @@ def _timm_info_file(name: str) -> Path:
 
 
 @lru_cache(maxsize=2)
-def _names(full: bool) -> tuple[str, ...]:
-    synsets = _timm_info_file("imagenet_synsets.txt").read_text(encoding="utf-8").split()
+def imagenet_descriptions(full: bool = False) -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class descriptions by class index, cached (what :func:`imagenet_class_names` lists).
+
+    With ``full=True`` the whole description (``"tench, Tinca tinca"``: the synonyms, comma-separated), else
+    its first synonym (``"tench"``). Raises :class:`~shiftlab.errors.InputError` if timm's list is not
+    1000 entries long.
+
+    >>> imagenet_descriptions(True)[0]
+    'tench, Tinca tinca'
+    """
+    synsets = imagenet_metadata_file("imagenet_synsets.txt").read_text(encoding="utf-8").split()
     lemmas = dict(line.split("\t", 1) for line in
-                  _timm_info_file("imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines() if line)
+                  imagenet_metadata_file("imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines()
+                  if line)
     descriptions = [lemmas[s].strip() for s in synsets]
     if len(descriptions) != 1000:
         raise InputError(f"timm's ImageNet class list has {len(descriptions)} entries, expected 1000")
@@ -58,4 +73,4 @@ def imagenet_class_names(full: bool = False) -> list[str]:
     >>> imagenet_class_names()[285]
     'Egyptian cat'
     """
-    return list(_names(bool(full)))
+    return list(imagenet_descriptions(bool(full)))
