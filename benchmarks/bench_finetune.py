@@ -42,7 +42,8 @@ def measure(rounds: int, model: str, fix: str, batch: int) -> dict[str, float]:
     tune_allocator()  # as the CLI does: without it every step pays page faults for its large tensors
     from shiftlab.fix.antialias import antialias
     from shiftlab.fix.checkpoint import load_model, parse_fix
-    from shiftlab.fix.finetune import FinetuneConfig, _Distiller, _param_groups, _set_batch_norm
+    from shiftlab.fix.distill import _Distiller, _param_groups, _set_batch_norm
+    from shiftlab.fix.finetune import FinetuneConfig
     from shiftlab.measure.protocols import parse_protocol
     from shiftlab.models import preprocessing
 

@@ -195,7 +195,7 @@ def test_class10_single_photo_report_has_figures_without_intervals(tmp_path):
 def test_class10_single_photo_report_end_to_end(tmp_path):
     """class 10, one photo: the whole report (tiny network, one photo named $x^{2}_a$.png) is written."""
     import tests.test_report as R
-    from shiftlab.experiments import pretrained as P
+    from shiftlab.runs import report_plan as P
     from shiftlab.report import html as H
 
     (tmp_path / "net.py").write_text(R.NET)

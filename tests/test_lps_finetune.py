@@ -14,7 +14,8 @@ import shiftlab
 from shiftlab.cli import main
 from shiftlab.errors import InputError
 from shiftlab.experiments.finetune import digits_targets
-from shiftlab.fix.finetune import FinetuneConfig, _param_groups
+from shiftlab.fix.distill import _param_groups
+from shiftlab.fix.finetune import FinetuneConfig
 from shiftlab.layers import TIPSPool2d, scoring_parameters
 
 

@@ -41,6 +41,13 @@ damaged one (truncated, edited, keys missing or of the wrong type) with one line
 Speed on CPU: denormal floats are flushed to zero during the run (``torch.set_flush_denormal``; a pretrained
 network's gradients are full of them, measured here: 22 s -> 1 s for a backward pass of EfficientNet-Lite0),
 and set back to off at the end.
+
+The run in stages (:func:`finetune` calls them in order): the arguments are checked, the models set up
+(:func:`_set_up_models`), the data and views prepared as for an audit (:func:`_prepare_data_and_views`), both
+models probed once, the defaults that follow the model and the data chosen, the optimiser built, a checkpoint
+opened or resumed, and the loop run (:mod:`shiftlab.fix.finetune_loop`). The pieces live beside it: the stream
+of views, the losses and batch norm in :mod:`shiftlab.fix.distill`, the checkpoint in
+:mod:`shiftlab.fix.finetune_checkpoint`, the agreement check in :mod:`shiftlab.fix.agreement`.
 """
 
 from __future__ import annotations
@@ -49,25 +56,24 @@ import copy
 import json
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from shiftlab.errors import InputError, ShapeError
+from shiftlab.fix.agreement import _agreement_warning, _AgreementCheck
+from shiftlab.fix.distill import BATCH_NORM_MODES, _Distiller, _forward, _param_groups, _Stream
+from shiftlab.fix.finetune_checkpoint import CHECKPOINT_FORMAT, FinetuneCheckpoint, _recipe_text, _restore
+from shiftlab.fix.finetune_loop import _Models, _Optimisation, _train, _Training
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "BATCH_NORM_MODES", "CHECKPOINT_FORMAT"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "read_log", "FinetuneCheckpoint", "BATCH_NORM_MODES",
+           "CHECKPOINT_FORMAT"]
 
-BATCH_NORM_MODES = ("frozen", "train", "reestimate")
-CHECKPOINT_FORMAT = "shiftlab.finetune-checkpoint"
-CHECKPOINT_VERSION = 2  # 2: the fingerprint holds the conversion, the teacher's spec and the data's content
 LOG_KIND = "shiftlab.finetune"
-_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
 @dataclass(frozen=True)
@@ -187,134 +193,6 @@ class FinetuneResult:
         return save_fixed(self.model, path, force=force, finetune=self.summary())
 
 
-# ------------------------------------------------------------------------------------------------ the stream
-
-
-def _mix(*values: int) -> int:
-    """A 63-bit seed from integers (splitmix64), for per-epoch generators."""
-    z = 0x9E3779B97F4A7C15
-    for v in values:
-        z = (z ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        z = (z ^ (z >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-    return z & 0x7FFFFFFFFFFFFFFF
-
-
-class _Stream(torch.utils.data.Dataset):
-    """Sample ``p`` of the training stream: image ``perm_e[p % N]`` of epoch ``e = p // N``, with its label.
-
-    Each epoch is a seeded permutation of the images (one kept in memory at a time, per worker). Labels are
-    already in the model's classes (-1: none).
-    """
-
-    def __init__(self, source, seed: int, labels: torch.Tensor | None, classes: int):
-        from shiftlab.data.sources import ImageSource
-
-        self.source, self.seed, self.labels, self.classes = source, int(seed), labels, int(classes)
-        self.n = len(source)
-        self.image_source = isinstance(source, ImageSource)
-        self._epoch, self._perm = None, None
-
-    def __len__(self) -> int:
-        return 1 << 62
-
-    def index(self, position: int) -> int:
-        epoch, offset = divmod(int(position), self.n)
-        if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
-            self._perm, self._epoch = torch.randperm(self.n, generator=generator), epoch
-        return int(self._perm[offset])
-
-    def __getitem__(self, position: int):
-        i = self.index(position)
-        if self.image_source:
-            image = self.source.load(i)
-            label = -1 if self.labels is None else int(self.labels[i])
-        else:
-            item = self.source[i]
-            image, label = (item[0], int(item[1])) if isinstance(item, (tuple, list)) else (item, -1)
-            if self.labels is None and not 0 <= label < self.classes:
-                label = -1
-        return image, label
-
-
-class _Positions:
-    """The batch sampler: micro-batch ``u`` of this rank holds stream positions ``(u W + r) B ... + B - 1``."""
-
-    def __init__(self, start: int, stop: int, world: int, rank: int, batch: int):
-        self.start, self.stop, self.world, self.rank, self.batch = start, stop, world, rank, batch
-
-    def __iter__(self):
-        for u in range(self.start, self.stop):
-            base = (u * self.world + self.rank) * self.batch
-            yield list(range(base, base + self.batch))
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-
-def _loader(stream: _Stream, sizing, start: int, stop: int, world, batch: int, workers: int, pin: bool):
-    from shiftlab.measure.loader import PreparedImages, collate
-
-    kwargs = {}
-    if workers > 0:
-        from shiftlab._runtime import loader_worker_allocator
-
-        kwargs = {"prefetch_factor": 2, "persistent_workers": False, "worker_init_fn": loader_worker_allocator}
-    # a private generator: creating the loader must not draw from the global random state (dropout's), or a
-    # resumed run would diverge from an uninterrupted one
-    return torch.utils.data.DataLoader(PreparedImages(stream, sizing),
-                                       batch_sampler=_Positions(start, stop, world.size, world.rank, batch),
-                                       num_workers=int(workers), collate_fn=collate, pin_memory=bool(pin),
-                                       generator=torch.Generator().manual_seed(0), **kwargs)
-
-
-# ------------------------------------------------------------------------------------------------ pieces
-
-
-def _kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 KL(softmax(teacher / T) || softmax(student / T)), mean over samples."""
-    s = F.log_softmax(student.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher.float() / temperature, dim=-1)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
-
-
-def _symmetric_kl(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    la = F.log_softmax(a.float() / temperature, dim=-1)
-    lb = F.log_softmax(b.float() / temperature, dim=-1)
-    return 0.5 * (F.kl_div(lb, la, log_target=True, reduction="batchmean")
-                  + F.kl_div(la, lb, log_target=True, reduction="batchmean")) * temperature ** 2
-
-
-def _set_batch_norm(model: nn.Module, mode: str) -> None:
-    """Train mode everywhere (dropout), except batch norms under ``"frozen"``/``"reestimate"``."""
-    model.train()
-    if mode != "train":
-        for m in model.modules():
-            if isinstance(m, _BN_TYPES):
-                m.eval()
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay on weight matrices and kernels; none on biases, norms and the scoring layers of LPS/TIPS (as their
-    authors train them)."""
-    from shiftlab.layers import scoring_parameters
-
-    scoring = {id(p) for p in scoring_parameters(model)}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and id(p) not in scoring else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _forward(model, x):
-    from shiftlab.models import select_output
-
-    out = select_output(model(x))
-    if out.ndim != 2:
-        raise ShapeError(f"fine-tuning needs class scores (B, K); the model returns shape {tuple(out.shape)}")
-    return out
-
 
 def _default_views(crop: bool, side: int) -> str:
     """The default views at input side ``side``: ``crop:S:M`` with the margin of the standard evaluation (the
@@ -347,170 +225,314 @@ def _default_steps(images: int, config: FinetuneConfig, world_size: int) -> int:
     return int(min(1000, max(100, math.ceil(10 * images / per_step))))
 
 
-# ------------------------------------------------------------------------------------------------ checkpoints
+
+@dataclass
+class _Prepared:
+    """The data and the views of a run, prepared as for an audit: the image source and its description, the
+    dtypes, the preprocessing, the views protocol and the sizes, how a loader worker sizes an image, the views
+    function ``views(images, positions)`` (normalised), and the first readable image at the source size."""
+
+    src: object
+    data_desc: str
+    images: int
+    dtype: torch.dtype
+    teacher_dtype: torch.dtype
+    prep: object
+    protocol: object
+    sizes: object
+    sizing: object
+    copies: list[int]
+    views: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    first: torch.Tensor
+    scale_warning: str | None
 
 
-class FinetuneCheckpoint:
-    """The run's checkpoint file: written by rank 0, atomically; read by every rank."""
-
-    def __init__(self, path, fingerprint: dict):
-        self.path = Path(path).expanduser()
-        self.fingerprint = fingerprint
-        self.writes = 0
-
-    def check(self, resume: bool) -> None:
-        from shiftlab._io import check_output_path
-
-        if self.path.is_dir():
-            raise InputError(f"--checkpoint {self.path} is a folder; name a file")
-        if self.path.exists() and not resume:
-            raise InputError(f"--checkpoint {self.path} exists: pass --resume to continue from it, or delete it to "
-                             f"start over")
-        check_output_path(self.path, True, "--checkpoint")
-
-    def load(self) -> dict | None:
-        from shiftlab.measure.checkpoint import read_checkpoint_file
-
-        return read_checkpoint_file(self.path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, self.fingerprint,
-                                    "fine-tuning run", "another --checkpoint")
-
-    def save(self, state: dict) -> None:
-        from shiftlab.measure.checkpoint import write_checkpoint_file
-
-        self.writes += 1
-        write_checkpoint_file(self.path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, self.fingerprint, state, self.writes)
+def _check_arguments(config, settings: dict, checkpoint, checkpoint_every, log_every, resume) -> FinetuneConfig:
+    """The run's :class:`FinetuneConfig` (``config``, with ``settings`` over it), once the loop's arguments are checked."""
+    if config is None:
+        known = {f.name for f in fields(FinetuneConfig)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise InputError(f"unknown fine-tuning setting(s) {', '.join(unknown)}; settings: "
+                             f"{', '.join(sorted(known))}")
+        config = FinetuneConfig(**settings)
+    elif settings:
+        config = replace(config, **settings)
+    for name, value, minimum in (("checkpoint_every", checkpoint_every, 1), ("log_every", log_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if resume and checkpoint is None:
+        raise InputError("resume needs a checkpoint file (CLI: --checkpoint FILE)")
+    return config
 
 
-def _recipe_text(recipe, short: bool) -> str | None:
-    """A conversion (a spec, or a dict of :func:`shiftlab.antialias` arguments) as its short name or in full."""
-    if recipe is None or isinstance(recipe, str):
-        return recipe
-    if short and isinstance(recipe, dict):
-        from shiftlab.fix.checkpoint import recipe_spec
+def _set_up_models(teacher, fix, student, device, amp: bool, seed: int, world) -> _Models:
+    """The device, the teacher (loaded, eval mode, frozen) and the student (a converted copy, or the one given)."""
+    from shiftlab.fix.antialias import antialias
+    from shiftlab.fix.checkpoint import parse_fix
+    from shiftlab.measure import distributed
+    from shiftlab.models import resolve_device
 
-        return recipe_spec(recipe)
-    try:
-        return json.dumps(recipe, sort_keys=True, default=repr)
-    except TypeError:
-        return repr(recipe)
-
-
-def _restore(path, saved: dict, student, optimizer, schedule, scaler, config: FinetuneConfig, world_size: int,
-             dev) -> tuple[int, dict, torch.Tensor]:
-    """Load a checkpoint's state into the run (student, optimizer, schedule, scaler): ``(step, log, window)``.
-
-    The state is checked first, so a damaged checkpoint (truncated, edited, keys missing or of the wrong type) is
-    refused with one line and leaves the student as it was."""
-    from shiftlab.measure.checkpoint import damaged
-
-    def bad(detail: str):
-        return damaged(path, detail, "another --checkpoint")
-
-    try:
-        weights, step, window, rng = saved["student"], saved["step"], saved["window"], saved["rng"]
-        log = json.loads(saved["log"])
-        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-            raise bad("its student weights are not a state dict")
-        own = student.state_dict()
-        if set(weights) != set(own) or any(tuple(weights[k].shape) != tuple(v.shape) for k, v in own.items()):
-            raise bad("its student weights do not fit the student")
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= config.steps:
-            raise bad(f"its step {step!r} is not in [0, {config.steps}]")
-        if not isinstance(window, torch.Tensor) or tuple(window.shape) != (7,):
-            raise bad("its running statistics are malformed")
-        if not isinstance(rng, list) or len(rng) != world_size or not all(
-                isinstance(r, dict) and isinstance(r.get("cpu"), torch.Tensor) and r["cpu"].dtype == torch.uint8
-                and r["cpu"].shape == torch.get_rng_state().shape for r in rng):
-            raise bad("its random states are malformed")
-        if not isinstance(log, dict) or not isinstance(log.get("entries"), list) or not isinstance(
-                log.get("skipped_images"), int):
-            raise bad("its log is malformed")
-        if not isinstance(saved["optimizer"], dict) or not isinstance(saved["schedule"], dict):
-            raise bad("its optimizer state is malformed")
-        backup = {k: v.detach().clone() for k, v in own.items()}
-        try:
-            student.load_state_dict(weights, strict=True)
-            optimizer.load_state_dict(saved["optimizer"])
-            schedule.load_state_dict(saved["schedule"])
-            if scaler is not None and saved.get("scaler"):
-                scaler.load_state_dict(saved["scaler"])
-        except Exception:
-            student.load_state_dict(backup, strict=True)
-            raise
-    except InputError:
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
-        raise bad(f"its state is incomplete or malformed ({type(exc).__name__})") from None
-    log["resumed_at"] = [*(log.get("resumed_at") or []), step]
-    return step, log, window.to(dev)
+    dev = distributed.rank_device(device) if world.size > 1 else resolve_device(device)
+    if dev is None:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if amp and dev.type != "cuda":
+        raise InputError("mixed precision (--amp) needs a CUDA device")
+    teacher = _load(teacher, seed)
+    if not isinstance(teacher, nn.Module):
+        raise InputError(f"teacher must be a torch.nn.Module or a model spec, got {type(teacher).__name__}")
+    if (fix is None) == (student is None):
+        raise InputError("name the conversion (fix='aps', CLI: --fix) or pass a converted student, not both")
+    if student is None:
+        kwargs = parse_fix(fix) if isinstance(fix, str) else dict(fix)
+        student, _ = antialias(copy.deepcopy(teacher), **kwargs)
+    if not isinstance(student, nn.Module):
+        raise InputError(f"student must be a torch.nn.Module, got {type(student).__name__}")
+    if student is teacher:
+        raise InputError("the student must be another module than the teacher")
+    teacher_was_training = teacher.training
+    teacher.to(dev).eval()
+    student.to(dev)
+    teacher_grads = [p.requires_grad for p in teacher.parameters()]
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return _Models(teacher, student, dev, teacher_was_training, teacher_grads)
 
 
-def _rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+def _prepare_data_and_views(models: _Models, data, config: FinetuneConfig, normalize, image_size, resize) -> _Prepared:
+    """The data and the views, through the audit's first look at the images (:mod:`shiftlab.measure.inputs`):
+    the same source, channel check and size rule; then the views protocol and the normaliser."""
+    from shiftlab.measure import loader
+    from shiftlab.measure.inputs import first_conv_channels, look_at_images
+    from shiftlab.measure.prepare import model_dtype
+    from shiftlab.models import preprocessing as model_preprocessing
+
+    images = look_at_images(data, model_preprocessing(models.teacher), first_conv_channels(models.student),
+                            image_size=image_size, sample_sizes=image_size is None, purpose="fine-tune on")
+    prep = images.preprocessing
+    if images.wanted_size is not None:  # the size asked for is fixed, even where it is the model's default
+        prep = prep.with_overrides(input_size=images.wanted_size)
+    scale_warning = _scale_warning(config, images, prep)
+    if scale_warning:
+        prep = replace(prep, fixed_size=False)
+    images = replace(images, preprocessing=prep)
+    protocol = _views_protocol(config, images, resize)
+    sizes = images.input_sizes(protocol, resize)
+    reason = protocol.fits(sizes.model_in) if hasattr(protocol, "fits") else None
+    if reason:
+        raise InputError(reason)
+    norm_fn = loader.normalizer(normalize, prep, images.channels)
+    sizing = loader.Sizing(sizes.source, sizes.short_side, prep.interpolation, sizes.resize, images.channels)
+    copies = [0, 1] if config.consistency > 0 else [0]
+
+    def views(batch: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = protocol.make(batch, positions, config.seed, copies=copies).inputs
+        return norm_fn(x) if norm_fn is not None else x
+
+    first, _ = loader.size_image(images.probe, sizing)
+    return _Prepared(images.source, images.description, len(images.source), model_dtype(models.student),
+                     model_dtype(models.teacher), prep, protocol, sizes, sizing, copies, views, first, scale_warning)
 
 
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+def _scale_warning(config: FinetuneConfig, images, prep) -> str | None:
+    """Why the default views do not enlarge small images to the model's declared input (None when they may).
+
+    A size the data never had (a timm default_cfg of 224 on 32-px digits): enlarging the images 7x would distil
+    the teacher on a scale it may never have seen; the default views follow the data instead."""
+    own = images.own_size
+    if config.views is not None or not images.from_files or images.wanted_size is not None or not prep.fixed_size:
+        return None
+    if min(own) * ENLARGEMENT >= min(prep.input_size):
+        return None
+    return (f"the images ({own[0]}x{own[1]}) are much smaller than the model's declared input "
+            f"({prep.input_size[0]}x{prep.input_size[1]}): fine-tuned at their own size, not enlarged "
+            f"{min(prep.input_size) / min(own):.1f}x; measure it at that size too (--image-size "
+            f"{min(own)}), or give --image-size {min(prep.input_size)} to fine-tune at the declared size")
 
 
-# ------------------------------------------------------------------------------------------------ progress
+def _views_protocol(config: FinetuneConfig, images, resize):
+    """The views: ``config.views``, or the default that follows the data (:func:`_default_views`)."""
+    from shiftlab.measure.protocols import CircularShiftPair, CropShiftPair, parse_protocol
+
+    if config.views is None:
+        natural = images.input_sizes(CircularShiftPair(1), resize).model_in
+        declared = bool(images.preprocessing.fixed_size) or images.wanted_size is not None
+        protocol = parse_protocol(_default_views(images.from_files and declared, min(natural)))
+    else:
+        protocol = parse_protocol(config.views)
+    if not isinstance(protocol, (CropShiftPair, CircularShiftPair)) or protocol.passes != 1:
+        raise InputError(f"views must be a pair of shifts, crop:S:M or circular:M (one pass), got {config.views!r}")
+    return protocol
 
 
-class _Bar:
-    """A progress bar on stderr with the loss and the running agreement (rich), or nothing."""
-
-    def __init__(self, enabled: bool, total: int, done: int, label: str):
-        self.enabled, self.total, self.done, self.label = enabled, total, done, label
-        self.progress = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                                     console=Console(stderr=True))
-            self.progress.__enter__()
-            self.task = self.progress.add_task(self.label, total=self.total, completed=self.done, status="")
-        return self
-
-    def advance(self, status: str) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, advance=1, status=status)
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-        return False
+def _probe_classes(models: _Models, prepared: _Prepared) -> int:
+    """The number of classes, once both models give class scores of one shape on the first image's view."""
+    with torch.inference_mode():
+        x0 = prepared.views(prepared.first[None].to(models.dev, prepared.dtype), torch.zeros(1, dtype=torch.long))
+        t0 = _forward(models.teacher, x0.to(prepared.teacher_dtype))
+        was = models.student.training
+        models.student.eval()
+        s0 = _forward(models.student, x0)
+        models.student.train(was)
+    if t0.shape != s0.shape:
+        raise ShapeError(f"the teacher gives scores of shape {tuple(t0.shape[1:])}, the student {tuple(s0.shape[1:])}")
+    return int(t0.shape[1])
 
 
-# ------------------------------------------------------------------------------------------------ the run
+def _labels(config: FinetuneConfig, src, classes: int, class_map) -> tuple[torch.Tensor | None, str | None]:
+    """For the label term: the data's labels in the model's classes (None: the items' own) and how they were found."""
+    from shiftlab.data.sources import ImageSource
+
+    if config.labels <= 0:
+        return None, None
+    if not isinstance(src, ImageSource):
+        return None, "item labels below the class count taken as the model's class indices"
+    from shiftlab.measure.labels import resolve_labels
+
+    mapping = resolve_labels(src.labels, src.class_names, src.label_space, classes, class_map)
+    if not mapping.usable:
+        raise InputError(f"the label term (labels={config.labels:g}) needs labels in the model's classes: "
+                         f"{mapping.how}")
+    return mapping.labels, mapping.how
 
 
-def _load(spec, seed):
-    from shiftlab.fix.checkpoint import load_model
+def _with_defaults(config: FinetuneConfig, student: nn.Module, images: int, world_size: int) -> FinetuneConfig:
+    """The settings left to follow the model and the data, chosen (before the fingerprint: a resumed run must agree)."""
+    chosen = {}
+    if config.lr is None:
+        chosen["lr"] = _default_lr(student)
+    if config.steps is None:
+        chosen["steps"] = _default_steps(images, config, world_size)
+    return replace(config, **chosen) if chosen else config
 
-    return load_model(spec, seed=seed) if isinstance(spec, (str, os.PathLike)) else spec
+
+def _optimisation(student: nn.Module, config: FinetuneConfig, amp: bool) -> _Optimisation:
+    """AdamW over the parameter groups, the warm-up and cosine schedule, and a gradient scaler under ``amp``."""
+    optimizer = torch.optim.AdamW(_param_groups(student, config.weight_decay), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
+    return _Optimisation(optimizer, schedule, torch.amp.GradScaler("cuda") if amp else None)
 
 
-def _describe(model: nn.Module) -> str:
-    source = getattr(model, "shiftlab_source", None) or {}
-    if source.get("spec"):
-        return source["spec"] + (f" (fix {source['fix']})" if source.get("fix") else "")
-    return type(model).__name__
+def _fingerprint(config: FinetuneConfig, fix, models: _Models, prepared: _Prepared, normalize, class_map, world,
+                 amp: bool, labels_how: str | None) -> dict:
+    """Everything that decides the weights: resuming with any of it changed would save one run's weights under
+    another's recipe (a checkpoint of --fix aps resumed with --fix blur)."""
+    from shiftlab.fix.recipe import conversion_of
+    from shiftlab.measure.checkpoint import data_identity, fingerprint_model
+
+    recipe = conversion_of(models.student) if fix is None else fix
+    src, n_total = prepared.src, prepared.images
+    return {"config": config.to_dict(), "fix": _recipe_text(recipe, True),
+            "fix_recipe": _recipe_text(recipe, False), "teacher_spec": _describe(models.teacher),
+            "teacher": fingerprint_model(models.teacher), "student": fingerprint_model(models.student),
+            "student_type": type(models.student).__name__, "data": str(prepared.data_desc), "images": int(n_total),
+            **data_identity(src, range(n_total)), "views": prepared.protocol.spec(),
+            "input": list(prepared.sizes.model_in), "preprocessing": prepared.prep.to_dict(),
+            "resize": prepared.sizes.resize, "normalize": _normalize_text(normalize),
+            "class_map": None if class_map is None else {str(k): v for k, v in class_map.items()},
+            "world_size": int(world.size), "dtype": str(prepared.dtype), "amp": bool(amp), "labels": labels_how}
+
+
+def _normalize_text(normalize) -> str:
+    if normalize is True:
+        return "model"
+    if normalize is False:
+        return "none"
+    return f"{getattr(normalize, '__module__', '')}.{getattr(normalize, '__qualname__', 'custom')}"
+
+
+def _open_checkpoint(checkpoint, resume: bool, fingerprint: Callable[[], dict]):
+    """The run's checkpoint file (None without ``checkpoint``) and, with ``resume``, the state it holds."""
+    if checkpoint is None:
+        return None, None
+    store = FinetuneCheckpoint(checkpoint, fingerprint())
+    store.check(resume)
+    return store, store.load() if resume else None
+
+
+def _new_log(models: _Models, prepared: _Prepared, config: FinetuneConfig, labels_how, world, amp: bool) -> dict:
+    """The log of a run that starts (a resumed run's comes from its checkpoint)."""
+    log = {"kind": LOG_KIND, "schema_version": 1, "teacher": _describe(models.teacher),
+           "student": _describe(models.student), "data": str(prepared.data_desc), "images": int(prepared.images),
+           "views": prepared.protocol.spec(), "input_size": list(prepared.sizes.model_in), "config": config.to_dict(),
+           "labels": labels_how, "world_size": int(world.size), "device": str(models.dev), "amp": bool(amp),
+           "dtype": str(prepared.dtype), "threads": torch.get_num_threads(), "entries": [], "resumed_at": [],
+           "skipped_images": 0}
+    if prepared.scale_warning:
+        log["warnings"] = [prepared.scale_warning]
+    return log
+
+
+def _resume(store, saved: dict | None, log: dict, models: _Models, optimisation: _Optimisation,
+            config: FinetuneConfig, world) -> tuple[int, dict, torch.Tensor]:
+    """Where the run starts: ``(step, log, window)``, from the checkpoint's state when it resumes, else from 0."""
+    # loss, kl, consistency, labels, agreeing views, views, micro-batches since the last log entry
+    window = torch.zeros(7, dtype=torch.float64, device=models.dev)
+    if saved is None:
+        return 0, log, window
+    if isinstance(saved.get("rng"), list) and len(saved["rng"]) != world.size:
+        raise InputError("the checkpoint was written by another number of processes")
+    return _restore(store.path, saved, models.student, optimisation.optimizer, optimisation.schedule,
+                    optimisation.scaler, config.steps, world.size, models.dev)
+
+
+def _check_agreement_before(models: _Models, prepared: _Prepared, config: FinetuneConfig, log: dict,
+                            resumed: bool) -> _AgreementCheck:
+    """The agreement check, measured before the first step (a resumed run has it in its log already)."""
+    agreement = _AgreementCheck(prepared.src, prepared.sizing, prepared.views, models.dev, prepared.dtype,
+                                prepared.teacher_dtype)
+    if not resumed:
+        log["agreement_check"] = {"images": 0 if agreement.images is None else len(agreement.images),
+                                  "views": prepared.protocol.spec(), "lr": config.lr,
+                                  "before": agreement(models.teacher, models.student)}
+    return agreement
+
+
+def _distributed(student: nn.Module, world, dev: torch.device) -> nn.Module:
+    """The student as the loop trains it: wrapped in ``DistributedDataParallel`` under torchrun."""
+    if world.size <= 1:
+        return student
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(student, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def _finish(run: _Training, agreement: _AgreementCheck, started: float, command: str | None) -> FinetuneResult:
+    """The end of the log: the agreement after, its warning, the final entry, time, command and versions."""
+    from shiftlab.measure.result import versions
+
+    log, models = run.log, run.models
+    log["steps_done"] = run.config.steps
+    check = log.get("agreement_check")
+    if isinstance(check, dict):
+        check["after"] = agreement(models.teacher, models.student)
+        warning = _agreement_warning(check)
+        if warning:
+            log.setdefault("warnings", []).append(warning)
+    log["final"] = log["entries"][-1] if log["entries"] else None
+    log["seconds"] = round(time.perf_counter() - started, 2)
+    log["command"] = command
+    log["versions"] = versions()
+    return FinetuneResult(models.student, log)
+
+
+def _training_run(models: _Models, prepared: _Prepared, optimisation: _Optimisation, config: FinetuneConfig, world,
+                  amp: bool, workers: int | None, labels_table, classes: int, resumed: tuple, store, saved,
+                  every: tuple[int, int]) -> _Training:
+    """The run ready to train: the student as the loop trains it, the loader's workers, the stream, the distiller.
+    ``resumed`` is ``(start, log, window)``; ``every`` is ``(checkpoint_every, log_every)``."""
+    from shiftlab.measure import loader
+
+    start, log, window = resumed
+    net = _distributed(models.student, world, models.dev)
+    if workers is None:
+        workers = loader.default_workers(prepared.src, (config.steps - start) * config.accumulate)
+    stream = _Stream(prepared.src, config.seed, labels_table, classes)
+    distil = _Distiller(models.teacher, net, config, prepared.views, len(prepared.copies), amp, optimisation.scaler,
+                        prepared.teacher_dtype)
+    return _Training(models, net, optimisation, distil, stream, prepared.sizing, prepared.views, config, world,
+                     prepared.dtype, workers, log, window, start, store,
+                     None if saved is None else saved["rng"][world.rank], *every)
 
 
 def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, config: FinetuneConfig | None = None,
@@ -547,485 +569,40 @@ def finetune(teacher, data, *, fix=None, student: nn.Module | None = None, confi
     Shape:
         Input: images (N, C, H, W) or (C, H, W) each; both models' outputs (B, K).
     """
-    from shiftlab.data.sources import ImageSource, TensorImages
-    from shiftlab.fix.antialias import antialias
-    from shiftlab.fix.checkpoint import parse_fix
-    from shiftlab.measure import distributed, loader
-    from shiftlab.measure.audit import (
-        _as_source,
-        _first_conv_channels,
-        _model_dtype,
-        _sizes,
-    )
-    from shiftlab.measure.checkpoint import _fault, fingerprint_model
-    from shiftlab.measure.protocols import (
-        CircularShiftPair,
-        CropShiftPair,
-        parse_protocol,
-    )
-    from shiftlab.models import preprocessing as model_preprocessing
-    from shiftlab.models._device import resolve_device
+    from shiftlab.measure import distributed
 
     started = time.perf_counter()
-    if config is None:
-        known = {f.name for f in fields(FinetuneConfig)}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise InputError(f"unknown fine-tuning setting(s) {', '.join(unknown)}; settings: "
-                             f"{', '.join(sorted(known))}")
-        config = FinetuneConfig(**settings)
-    elif settings:
-        config = replace(config, **settings)
-    for name, value, minimum in (("checkpoint_every", checkpoint_every, 1), ("log_every", log_every, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if resume and checkpoint is None:
-        raise InputError("resume needs a checkpoint file (CLI: --checkpoint FILE)")
+    config = _check_arguments(config, settings, checkpoint, checkpoint_every, log_every, resume)
     world = distributed.world()
-
-    # ---------------------------------------------------------------------------- models
-    dev = distributed.rank_device(device) if world.size > 1 else resolve_device(device)
-    if dev is None:
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if amp and dev.type != "cuda":
-        raise InputError("mixed precision (--amp) needs a CUDA device")
-    teacher = _load(teacher, config.seed)
-    if not isinstance(teacher, nn.Module):
-        raise InputError(f"teacher must be a torch.nn.Module or a model spec, got {type(teacher).__name__}")
-    if (fix is None) == (student is None):
-        raise InputError("name the conversion (fix='aps', CLI: --fix) or pass a converted student, not both")
-    if student is None:
-        kwargs = parse_fix(fix) if isinstance(fix, str) else dict(fix)
-        student, _ = antialias(copy.deepcopy(teacher), **kwargs)
-    if not isinstance(student, nn.Module):
-        raise InputError(f"student must be a torch.nn.Module, got {type(student).__name__}")
-    if student is teacher:
-        raise InputError("the student must be another module than the teacher")
-    teacher_was_training = teacher.training
-    teacher.to(dev).eval()
-    student.to(dev)
-    teacher_grads = [p.requires_grad for p in teacher.parameters()]
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    dtype = _model_dtype(student)
-
-    # ---------------------------------------------------------------------------- the data and the views
-    src, data_desc = _as_source(data)
-    n_total = len(src)
-    if n_total == 0:
-        raise InputError("no images to fine-tune on")
-    probe = loader.first_readable_image(src, range(n_total), data_desc)
-    from_files = not isinstance(src, TensorImages)
-    uniform = src.uniform if isinstance(src, TensorImages) else False
-    C = int(probe.shape[0])
-    want_c = _first_conv_channels(student)
-    if want_c is not None and want_c != C and not (from_files and C in (1, 3, 4) and want_c in (1, 3)):
-        raise ShapeError(f"the model's first convolution takes {want_c} channels, but the images have {C}")
-    C = want_c if (want_c is not None and from_files) else C
-    prep = model_preprocessing(teacher)
-    wanted_size = None
-    if image_size is not None:
-        from shiftlab.models.preprocessing import check_input_size
-
-        wanted_size = check_input_size(image_size, "image_size (CLI: --image-size)")
-        prep = prep.with_overrides(input_size=wanted_size)
-    own = tuple(int(v) for v in probe.shape[-2:])
-    if from_files:  # as the audit: never sized from the first image alone, never probed with a tiny one
-        from shiftlab.measure.audit import _data_size
-
-        probe, own, _ = _data_size(src, range(n_total), data_desc, probe, sample=wanted_size is None)
-    scale_warning = None
-    if config.views is None and from_files and wanted_size is None and prep.fixed_size and (
-            min(own) * ENLARGEMENT < min(prep.input_size)):
-        # a size the data never had (a timm default_cfg of 224 on 32-px digits): enlarging the images 7x would
-        # distil the teacher on a scale it may never have seen; the default views follow the data instead
-        scale_warning = (f"the images ({own[0]}x{own[1]}) are much smaller than the model's declared input "
-                         f"({prep.input_size[0]}x{prep.input_size[1]}): fine-tuned at their own size, not enlarged "
-                         f"{min(prep.input_size) / min(own):.1f}x; measure it at that size too (--image-size "
-                         f"{min(own)}), or give --image-size {min(prep.input_size)} to fine-tune at the declared size")
-        prep = replace(prep, fixed_size=False)
-    if config.views is None:
-        natural = _sizes(CircularShiftPair(1), prep, own, wanted_size, resize, from_files, uniform).model_in
-        declared = bool(prep.fixed_size) or wanted_size is not None
-        protocol = parse_protocol(_default_views(from_files and declared, min(natural)))
-    else:
-        protocol = parse_protocol(config.views)
-    if not isinstance(protocol, (CropShiftPair, CircularShiftPair)) or protocol.passes != 1:
-        raise InputError(f"views must be a pair of shifts, crop:S:M or circular:M (one pass), got {config.views!r}")
-    sizes = _sizes(protocol, prep, own, wanted_size, resize, from_files, uniform)
-    reason = protocol.fits(sizes.model_in) if hasattr(protocol, "fits") else None
-    if reason:
-        raise InputError(reason)
-    norm_fn = loader.normalizer(normalize, prep, C)
-    sizing = loader.Sizing(sizes.source, sizes.short_side, prep.interpolation, sizes.resize, C)
-    copies = [0, 1] if config.consistency > 0 else [0]
-
-    def views(images: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = protocol.make(images, positions, config.seed, copies=copies).inputs
-        return norm_fn(x) if norm_fn is not None else x
-
-    # the probe: both models give class scores of one shape
-    first, _ = loader._prepare(probe, sizing)
-    with torch.inference_mode():
-        x0 = views(first[None].to(dev, dtype), torch.zeros(1, dtype=torch.long))
-        t0 = _forward(teacher, x0.to(_model_dtype(teacher)))
-        was = student.training
-        student.eval()
-        s0 = _forward(student, x0)
-        student.train(was)
-    if t0.shape != s0.shape:
-        raise ShapeError(f"the teacher gives scores of shape {tuple(t0.shape[1:])}, the student {tuple(s0.shape[1:])}")
-    classes = int(t0.shape[1])
-
-    labels_table = None
-    labels_how = None
-    if config.labels > 0:
-        if isinstance(src, ImageSource):
-            from shiftlab.measure.labels import resolve_labels
-
-            mapping = resolve_labels(src.labels, src.class_names, src.label_space, classes, class_map)
-            if not mapping.usable:
-                raise InputError(f"the label term (labels={config.labels:g}) needs labels in the model's classes: "
-                                 f"{mapping.how}")
-            labels_table, labels_how = mapping.labels, mapping.how
-        else:
-            labels_how = "item labels below the class count taken as the model's class indices"
-
-    # the defaults that follow the model and the data (before the fingerprint: a resumed run must agree)
-    chosen = {}
-    if config.lr is None:
-        chosen["lr"] = _default_lr(student)
-    if config.steps is None:
-        chosen["steps"] = _default_steps(n_total, config, world.size)
-    if chosen:
-        config = replace(config, **chosen)
-
-    # ---------------------------------------------------------------------------- optimisation
-    optimizer = torch.optim.AdamW(_param_groups(student, config.weight_decay), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
-    scaler = torch.amp.GradScaler("cuda") if amp else None
-    # everything that decides the weights: resuming with any of it changed would save one run's weights under
-    # another's recipe (a checkpoint of --fix aps resumed with --fix blur)
-    from shiftlab.measure.checkpoint import data_identity
-
-    recipe = getattr(student, "shiftlab_fix", None) if fix is None else fix
-
-    def fingerprint() -> dict:
-        return {"config": config.to_dict(), "fix": _recipe_text(recipe, True),
-                "fix_recipe": _recipe_text(recipe, False), "teacher_spec": _describe(teacher),
-                "teacher": fingerprint_model(teacher), "student": fingerprint_model(student),
-                "student_type": type(student).__name__, "data": str(data_desc), "images": int(n_total),
-                **data_identity(src, range(n_total)), "views": protocol.spec(), "input": list(sizes.model_in),
-                "preprocessing": prep.to_dict(), "resize": sizes.resize,
-                "normalize": "model" if normalize is True else ("none" if normalize is False else
-                                                                  f"{getattr(normalize, '__module__', '')}."
-                                                                  f"{getattr(normalize, '__qualname__', 'custom')}"),
-                "class_map": None if class_map is None else {str(k): v for k, v in class_map.items()},
-                "world_size": int(world.size), "dtype": str(dtype), "amp": bool(amp), "labels": labels_how}
-
-    store = None
-    saved = None
-    if checkpoint is not None:
-        store = FinetuneCheckpoint(checkpoint, fingerprint())
-        store.check(resume)
-        if resume:
-            saved = store.load()
-    log = {"kind": LOG_KIND, "schema_version": 1, "teacher": _describe(teacher), "student": _describe(student),
-           "data": str(data_desc), "images": int(n_total), "views": protocol.spec(),
-           "input_size": list(sizes.model_in), "config": config.to_dict(), "labels": labels_how,
-           "world_size": int(world.size), "device": str(dev), "amp": bool(amp), "dtype": str(dtype),
-           "threads": torch.get_num_threads(), "entries": [], "resumed_at": [], "skipped_images": 0}
-    if scale_warning:
-        log["warnings"] = [scale_warning]
-    start = 0
-    # loss, kl, consistency, labels, agreeing views, views, micro-batches since the last log entry
-    window = torch.zeros(7, dtype=torch.float64, device=dev)
-    if saved is not None:
-        if isinstance(saved.get("rng"), list) and len(saved["rng"]) != world.size:
-            raise InputError("the checkpoint was written by another number of processes")
-        start, log, window = _restore(store.path, saved, student, optimizer, schedule, scaler, config, world.size,
-                                      dev)
-
-    agreement = _AgreementCheck(src, sizing, views, dev, dtype, _model_dtype(teacher))
-    if saved is None:
-        log["agreement_check"] = {"images": 0 if agreement.images is None else len(agreement.images),
-                                  "views": protocol.spec(), "lr": config.lr, "before": agreement(teacher, student)}
-    net = student
-    if world.size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(student, device_ids=[dev.index] if dev.type == "cuda" else None)
-    if workers is None:
-        workers = loader.default_workers(src, (config.steps - start) * config.accumulate)
-    stream = _Stream(src, config.seed, labels_table, classes)
-    distil = _Distiller(teacher, net, config, views, len(copies), amp, scaler)
-
-    def save(step: int) -> None:
-        rngs = distributed.gather(_rng_state(dev))
-        if world.is_main:
-            store.save({"step": step, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                        "rng": rngs, "log": json.dumps(log), "window": window.cpu()})
-        distributed.barrier()
-
-    from shiftlab.layers import has_learned_subsampling, set_temperature
-
-    lps_layers = has_learned_subsampling(student)["lps"]
-    flush_supported = torch.set_flush_denormal(True)
-    label = progress if isinstance(progress, str) else "fine-tuning"
-    steps_seen = 0
-    # the run's own random state (dropout, stochastic depth): seeded per process, saved in every checkpoint;
-    # the caller's is left as it was
-    rng = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [])
-    rng.__enter__()
-    if saved is None:
-        torch.manual_seed(_mix(config.seed, world.rank, 1))
-    else:
-        _set_rng_state(saved["rng"][world.rank], dev)
-    try:
-        _set_batch_norm(student, config.batch_norm)
-        data_loader = _loader(stream, sizing, start * config.accumulate, config.steps * config.accumulate, world,
-                              config.batch_size, workers, dev.type == "cuda")
-        batches = iter(data_loader)
-        with _Bar(bool(progress) and world.is_main, config.steps, start, label) as bar:
-            for step in range(start, config.steps):
-                if lps_layers:
-                    set_temperature(student, config.lps_temperature_at(step))
-                optimizer.zero_grad(set_to_none=True)
-                for micro in range(config.accumulate):
-                    loaded = next(batches)
-                    log["skipped_images"] += len(loaded.failures)
-                    if loaded.images is None:
-                        if world.size > 1:  # the other processes would wait for this one's gradients forever
-                            raise InputError(f"no image of a batch could be read (e.g. {loaded.failures[0][1]})")
-                        continue
-                    images = loaded.images.to(dev, dtype, non_blocking=dev.type == "cuda")
-                    last = micro == config.accumulate - 1
-                    window += distil(images, torch.as_tensor(loaded.indices), loaded.labels, last)
-                lr = optimizer.param_groups[0]["lr"]
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                schedule.step()
-                done = step + 1
-                if done % log_every == 0 or done == config.steps:
-                    totals = _all_reduce(window.cpu(), world)
-                    micro_batches = max(1.0, totals[6].item())
-                    log["entries"].append({
-                        "step": done, "lr": lr, "loss": totals[0].item() / micro_batches,
-                        "kl": totals[1].item() / micro_batches,
-                        "consistency": totals[2].item() / micro_batches, "labels": totals[3].item() / micro_batches,
-                        "agreement": totals[4].item() / max(1.0, totals[5].item()),
-                        **({"lps_temperature": config.lps_temperature_at(step)} if lps_layers else {})})
-                    window.zero_()
-                entry = log["entries"][-1] if log["entries"] else None
-                bar.advance("" if entry is None else f"loss {entry['loss']:.3f}  agreement {entry['agreement']:.1%}")
-                if store is not None and (done % checkpoint_every == 0 or done == config.steps):
-                    save(done)
-                steps_seen += 1
-                if _fault("kill-after-step") == steps_seen:
-                    os.kill(os.getpid(), signal.SIGKILL)
-        del batches, data_loader
-        if config.batch_norm == "reestimate":
-            _reestimate(student, stream, sizing, views, dev, dtype, config, world)
-    finally:
-        if distil.shift_term is not None:
-            distil.shift_term.remove()
-        rng.__exit__(None, None, None)
-        if flush_supported:
-            torch.set_flush_denormal(False)
-        student.eval()
-        teacher.train(teacher_was_training)
-        for p, flag in zip(teacher.parameters(), teacher_grads):
-            p.requires_grad_(flag)
-    log["steps_done"] = config.steps
-    check = log.get("agreement_check")
-    if isinstance(check, dict):
-        check["after"] = agreement(teacher, student)
-        warning = _agreement_warning(check)
-        if warning:
-            log.setdefault("warnings", []).append(warning)
-    log["final"] = log["entries"][-1] if log["entries"] else None
-    log["seconds"] = round(time.perf_counter() - started, 2)
-    log["command"] = command
-    log["versions"] = _versions()
-    return FinetuneResult(student, log)
+    models = _set_up_models(teacher, fix, student, device, amp, config.seed, world)
+    prepared = _prepare_data_and_views(models, data, config, normalize, image_size, resize)
+    classes = _probe_classes(models, prepared)
+    labels_table, labels_how = _labels(config, prepared.src, classes, class_map)
+    config = _with_defaults(config, models.student, prepared.images, world.size)
+    optimisation = _optimisation(models.student, config, amp)
+    store, saved = _open_checkpoint(checkpoint, resume, lambda: _fingerprint(
+        config, fix, models, prepared, normalize, class_map, world, amp, labels_how))
+    log = _new_log(models, prepared, config, labels_how, world, amp)
+    resumed = _resume(store, saved, log, models, optimisation, config, world)
+    agreement = _check_agreement_before(models, prepared, config, resumed[1], saved is not None)
+    run = _training_run(models, prepared, optimisation, config, world, amp, workers, labels_table, classes, resumed,
+                        store, saved, (checkpoint_every, log_every))
+    _train(run, progress)
+    return _finish(run, agreement, started, command)
 
 
-class _nothing:
-    def __enter__(self):
-        return self
+def _load(spec, seed):
+    """A teacher given as a spec, loaded (fixed checkpoints included); a module as it is."""
+    from shiftlab.models.fixed_checkpoint import load_any_model
 
-    def __exit__(self, *exc):
-        return False
-
-
-def _autocast(amp: bool):
-    return torch.autocast(device_type="cuda", dtype=torch.float16) if amp else _nothing()
+    return load_any_model(spec, seed=seed) if isinstance(spec, (str, os.PathLike)) else spec
 
 
-def _loss(out, target, labels, config: FinetuneConfig, k: int):
-    zero = out.new_zeros((), dtype=torch.float32)
-    kl = _kl(out, target, config.temperature) if config.kl > 0 else zero
-    cons = zero
-    if config.consistency > 0 and k == 2:
-        a, b = out.chunk(2)
-        cons = _symmetric_kl(a, b, config.temperature)
-    ce = zero
-    if config.labels > 0:
-        known = labels >= 0
-        ce = F.cross_entropy(out.float(), labels.clamp(min=0), reduction="none").mul(known).sum() / known.sum().clamp(
-            min=1)
-    loss = config.kl * kl + config.consistency * cons + config.labels * ce
-    return loss, (kl, cons, ce)
-
-
-class _Distiller:
-    """One micro-batch of fine-tuning: the views, the teacher's softmax (``inference_mode``), the student's loss
-    and its backward pass. Returns the micro-batch's statistics for the log (a tensor on the device:
-    loss, kl, consistency, labels, agreeing views, views, 1), so that nothing waits for the device."""
-
-    def __init__(self, teacher, net, config: FinetuneConfig, views, copies: int, amp: bool, scaler):
-        from shiftlab.measure.audit import _model_dtype
-
-        self.teacher, self.net, self.config, self.views, self.copies = teacher, net, config, views, copies
-        self.amp, self.scaler = amp, scaler
-        self.teacher_dtype = _model_dtype(teacher)
-        from shiftlab.layers import TIPSShiftTerm, has_learned_subsampling
-
-        # TIPS's own training term on the student's TIPS layers (their invariance is learned from it)
-        self.shift_term = (TIPSShiftTerm(net, config.tips_alpha, generator=torch.Generator().manual_seed(config.seed))
-                           if has_learned_subsampling(net)["tips"] and config.tips_alpha > 0 else None)
-
-    def __call__(self, images: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,
-                 sync: bool = True) -> torch.Tensor:
-        x = self.views(images, positions)
-        labels = labels.to(x.device).repeat(self.copies)
-        net = self.net
-        context = net.no_sync() if not sync and hasattr(net, "no_sync") else _nothing()
-        with context:
-            with _autocast(self.amp):
-                with torch.inference_mode():
-                    target = _forward(self.teacher, x if self.amp else x.to(self.teacher_dtype))
-                target = target.clone()  # a normal tensor: usable in the autograd graph
-                out = _forward(net, x)
-            loss, parts = _loss(out, target, labels, self.config, self.copies)
-            if self.shift_term is not None:
-                loss = loss + self.shift_term.loss()
-            scaled = loss / self.config.accumulate
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-        with torch.no_grad():
-            agree = (out.argmax(1) == target.argmax(1)).sum()
-            return torch.stack([loss.detach().double(), *(p.detach().double() for p in parts), agree.double(),
-                                torch.tensor(float(out.shape[0]), dtype=torch.float64, device=out.device),
-                                torch.ones((), dtype=torch.float64, device=out.device)])
-
-
-#: images (the first readable ones) on which the student's agreement with the teacher is measured before and after
-AGREEMENT_IMAGES = 64
-#: agreement must rise by at least this much (unless already this close to 1) or the run says it did not rise
-AGREEMENT_RISE = 0.01
-
-
-class _AgreementCheck:
-    """The student's top-1 agreement with the teacher, both in eval mode, on the first view of the first
-    ``AGREEMENT_IMAGES`` readable training images: measured before the first step and after the last, so that
-    a run whose agreement does not rise says so (a log warning, and the CLI prints it)."""
-
-    def __init__(self, src, sizing, views, dev, dtype, teacher_dtype):
-        from shiftlab.data.sources import ImageSource
-        from shiftlab.errors import ShiftlabError
-        from shiftlab.measure.loader import _prepare
-
-        images, positions = [], []
-        for i in range(len(src)):
-            if len(images) == AGREEMENT_IMAGES:
-                break
-            try:
-                item = src.load(i) if isinstance(src, ImageSource) else src[i]
-                image = item[0] if isinstance(item, (tuple, list)) else item
-                images.append(_prepare(image, sizing)[0])
-                positions.append(i)
-            except ShiftlabError:
-                continue
-        self.images = torch.stack(images) if images else None
-        self.positions = torch.as_tensor(positions, dtype=torch.long)
-        self.views, self.dev, self.dtype, self.teacher_dtype = views, dev, dtype, teacher_dtype
-
-    def __call__(self, teacher, student) -> float | None:
-        if self.images is None:
-            return None
-        was = student.training
-        student.eval()
-        agree = total = 0
-        try:
-            with torch.no_grad():
-                for k in range(0, len(self.images), 16):
-                    x = self.views(self.images[k:k + 16].to(self.dev, self.dtype), self.positions[k:k + 16])
-                    t = _forward(teacher, x.to(self.teacher_dtype)).argmax(1)
-                    s = _forward(student, x).argmax(1)
-                    agree += int((t == s).sum())
-                    total += int(t.numel())
-        finally:
-            student.train(was)
-        return agree / max(1, total)
-
-
-def _agreement_warning(check: dict) -> str | None:
-    before, after = check.get("before"), check.get("after")
-    if before is None or after is None or after >= min(1.0, before + AGREEMENT_RISE):
-        return None
-    return (f"agreement with the teacher did not rise: {before:.1%} before fine-tuning, {after:.1%} after "
-            f"({check['images']} training images, eval mode); try more --steps, another --lr (it was "
-            f"{check['lr']:g}), or --views that show the images as the model was trained on them (these: "
-            f"{check['views']})")
-
-
-def _all_reduce(values: torch.Tensor, world) -> torch.Tensor:
-    if world.size <= 1:
-        return values
-    from shiftlab.measure.distributed import gather
-
-    return torch.stack(gather(values)).sum(0)
-
-
-def _reestimate(student, stream, sizing, views, dev, dtype, config, world) -> None:
-    """Running statistics of every batch norm afresh: the cumulative average over ``bn_batches`` batches of
-    views that follow the training stream (each process its slice; the means and variances are then averaged)."""
-    norms = [m for m in student.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
-    if not norms:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    begin = config.steps * config.accumulate
-    data_loader = _loader(stream, sizing, begin, begin + config.bn_batches, world, config.batch_size, 0, False)
-    student.eval()
-    for m in norms:
-        m.train()
-    try:
-        with torch.no_grad():
-            for loaded in data_loader:
-                if loaded.images is not None:
-                    _forward(student, views(loaded.images.to(dev, dtype), torch.as_tensor(loaded.indices)))
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-    if world.size > 1:
-        from shiftlab.measure.distributed import gather
-
-        for m in norms:
-            for buf in (m.running_mean, m.running_var):
-                buf.copy_(torch.stack(gather(buf.cpu())).mean(0).to(buf.device))
-
-
-def _versions() -> dict:
-    from shiftlab.measure.audit import _versions as versions
-
-    return versions()
+def _describe(model: nn.Module) -> str:
+    source = getattr(model, "shiftlab_source", None) or {}
+    if source.get("spec"):
+        return source["spec"] + (f" (fix {source['fix']})" if source.get("fix") else "")
+    return type(model).__name__
 
 
 def read_log(path) -> dict:
@@ -1037,4 +614,3 @@ def read_log(path) -> dict:
     if not isinstance(doc, Mapping) or doc.get("kind") != LOG_KIND:
         raise InputError(f"{path} is not a shiftlab fine-tuning log")
     return dict(doc)
-

@@ -158,11 +158,3 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
     state, workers = engine.run(prepared, world, checkpoint=checkpoint, progress=progress)
     return build_result(prepared, state, world, workers, command)
 
-
-# TEMPORARY (refactor in progress): the old private names fine-tuning imported; removed once it uses the stages
-from shiftlab.measure.inputs import as_source as _as_source  # noqa: E402
-from shiftlab.measure.inputs import first_conv_channels as _first_conv_channels  # noqa: E402
-from shiftlab.measure.inputs import input_sizes as _sizes  # noqa: E402
-from shiftlab.measure.inputs import typical_size as _data_size  # noqa: E402
-from shiftlab.measure.prepare import model_dtype as _model_dtype  # noqa: E402
-from shiftlab.measure.result import versions as _versions  # noqa: E402

@@ -29,7 +29,7 @@ import torch
 
 from shiftlab.errors import InputError
 
-__all__ = ["CheckpointStore", "audit_fingerprint", "damaged", "data_identity", "difference", "fingerprint_model", "read_checkpoint_file",
+__all__ = ["CheckpointStore", "audit_fingerprint", "damaged", "injected_fault", "data_identity", "difference", "fingerprint_model", "read_checkpoint_file",
            "write_checkpoint_file"]
 
 FORMAT = "shiftlab.audit-checkpoint"
@@ -182,7 +182,7 @@ def audit_fingerprint(prepared, per_batch: int, world) -> dict:
         "channels_last": bool(prepared.runner.channels_last), "amp": bool(options.amp)}
 
 
-def _fault(kind: str) -> int | None:
+def injected_fault(kind: str) -> int | None:
     """Test hook: ``SHIFTLAB_FAULT=kind:N`` makes this process kill itself at the N-th such event."""
     spec = os.environ.get("SHIFTLAB_FAULT", "")
     name, _, count = spec.partition(":")
@@ -288,7 +288,7 @@ def write_checkpoint_file(path: Path, fmt: str, version: int, fingerprint: dict,
     torch.save({"format": fmt, "version": version, "fingerprint": json.dumps(fingerprint, sort_keys=True), **state},
                buffer)
     data = buffer.getvalue()
-    kill_at = _fault("kill-in-checkpoint")
+    kill_at = injected_fault("kill-in-checkpoint")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
@@ -368,7 +368,7 @@ class CheckpointStore:
     def after_batch(self) -> None:
         """Test hook: ``SHIFTLAB_FAULT=kill-after-batch:N`` kills the process after its N-th batch."""
         self.batches_seen += 1
-        if _fault("kill-after-batch") == self.batches_seen:
+        if injected_fault("kill-after-batch") == self.batches_seen:
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -213,6 +213,3 @@ def make_loader(source, sizing: Sizing, batches: Sequence[tuple[int, np.ndarray]
                                        num_workers=int(workers), collate_fn=_Collate(numbers),
                                        pin_memory=bool(pin_memory), **kwargs)
 
-
-# the old private name, until fine-tuning moves to size_image
-_prepare = size_image

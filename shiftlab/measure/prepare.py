@@ -229,7 +229,7 @@ def load_models(model, reference, *, device, output_key, seed: int, amp: bool, w
     """The model (and reference) as modules on the run's device: specs loaded, meta-device modules refused."""
     from shiftlab.measure import distributed
     from shiftlab.models import load_model
-    from shiftlab.models._device import resolve_device
+    from shiftlab.models import resolve_device
     from shiftlab.models.loading import check_materialized
 
     dev = distributed.rank_device(device) if world.size > 1 else resolve_device(device)
