@@ -84,7 +84,7 @@ def _table(result: dict) -> str:
 def _variants(args: argparse.Namespace) -> list[str]:
     """The names given with --variants, each checked before any work."""
     from shiftlab.errors import InputError
-    from shiftlab.experiments._common import parse_variant
+    from shiftlab.experiments import parse_variant
 
     if args.name not in _VARIANT_EXPERIMENTS:
         raise InputError(f"--variants applies to {', '.join(_VARIANT_EXPERIMENTS)}, not to {args.name}")

@@ -7,7 +7,7 @@
   unshifted view, placements of an object on a canvas); every number comes from ``shiftlab.audit``.
 - ``run_architecture``, ``run_unseen_positions``, ``run_augmentation``, ``run_rotation``, ``run_subsampling``:
   the five experiments (``shiftlab experiment NAME``); each returns a JSON-serialisable dict that records its
-  seeds.
+  seeds. ``parse_variant`` checks a variant name of ``--variants`` before any work.
 
 Names are imported lazily, so importing this package does not load scikit-learn or the layers.
 """
@@ -24,6 +24,7 @@ _EXPORTS = {
     "run_subsampling": "shiftlab.experiments.subsampling",
     "SmallCNN": "shiftlab.experiments.nets",
     "make_canvas_split": "shiftlab.experiments.digits",
+    "parse_variant": "shiftlab.experiments._common",
 }
 
 __all__ = list(_EXPORTS)
