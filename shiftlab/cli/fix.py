@@ -1,6 +1,6 @@
 """``shiftlab fix``: convert a model to anti-aliased (BlurPool) or polyphase (APS) subsampling and save it.
 
-The file is a fixed checkpoint (:mod:`shiftlab.fix.checkpoint`): the weights and the recipe of the conversion,
+The file is a fixed checkpoint (:mod:`shiftlab.models.fixed_checkpoint`): the weights and the recipe of the conversion,
 so that ``--model FILE`` (in ``audit``, ``inspect``, ``report``, ``finetune``) and ``shiftlab.load_model(FILE)``
 give back the converted model.
 
@@ -56,7 +56,7 @@ def _conversion_kwargs(args) -> dict:
 def _load_instructions(out, spec=None) -> str:
     import shlex
 
-    from shiftlab.fix.checkpoint import load_arguments
+    from shiftlab.models.fixed_checkpoint import load_arguments
 
     arguments = load_arguments(out, spec)
     call = repr(str(out)) if len(arguments) == 2 else f"{arguments[1]!r}, weights={str(out)!r}"
@@ -91,7 +91,9 @@ def run(args) -> int:
     from shiftlab.cli.inspect import render_table
     from shiftlab.errors import InputError
     from shiftlab.fix.antialias import antialias, replacement_counts
-    from shiftlab.fix.checkpoint import load_model, recipe_spec, save_fixed
+    from shiftlab.fix.checkpoint import save_fixed
+    from shiftlab.fix.recipe import conversion_of, is_converted, recipe_spec
+    from shiftlab.models.fixed_checkpoint import load_any_model
 
     if args.filter_size is not None and args.filter_size < 1:
         raise InputError(f"--filter-size must be at least 1, got {args.filter_size}")
@@ -105,10 +107,10 @@ def run(args) -> int:
 
         check_input_size(tuple(args.certify), "--certify H W")
     out = check_output_path(args.out, args.force, "--out", claim=True)  # refuse before the (slow) conversion
-    model = load_model(args.model, weights=args.weights)
-    if getattr(model, "shiftlab_fix", None) is not None:
+    model = load_any_model(args.model, weights=args.weights)
+    if is_converted(model):
         raise InputError(f"{args.weights or args.model} is a fixed checkpoint already "
-                         f"({recipe_spec(model.shiftlab_fix)}); convert the original model")
+                         f"({recipe_spec(conversion_of(model))}); convert the original model")
     converted, report = antialias(model, inplace=True, **_conversion_kwargs(args))
     counts = replacement_counts(report)
     if not counts["replaced"]:  # never save a "fix" that changed nothing
@@ -132,7 +134,7 @@ def run(args) -> int:
 
         certified = certify(converted, tuple(args.certify), shifts="period" if args.shifts == 0 else args.shifts)
     save_fixed(converted, out, force=args.force)
-    recipe = recipe_spec(converted.shiftlab_fix)
+    recipe = recipe_spec(conversion_of(converted))
     print(f"saved {len(converted.state_dict())} tensors and the recipe ({recipe}) to {out}")
     print(_load_instructions(out, (getattr(model, "shiftlab_source", None) or {}).get("spec")))
 

@@ -69,11 +69,11 @@ def render_inspection(result) -> str:
 def run(args) -> int:
     from shiftlab._io import check_output_path, write_json
     from shiftlab.measure.inspect import inspect
-    from shiftlab.fix.checkpoint import load_model  # fixed checkpoints too: the converted model is inspected
+    from shiftlab.models.fixed_checkpoint import load_any_model  # fixed checkpoints: the converted model
 
     if args.json is not None:
         check_output_path(args.json, args.force, "--json", claim=True)
-    model = load_model(args.model, weights=args.weights)
+    model = load_any_model(args.model, weights=args.weights)
     result = inspect(model, tuple(args.input_size))
     print(render_inspection(result), end="")
     if args.json is not None:

@@ -218,11 +218,12 @@ def run_finetune_photos(model_spec: str = "pretrained:efficientnet_lite0", fixes
     """
     from shiftlab.experiments._common import Timer, environment
     from shiftlab.fix.antialias import antialias
-    from shiftlab.fix.checkpoint import load_model, parse_fix
     from shiftlab.fix.finetune import FinetuneConfig, finetune
+    from shiftlab.fix.recipe import parse_fix
+    from shiftlab.models.fixed_checkpoint import load_any_model
     from shiftlab.runs import AuditRun
 
-    teacher = load_model(model_spec)
+    teacher = load_any_model(model_spec)
     train_data = str(photo_training_list(folder) if train_data is None else train_data)
     config = FinetuneConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
 

@@ -49,8 +49,8 @@ strided layer. Layers are attached through forward hooks: ``torch.export`` (stri
 ``torch.jit.trace`` and both ONNX exporters capture them (``docs/export.md``); ``torch.jit.script`` does not.
 
 Saving. The converted model carries its recipe (``model.shiftlab_fix``: method, filter size, circular, stem,
-excluded layers, placement); :func:`shiftlab.save_fixed` stores it with the weights, and
-:func:`shiftlab.load_model` re-applies it (``shiftlab.fix.checkpoint``). A converted model is not converted
+excluded layers, placement; :mod:`shiftlab.fix.recipe`); :func:`shiftlab.save_fixed` stores it with the weights,
+and :func:`shiftlab.load_model` re-applies it (``shiftlab.fix.checkpoint``). A converted model is not converted
 again.
 
 Not supported (refused with an :class:`InputError`): non-square strides, ``LPPool2d``,
@@ -78,19 +78,14 @@ from torch import nn
 from shiftlab.errors import InputError
 from shiftlab.fix._graph import Flow, Link, trace
 from shiftlab.fix._ops import DensePool2d, RunAfter, RunBefore, SamePaddedConv2d
+# the methods and placements are defined by what a fix is, and stay importable from here
+from shiftlab.fix.recipe import METHODS, PLACEMENTS, POLYPHASE_METHODS, conversion_of, is_converted, record_conversion
 from shiftlab.layers import APSPool2d, BlurPool2d, LearnedPhase, LPSPool2d, SharedPhase, TIPSPool2d
 from shiftlab.layers.blur_pool import MAX_FILTER_SIZE
 
 __all__ = ["antialias", "stem_conv", "Replacement", "replacement_counts", "opaque_subsampling", "METHODS",
            "PLACEMENTS", "SHORTCUT_NAMES"]
 
-METHODS = ("blur", "aps", "lps", "tips")
-#: methods that keep one polyphase component per sample (exactly invariant with circular padding)
-POLYPHASE_METHODS = ("aps", "lps")
-#: where ``method="blur"`` puts the blur of a strided conv: ``"after"`` (Zhang 2019: the conv at stride 1, the
-#: blur and subsampling after its activation) or ``"before"`` (Composer's blur_first: a stride-1 blur of the
-#: conv's input, the conv at its stride)
-PLACEMENTS = ("after", "before")
 #: child names that mark a module as a residual block whose branches must keep one APS phase
 SHORTCUT_NAMES = ("downsample", "shortcut", "skip", "proj", "projection", "conv_shortcut")
 _UNSUPPORTED = (nn.LPPool2d, nn.FractionalMaxPool2d, nn.PixelUnshuffle)
@@ -505,8 +500,8 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
         raise InputError("placement='before' is for method='blur': APS needs every stride moved into its own layer")
     if keep_stem is None:
         keep_stem = method == "blur"
-    if getattr(model, "shiftlab_fix", None) is not None:
-        raise InputError(f"the model is already converted (antialias {model.shiftlab_fix.get('method')!r}); convert "
+    if is_converted(model):
+        raise InputError(f"the model is already converted (antialias {conversion_of(model).get('method')!r}); convert "
                          f"the original model instead")
     modules = dict(model.named_modules())
     unknown = [name for name in exclude if name not in modules]
@@ -543,18 +538,8 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
         converter.report.insert(0, Replacement(stem, _describe(modules[stem]),
                                                "kept strided: the stem (keep_stem=False converts it too)"))
     converter.report.extend(opaque)
-    _record(model, {"method": method, "filter_size": int(filter_size), "circular": bool(circular),
-                    "keep_stem": bool(keep_stem), "exclude": [str(e) for e in exclude if e != stem],
-                    "placement": placement})
+    record_conversion(model, {"method": method, "filter_size": int(filter_size), "circular": bool(circular),
+                              "keep_stem": bool(keep_stem), "exclude": [str(e) for e in exclude if e != stem],
+                              "placement": placement})
     return model, converter.report
 
-
-def _record(model: nn.Module, recipe: dict) -> None:
-    """Attach the conversion's recipe (``model.shiftlab_fix``: what :func:`shiftlab.save_fixed` stores) and name
-    the fix in the model's provenance, so audits say which model they measured."""
-    from shiftlab.fix.checkpoint import recipe_spec
-
-    model.shiftlab_fix = recipe
-    source = getattr(model, "shiftlab_source", None)
-    if isinstance(source, dict):
-        model.shiftlab_source = {**source, "fix": recipe_spec(recipe)}

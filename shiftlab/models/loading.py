@@ -13,6 +13,10 @@ checkpoint, which is read with ``torch.load(..., weights_only=True)``. Random in
 ``seed``, so the same spec and seed give the same network. The loaded model records where it came from in
 ``model.shiftlab_source`` (spec, weights file and its sha256, whether the weights are random), which audits
 copy into their JSON and use to warn about untrained networks.
+
+The loaders here know nothing of conversions: a fixed checkpoint (a converted model's weights and its recipe) is
+refused with a message that says how to load it, and loaded by
+:func:`shiftlab.models.fixed_checkpoint.load_any_model` (``shiftlab.load_model``), the one loader of every spec.
 """
 
 from __future__ import annotations
