@@ -62,21 +62,23 @@ def check_finite(x: torch.Tensor, name: str = "x") -> torch.Tensor:
 
 
 def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None, *,
-              allow_none: bool = False) -> int | None:
+              allow_none: bool = False, error: type[InputError] = InputError) -> int | None:
     """``value`` as an int, or :class:`~shiftlab.errors.InputError` naming ``name`` (bools are not integers).
 
     The one integer checker of shiftlab's arguments: ``minimum``/``maximum`` are inclusive bounds; ``None``
-    passes through when ``allow_none``.
+    passes through when ``allow_none``. ``error`` is the :class:`~shiftlab.errors.InputError` class raised:
+    :class:`~shiftlab.errors.ArgumentShapeError` where an argument check raised ``ShapeError`` before the
+    rule of :mod:`shiftlab.errors`.
     """
     import numbers
 
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InputError(f"{name} must be an integer, got {value!r}")
+        raise error(f"{name} must be an integer, got {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise error(f"{name} must be an integer >= {minimum}, got {value!r}")
     if maximum is not None and value > maximum:
-        raise InputError(f"{name} must be an integer <= {maximum}, got {value!r}")
+        raise error(f"{name} must be an integer <= {maximum}, got {value!r}")
     return value

@@ -3,8 +3,10 @@
 A function ``f`` is *equivariant* to a transformation when transforming the input transforms the
 output in a known way, ``f(T_in x) = T_out f(x)``; it is *invariant* when ``f(T x) = f(x)``.
 :func:`equivariance_error` and :func:`invariance_error` measure how far a function is from either
-(numbers, no verdict); :func:`assert_equivariant` and :func:`assert_invariant` apply a tolerance that
-depends on the dtype the outputs were computed in (see :func:`shiftlab._checks.tolerance`).
+(numbers, no verdict); :func:`assert_equivariant` and :func:`assert_invariant` measure with them, apply a
+tolerance that depends on the dtype the outputs were computed in (see :func:`shiftlab._checks.tolerance`) and
+return the measured :class:`EquivarianceError`: every shiftlab ``assert_*`` returns the value of its measure
+function and hides its own frame from pytest tracebacks.
 
 Example:
     >>> import torch
@@ -18,13 +20,14 @@ Example:
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from shiftlab._checks import tolerance
+from shiftlab._checks import check_int, tolerance
 from shiftlab.errors import InputError, ShapeError
 
 _NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
@@ -84,16 +87,12 @@ def _cast_input(x, dtype):
 
 
 def _normalise_margin(margin) -> tuple[int, int]:
-    if isinstance(margin, (int, np.integer)) and not isinstance(margin, bool):
-        my = mx = int(margin)
-    else:
-        try:
-            my, mx = (int(v) for v in margin)
-        except (TypeError, ValueError):
-            raise InputError(f"margin must be an int or a pair (rows, cols), got {margin!r}") from None
-    if my < 0 or mx < 0:
-        raise InputError(f"margin must be non-negative, got {margin!r}")
-    return my, mx
+    pair = (margin, margin) if isinstance(margin, numbers.Integral) else margin
+    try:
+        my, mx = pair
+    except (TypeError, ValueError):
+        raise InputError(f"margin must be an int or a pair (rows, cols), got {margin!r}") from None
+    return check_int("margin rows", my, 0), check_int("margin cols", mx, 0)
 
 
 def _compare(a, b, margin=0, mask=None) -> EquivarianceError:
@@ -208,6 +207,7 @@ def invariance_error(
 
 
 def _verdict(err: EquivarianceError, what: str, atol: float | None, rtol: float | None) -> EquivarianceError:
+    __tracebackhide__ = True
     if rtol is None:
         rtol = tolerance(_DTYPES_BY_NAME.get(err.dtype, torch.float32))
     if atol is None:
@@ -236,13 +236,17 @@ def assert_equivariant(
 ) -> EquivarianceError:
     """Raise ``AssertionError`` unless ``f(transform_in(x))`` equals ``transform_out(f(x))`` within tolerance.
 
-    Passes when ``max_abs <= atol + rtol * scale`` with ``scale = max |output|``; by default ``atol = 0``
-    and ``rtol = tolerance(dtype of the outputs)`` (1e-10 in float64, 1e-5 in float32). Returns the
-    measured :class:`EquivarianceError`. Arguments as in :func:`equivariance_error`.
+    Measures with :func:`equivariance_error` and returns what it measured, the :class:`EquivarianceError`
+    (the rule of every shiftlab ``assert_*``: the measure function's value). Passes when
+    ``max_abs <= atol + rtol * scale`` with ``scale = max |output|``; by default ``atol = 0`` and
+    ``rtol = tolerance(dtype of the outputs)`` (1e-10 in float64, 1e-5 in float32). The message of a failure
+    gives the measured errors; this function's frame is hidden from pytest tracebacks. Arguments as in
+    :func:`equivariance_error`.
 
     Shape:
         - As :func:`equivariance_error`.
     """
+    __tracebackhide__ = True
     err = equivariance_error(f, x, transform_in, transform_out, dtype=dtype, margin=margin, mask=mask)
     return _verdict(err, "equivariant", atol, rtol)
 
@@ -260,10 +264,13 @@ def assert_invariant(
 ) -> EquivarianceError:
     """Raise ``AssertionError`` unless ``f(transform(x))`` equals ``f(x)`` within tolerance.
 
-    Tolerance as in :func:`assert_equivariant`. Returns the measured :class:`EquivarianceError`.
+    Measures with :func:`invariance_error` and returns what it measured, the :class:`EquivarianceError`
+    (the rule of every shiftlab ``assert_*``). Tolerance as in :func:`assert_equivariant`; this function's
+    frame is hidden from pytest tracebacks.
 
     Shape:
         - As :func:`invariance_error`.
     """
+    __tracebackhide__ = True
     err = invariance_error(f, x, transform, dtype=dtype, margin=margin, mask=mask)
     return _verdict(err, "invariant", atol, rtol)

@@ -1,13 +1,25 @@
-"""The one family of errors shiftlab raises for bad input.
+"""The one family of errors shiftlab raises for bad input, and the rule for which one.
 
 Every error a user can cause by passing the wrong thing is a :class:`ShiftlabError`
 (a ``ValueError``), with a one-line message that names the problem. The CLI turns
 these into ``shiftlab: error: <message>`` and exit code 2, without a traceback.
+
+The rule:
+
+- a bad **argument value** (a count, size, stride, filter size, dtype, option name, shift list, file, spec,
+  model) raises :class:`InputError`;
+- a bad **tensor** (wrong rank, size, channel count or dtype of the data itself, NaN or Inf, outputs that
+  do not match) raises :class:`ShapeError`.
+
+Integer arguments are checked by one function, ``shiftlab._checks.check_int``. Some argument checks raised
+:class:`ShapeError` before this rule was written; they now raise :class:`ArgumentShapeError`, which is an
+:class:`InputError` (the rule) and still a :class:`ShapeError`, so that code catching the old class keeps
+working (as ``numpy.AxisError`` is both a ``ValueError`` and an ``IndexError``).
 """
 
 from __future__ import annotations
 
-__all__ = ["ShiftlabError", "ShapeError", "InputError", "printable"]
+__all__ = ["ShiftlabError", "ShapeError", "InputError", "ArgumentShapeError", "printable"]
 
 
 class ShiftlabError(ValueError):
@@ -19,7 +31,13 @@ class ShapeError(ShiftlabError):
 
 
 class InputError(ShiftlabError):
-    """A file, model name, data spec or option is missing, unreadable or unknown."""
+    """A bad argument value: a count, size, dtype or option out of range, or a file, model or data spec that is
+    missing, unreadable or unknown."""
+
+
+class ArgumentShapeError(InputError, ShapeError):
+    """A bad argument value (an :class:`InputError`) whose check raised :class:`ShapeError` before the rule of
+    this module; it is both, so ``except ShapeError`` written against older shiftlab still catches it."""
 
 
 def printable(text) -> str:

@@ -34,12 +34,12 @@ SHIFTS = [(1, 0), (0, 1), (5, 3), (31, 17)]
 # --- blur ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["tv_resnet18", "tv_mobilenet_v2", "timm_resnet26d", "timm_lite0"])
-def test_blur_with_filter_size_one_computes_the_original_function(name):
-    model = make(name).double()
+def test_blur_with_filter_size_one_computes_the_original_function(name, device):
+    model = make(name).double().to(device)
     converted, report = antialias(model, "blur", filter_size=1)
     assert report and all(isinstance(r, Replacement) for r in report)
     for size in (64, 49):  # odd sizes too: the stride-1 layers pad as their strided originals did
-        x = torch.randn(2, 3, size, size, dtype=F64)
+        x = torch.randn(2, 3, size, size, dtype=F64).to(device)
         with torch.no_grad():
             assert relative_gap(converted(x), model(x)) < 1e-12
     # negative control: a real blur changes the function
@@ -120,12 +120,12 @@ def test_blur_goes_after_the_activation():
         torch.testing.assert_close(block(x), want, rtol=1e-12, atol=1e-12)
 
 
-def test_blur_raises_shift_consistency_of_a_network():
+def test_blur_raises_shift_consistency_of_a_network(device):
     """Outputs of a blur-converted network change less under 1-pixel circular shifts than the original's."""
-    model = make("tv_resnet18")
+    model = make("tv_resnet18").to(device)
     blurred, _ = antialias(model, "blur", filter_size=5)
     torch.manual_seed(1)
-    x = nn.functional.avg_pool2d(torch.randn(4, 3, 68, 68), 5, 1)  # smooth, image-like inputs
+    x = nn.functional.avg_pool2d(torch.randn(4, 3, 68, 68), 5, 1).to(device)  # smooth, image-like inputs
 
     def mean_change(net):
         with torch.no_grad():
@@ -198,19 +198,19 @@ def test_blur_keeps_the_stem_strided_by_default_and_aps_does_not(key):
 # --- APS -----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["tv_resnet18", "timm_resnet26d", "timm_regnetx_002", "timm_lite0"])
-def test_aps_circular_is_exactly_invariant_to_circular_shifts(name):
-    model = make(name)
+def test_aps_circular_is_exactly_invariant_to_circular_shifts(name, device):
+    model = make(name).to(device)
     converted, _ = antialias(model, "aps", filter_size=1, circular=True)
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 64, 64).to(device)
     assert circular_invariance_gap(converted, x, SHIFTS) < 1e-5
     assert circular_invariance_gap(converted.double(), x.double(), SHIFTS) < 1e-10
     # negative control: the original model is not invariant
     assert circular_invariance_gap(model.double(), x.double(), SHIFTS[:2]) > 1e-4
 
 
-def test_aps_negative_controls_without_circular_padding_or_without_phase_sharing(monkeypatch):
-    model = make("tv_resnet18").double()
-    x = torch.randn(2, 3, 64, 64, dtype=F64)
+def test_aps_negative_controls_without_circular_padding_or_without_phase_sharing(monkeypatch, device):
+    model = make("tv_resnet18").double().to(device)
+    x = torch.randn(2, 3, 64, 64, dtype=F64).to(device)
     not_circular, _ = antialias(model, "aps", filter_size=3, circular=False)
     assert circular_invariance_gap(not_circular, x, SHIFTS[:2]) > 1e-4
     shared, _ = antialias(model, "aps", filter_size=3, circular=True)

@@ -49,28 +49,28 @@ def dots(cols, size=16, row=5):
 
 # ------------------------------------------------------------------------------------------- analytic truths
 
-def test_exactly_invariant_model_scores_perfectly():
+def test_exactly_invariant_model_scores_perfectly(device):
     x = torch.rand(6, 3, 16, 16, dtype=torch.float64)
     model = invariant_net()
-    r = audit(model, x, transform="circular:8", normalize=False, layers=["0", "2", "4"])
+    r = audit(model, x, transform="circular:8", normalize=False, layers=["0", "2", "4"], device=device)
     assert r.metrics["consistency"].value == 1.0
     for name in ("0", "2"):
         eq = r.layers[name]["equivariance"]
         assert eq.n == 6 and eq.value <= TOL64 and eq.extra["unrepresentable"] == 0
     assert r.layers["4"]["pooled_invariance"].value <= TOL64
     d = audit(model, x, transform="diagonal:4:circular", normalize=False,
-              metrics=["top1_change", "mean_abs_change", "top5_distance", "worst_case_stability"])
+              metrics=["top1_change", "mean_abs_change", "top5_distance", "worst_case_stability"], device=device)
     assert d.metrics["top1_change"].value == 0.0 and d.metrics["top1_change"].n == 6 * 4
     assert d.metrics["mean_abs_change"].value <= TOL64
     assert d.metrics["top5_distance"].value == 0.0
     assert d.metrics["worst_case_stability"].value == 1.0
 
 
-def test_zero_padded_model_is_a_negative_control():
+def test_zero_padded_model_is_a_negative_control(device):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
     r = audit(model, torch.rand(4, 3, 16, 16, dtype=torch.float64), transform="circular:8", normalize=False,
-              layers=["0"])
+              layers=["0"], device=device)
     assert r.layers["0"]["equivariance"].value > 1e-3
 
 
@@ -177,17 +177,17 @@ def test_sharded_equals_unsharded_exactly():
         shards[0].merge(shards[0])
 
 
-def test_stride_two_layer_even_exact_odd_not_representable():
+def test_stride_two_layer_even_exact_odd_not_representable(device):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1, padding_mode="circular"),
                           nn.Upsample(scale_factor=2, mode="nearest"), nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
     x = torch.rand(4, 3, 16, 16, dtype=torch.float64)
-    even = audit(model, x, transform="grid:2:2", normalize=False, layers="all")
+    even = audit(model, x, transform="grid:2:2", normalize=False, layers="all", device=device)
     assert even.layer_info["0"]["stride"] == [2, 2] and even.layer_info["1"]["stride"] == [1, 1]
     for name in ("0", "1"):
         assert even.layers[name]["equivariance"].n == 4 * 3
         assert even.layers[name]["equivariance"].value <= TOL64
-    odd = audit(model, x, transform="diagonal:1:circular", normalize=False, layers="all")
+    odd = audit(model, x, transform="diagonal:1:circular", normalize=False, layers="all", device=device)
     assert odd.layers["0"]["equivariance"].n == 0 and odd.layers["0"]["equivariance"].extra["unrepresentable"] == 4
     assert odd.layers["1"]["equivariance"].value > 1e-3  # the stride-1 view of a stride-2 layer: aliasing
 

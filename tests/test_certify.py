@@ -40,8 +40,8 @@ def adaptive_net() -> nn.Module:
 
 # ---- feature: exactness in float64 with negative controls -------------------------------------------------
 
-def test_feature_multiples_of_the_stride_pass_odd_shifts_fail():
-    net = strided_circular_net()
+def test_feature_multiples_of_the_stride_pass_odd_shifts_fail(device):
+    net = strided_circular_net().to(device)
     even = certify(net, (12, 12), shifts=[(2, 0), (0, 4), (6, 10)])
     assert even.passed and even.max_rel_deviation <= 1e-10
     odd = certify(net, (12, 12), shifts=[(2, 0), (1, 0), (0, 4)])
@@ -49,19 +49,19 @@ def test_feature_multiples_of_the_stride_pass_odd_shifts_fail():
     assert odd.worst_shift == (1, 0)
 
 
-def test_feature_full_period_of_a_polyphase_net_passes_and_plain_subsampling_fails():
+def test_feature_full_period_of_a_polyphase_net_passes_and_plain_subsampling_fails(device):
     # inspect sees PolyphaseMax as an unknown subsampling leaf, so the period is that of stride 4
-    exact = certify(adaptive_net(), (16, 16), batch=32)
+    exact = certify(adaptive_net(), (16, 16), batch=32, device=device)
     assert exact.total_stride == (4, 4) and exact.full_period
     assert exact.shifts_checked == 15 and exact.max_rel_deviation <= 1e-10
     plain = nn.Sequential(*[nn.AvgPool2d(1, stride=2) if isinstance(m, PolyphaseMax) else m for m in adaptive_net()])
-    control = certify(plain, (16, 16), batch=32)
+    control = certify(plain, (16, 16), batch=32, device=device)
     assert control.total_stride == (4, 4) and control.full_period and control.shifts_checked == 15
     assert control.max_rel_deviation > 1e-3
 
 
-def test_feature_float32_deviation_is_within_float32_tolerance():
-    result = certify(adaptive_net(), (16, 16), shifts=period_shifts(4), dtype=torch.float32)
+def test_feature_float32_deviation_is_within_float32_tolerance(device):
+    result = certify(adaptive_net(), (16, 16), shifts=period_shifts(4), dtype=torch.float32, device=device)
     assert result.dtype == "float32" and result.tolerance == 1e-5
     assert result.max_rel_deviation <= 1e-5
 
@@ -75,10 +75,10 @@ def test_property_strided_net_is_invariant_exactly_at_multiples_of_its_stride(dy
 
 @settings(max_examples=25, deadline=None)
 @given(b=st.integers(1, 4), h=st.integers(1, 7), w=st.integers(1, 7), data=st.data())
-def test_property_per_sample_roll_matches_torch_roll(b, h, w, data):
-    x = torch.randn(b, 2, h, w, dtype=torch.float64)
-    dy = torch.tensor(data.draw(st.lists(st.integers(-10, 10), min_size=b, max_size=b)))
-    dx = torch.tensor(data.draw(st.lists(st.integers(-10, 10), min_size=b, max_size=b)))
+def test_property_per_sample_roll_matches_torch_roll(b, h, w, data, device):
+    x = torch.randn(b, 2, h, w, dtype=torch.float64).to(device)
+    dy = torch.tensor(data.draw(st.lists(st.integers(-10, 10), min_size=b, max_size=b))).to(device)
+    dx = torch.tensor(data.draw(st.lists(st.integers(-10, 10), min_size=b, max_size=b))).to(device)
     out = _roll_per_sample(x, dy, dx)
     for i in range(b):
         assert torch.equal(out[i], torch.roll(x[i], (int(dy[i]), int(dx[i])), (-2, -1)))
@@ -115,8 +115,8 @@ def test_smoke_result_fields_and_model_untouched():
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))
 
 
-def test_assert_certified_passes_and_fails():
-    net = strided_circular_net()
+def test_assert_certified_passes_and_fails(device):
+    net = strided_circular_net().to(device)
     assert assert_certified(net, 8, shifts=[(2, 4)]).passed
     with pytest.raises(AssertionError, match="not invariant"):
         assert_certified(net, 8, shifts=[(1, 0)])

@@ -59,10 +59,10 @@ def test_binomial_filter_exception_on_bad_size(size):
 
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
 @pytest.mark.parametrize("filter_size", range(1, 8))
-def test_blur_pool2d_matches_padded_depthwise_conv(filter_size, padding_mode):
+def test_blur_pool2d_matches_padded_depthwise_conv(filter_size, padding_mode, device):
     torch.manual_seed(filter_size)
     for stride, (h, w) in [(2, (12, 9)), (1, (7, 8)), (3, (10, 11))]:
-        x = torch.randn(2, 3, h, w, dtype=F64)
+        x = torch.randn(2, 3, h, w, dtype=F64).to(device)
         got = blur_pool2d(x, filter_size, stride, padding_mode)
         want = reference_blur_pool(x, filter_size, stride, padding_mode)
         assert got.shape == (2, 3, math.ceil(h / stride), math.ceil(w / stride))
@@ -79,15 +79,15 @@ def test_blur_pool2d_gradcheck(padding_mode):
     torch.testing.assert_close(blur_pool2d(x, 4, 2, padding_mode), fast, rtol=0, atol=1e-14)
 
 
-def test_blur_pool2d_filter_size_one_is_plain_subsampling():
-    x = torch.randn(2, 3, 9, 10)
+def test_blur_pool2d_filter_size_one_is_plain_subsampling(device):
+    x = torch.randn(2, 3, 9, 10).to(device)
     assert torch.equal(blur_pool2d(x, 1, 2), x[..., ::2, ::2])
     assert torch.equal(blur_pool2d(x, 1, 3), x[..., ::3, ::3])
 
 
-def test_blur_pool2d_removes_the_nyquist_checkerboard():
+def test_blur_pool2d_removes_the_nyquist_checkerboard(device):
     i = torch.arange(16)
-    board = ((-1.0) ** (i[:, None] + i[None, :])).expand(1, 2, 16, 16).to(F64)
+    board = ((-1.0) ** (i[:, None] + i[None, :])).expand(1, 2, 16, 16).to(device, F64)
     assert board[..., ::2, ::2].abs().min() == 1  # plain subsampling aliases it to a constant 1
     assert blur_pool2d(board, 3, 2).abs().max() < 1e-12
 
@@ -102,17 +102,17 @@ def test_blur_pool2d_keeps_constants(padding_mode):
 @given(filter_size=st.integers(1, 7), stride=st.integers(1, 3), cells=st.integers(3, 6),
        dy=st.integers(-6, 6), dx=st.integers(-6, 6), seed=st.integers(0, 2**16))
 def test_blur_pool2d_circular_is_equivariant_to_shifts_by_multiples_of_the_stride(filter_size, stride, cells, dy, dx,
-                                                                                 seed):
+                                                                                 seed, device):
     torch.manual_seed(seed)
-    x = torch.randn(2, 3, stride * cells, stride * (cells + 1), dtype=F64)
+    x = torch.randn(2, 3, stride * cells, stride * (cells + 1), dtype=F64).to(device)
     shifted = blur_pool2d(torch.roll(x, (stride * dy, stride * dx), (-2, -1)), filter_size, stride, "circular")
     torch.testing.assert_close(shifted, torch.roll(blur_pool2d(x, filter_size, stride, "circular"), (dy, dx), (-2, -1)),
                                rtol=0, atol=1e-12)
 
 
-def test_blur_pool2d_negative_control_odd_shift_is_not_equivariant():
+def test_blur_pool2d_negative_control_odd_shift_is_not_equivariant(device):
     torch.manual_seed(0)
-    x = torch.randn(1, 3, 16, 16, dtype=F64)
+    x = torch.randn(1, 3, 16, 16, dtype=F64).to(device)
     y = blur_pool2d(x, 3, 2, "circular")
     shifted = blur_pool2d(torch.roll(x, 1, -1), 3, 2, "circular")
     assert all((shifted - torch.roll(y, k, -1)).abs().max() > 1e-3 for k in range(8))
@@ -169,8 +169,8 @@ def test_blur_pool2d_equals_timm_blurpool_for_odd_filters():
         torch.testing.assert_close(blur_pool2d(x, size, 2, "reflect"), peer(x), rtol=1e-6, atol=1e-6)
 
 
-def test_max_blur_pool2d_is_max_pool_then_blur_pool():
-    x = torch.randn(2, 3, 12, 13)
+def test_max_blur_pool2d_is_max_pool_then_blur_pool(device):
+    x = torch.randn(2, 3, 12, 13).to(device)
     want = blur_pool2d(F.max_pool2d(x, 2, 1), 3, 2, "reflect")
     assert torch.equal(max_blur_pool2d(x), want)
     assert torch.equal(MaxBlurPool2d(kernel_size=2, filter_size=3, stride=2)(x), want)
@@ -194,16 +194,16 @@ def expected_aps_after_shift(x, stride, dy, dx):
 @settings(max_examples=30, deadline=None)
 @given(stride=st.integers(2, 3), cells=st.integers(2, 5), dy=st.integers(-7, 7), dx=st.integers(-7, 7),
        seed=st.integers(0, 2**16), dtype=st.sampled_from([torch.float32, F64, torch.float16, torch.bfloat16]))
-def test_aps_pool2d_output_moves_with_any_circular_shift(stride, cells, dy, dx, seed, dtype):
+def test_aps_pool2d_output_moves_with_any_circular_shift(stride, cells, dy, dx, seed, dtype, device):
     torch.manual_seed(seed)
-    x = torch.randn(3, 4, stride * cells, stride * (cells + 1), dtype=dtype)
+    x = torch.randn(3, 4, stride * cells, stride * (cells + 1), dtype=dtype).to(device)
     got = aps_pool2d(torch.roll(x, (dy, dx), (-2, -1)), stride)
     assert torch.equal(got, expected_aps_after_shift(x, stride, dy, dx))  # a selection: bit-exact
 
 
-def test_aps_negative_control_fixed_subsampling_is_not_invariant():
+def test_aps_negative_control_fixed_subsampling_is_not_invariant(device):
     torch.manual_seed(0)
-    x = torch.randn(4, 3, 8, 8, dtype=F64)
+    x = torch.randn(4, 3, 8, 8, dtype=F64).to(device)
     xs = torch.roll(x, 1, -1)
     pooled = lambda t: t[..., ::2, ::2].mean((2, 3))  # noqa: E731
     assert (pooled(xs) - pooled(x)).abs().max() > 1e-3
@@ -271,8 +271,8 @@ def test_aps_pool2d_odd_sizes_are_padded_circularly():
         assert torch.equal(y[b], wrapped[b, :, i::2, j::2])
 
 
-def test_aps_pool2d_with_blur_is_blur_then_selection():
-    x = torch.randn(2, 3, 8, 8)
+def test_aps_pool2d_with_blur_is_blur_then_selection(device):
+    x = torch.randn(2, 3, 8, 8).to(device)
     blurred = blur_pool2d(x, 3, 1, "circular")
     y, phase = aps_pool2d(x, 2, filter_size=3, return_phase=True)
     assert torch.equal(y, aps_pool2d(blurred, 2, phase=phase))
@@ -298,8 +298,8 @@ def test_aps_pool2d_gradient_flows_to_the_kept_component():
     assert torch.equal(x.grad, mask)
 
 
-def test_aps_module_agrees_with_function():
-    x = torch.randn(3, 2, 6, 6)
+def test_aps_module_agrees_with_function(device):
+    x = torch.randn(3, 2, 6, 6).to(device)
     assert torch.equal(APSPool2d(3, filter_size=2, padding_mode="reflect")(x),
                        aps_pool2d(x, 3, filter_size=2, padding_mode="reflect"))
     assert APSPool2d().state_dict() == {}
@@ -331,12 +331,12 @@ def test_shared_phase_is_chosen_from_the_block_input_and_used_by_every_layer():
     assert shared.current() is None  # forgotten after the forward pass
 
 
-def test_shared_phase_makes_a_residual_block_equivariant_and_its_absence_breaks_it():
+def test_shared_phase_makes_a_residual_block_equivariant_and_its_absence_breaks_it(device):
     torch.manual_seed(4)
-    x = torch.randn(3, 2, 8, 8, dtype=F64)
+    x = torch.randn(3, 2, 8, 8, dtype=F64).to(device)
 
     def invariance_gap(block):
-        block = block.double()
+        block = block.to(device).double()
         return max((block(torch.roll(x, (dy, dx), (-2, -1))).mean((2, 3)) - block(x).mean((2, 3))).abs().max().item()
                    for dy in range(2) for dx in range(2))
 

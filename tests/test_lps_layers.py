@@ -40,32 +40,32 @@ def _net(pool: nn.Module, channels: int = 3, dtype=torch.float64) -> nn.Module:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_feature_lps_at_conversion_chooses_exactly_as_aps(seed):
+def test_feature_lps_at_conversion_chooses_exactly_as_aps(seed, device):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(16, 4, 8, 10, generator=g)
+    x = torch.randn(16, 4, 8, 10, generator=g).to(device)
     x[3] = 0.0  # all-zero map: every energy ties
     x[4] = 1.0  # constant map
     x[5, :, :, :] = x[5, :, :1, :1]  # constant per channel
     x[6] = x[7].roll((1, 1), dims=(-2, -1))  # components that are shifts of one another
-    scorer = PolyphaseScorer(4)
+    scorer = PolyphaseScorer(4).to(device)
     _, phase = lps_pool2d(x, scorer, return_phase=True)
     assert torch.equal(phase, aps_phase(x))
-    trained = _trained(PolyphaseScorer(4), seed)
+    trained = _trained(PolyphaseScorer(4), seed).to(device)
     _, moved = lps_pool2d(x, trained, return_phase=True)
     assert not torch.equal(moved, aps_phase(x))  # negative control: a trained scorer chooses otherwise
 
 
 @pytest.mark.parametrize("shift", [(1, 0), (0, 1), (1, 1), (3, -5), (-2, 7)])
-def test_feature_trained_lps_network_is_exactly_invariant_to_circular_shifts_float64(shift):
+def test_feature_trained_lps_network_is_exactly_invariant_to_circular_shifts_float64(shift, device):
     pool = LPSPool2d(3)
     _trained(pool.scorer, 3)
-    net = _net(pool.double())
-    x = torch.randn(6, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    net = _net(pool.double()).to(device)
+    x = torch.randn(6, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
         out, moved = net(x), net(x.roll(shift, dims=(-2, -1)))
     assert (moved - out).abs().max().item() <= 1e-12 * out.abs().max().item()
     # negative control: the same network with a fixed stride-2 slice is not invariant
-    plain = _net(nn.AvgPool2d(1, 2))
+    plain = _net(nn.AvgPool2d(1, 2)).to(device)
     with torch.no_grad():
         error = (plain(x.roll(shift, dims=(-2, -1))) - plain(x)).abs().max().item()
     if shift[0] % 2 or shift[1] % 2:
@@ -157,10 +157,11 @@ def test_feature_shared_choice_keeps_branches_aligned_in_eval_and_training():
     assert block.lps_phase.current() is None  # released after the block
 
 
-def test_feature_function_and_module_agree():
+def test_feature_function_and_module_agree(device):
     pool = LPSPool2d(3).eval()
     _trained(pool.scorer)
-    x = torch.randn(2, 3, 7, 9)
+    pool.to(device)
+    x = torch.randn(2, 3, 7, 9).to(device)
     torch.testing.assert_close(pool(x), lps_pool2d(x, pool.scorer))
     assert pool(x).shape == (2, 3, 4, 5)
     logits = lps_logits(x, pool.scorer)

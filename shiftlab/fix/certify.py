@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from shiftlab._checks import FLOAT_DTYPES, tolerance
+from shiftlab._checks import FLOAT_DTYPES, check_int, tolerance
 from shiftlab._progress import track
-from shiftlab.errors import InputError, ShapeError
-from shiftlab.measure.inspect import _check_size, _input_channels, inspect
+from shiftlab.errors import ArgumentShapeError, InputError
+from shiftlab.measure.inspect import check_input_size, input_channels, inspect
 
 __all__ = ["CertifyResult", "certify", "assert_certified", "period_shifts"]
 
@@ -166,13 +165,6 @@ def _as_output(out) -> torch.Tensor:
     return out
 
 
-def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise InputError(f"{name} must be {kind}, got {value!r}")
-    return int(value)
-
-
 def _count_non_finite(out: torch.Tensor) -> int:
     return int((~torch.isfinite(out)).sum())
 
@@ -193,6 +185,120 @@ def refuse_learned_invariance(model: nn.Module) -> None:
         raise InputError(f"the model subsamples with TIPS ({tips[0]}{', ...' if len(tips) > 1 else ''}), whose "
                          "invariance is learned, not guaranteed: certify proves exact invariance and makes no claim "
                          "for it; measure it with shiftlab audit --transform circular:32:8 (and crop:...)")
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """The checked arguments of :func:`certify`, with the copy of the model it runs (cast, in eval mode)."""
+
+    net: nn.Module
+    size: tuple[int, int]
+    channels: int
+    device: torch.device
+    dtype: torch.dtype
+    n_inputs: int
+    batch: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class _Deviations:
+    """What :func:`_measure` found over every shift: the worst deviations, and the two guards."""
+
+    max_abs: float
+    max_rel: float
+    worst_shift: tuple[int, int] | None
+    non_finite: int
+    nondeterminism: float
+
+
+def _check_arguments(model, input_size, *, dtype, n_inputs, batch, seed, channels, device) -> _Setup:
+    """Check :func:`certify`'s arguments (InputError for each bad value) and make the model's copy to run."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    refuse_learned_invariance(model)
+    if dtype not in FLOAT_DTYPES:
+        raise ArgumentShapeError(f"dtype must be a floating dtype, got {dtype}")
+    n_inputs, batch = check_int("n_inputs", n_inputs, 1), check_int("batch", batch, 1)
+    seed = check_int("seed", seed, 0)
+    size = check_input_size(input_size)
+    channels = input_channels(model) if channels is None else check_int("channels", channels, 1)
+    device = _model_device(model) if device is None else torch.device(device)
+    net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    return _Setup(net, size, channels, device, dtype, n_inputs, batch, seed)
+
+
+def _plan_shifts(setup: _Setup, shifts) -> tuple[tuple[int, int], torch.Tensor, bool]:
+    """The model's total stride (by :func:`shiftlab.inspect`), the (N, 2) table of shifts to check, and whether
+    it is a whole period."""
+    total_stride = inspect(setup.net, setup.size, channels=setup.channels).total_stride
+    table, full_period = _parse_shifts(shifts, total_stride, setup.seed)
+    return total_stride, table, full_period
+
+
+def _random_inputs(setup: _Setup) -> torch.Tensor:
+    """``n_inputs`` seeded standard-normal inputs (drawn in float64 on the CPU, the same on every device)."""
+    generator = torch.Generator().manual_seed(setup.seed)
+    x = torch.randn(setup.n_inputs, setup.channels, *setup.size, generator=generator, dtype=torch.float64)
+    return x.to(setup.device, setup.dtype)
+
+
+def _reference_outputs(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """The unshifted outputs (n, -1) in float64, their per-input scale, the count of non-finite values, and the
+    nondeterminism: the unshifted input runs twice, as a model that is not a function of its input cannot be
+    certified."""
+    n = x.shape[0]
+    reference = _as_output(net(x)).reshape(n, -1).to(torch.float64)
+    non_finite = _count_non_finite(reference)
+    again = _as_output(net(x)).reshape(n, -1).to(torch.float64)
+    scale = reference.abs().amax(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
+    nondeterminism = float(((again - reference).abs().amax(dim=1) / scale).max()) if not non_finite else 0.0
+    return reference, scale, non_finite, nondeterminism
+
+
+def _measure(setup: _Setup, table: torch.Tensor, progress: bool) -> _Deviations:
+    """Roll the random inputs by every shift of ``table`` (batched) and find the largest output deviations."""
+    x = _random_inputs(setup)
+    n = x.shape[0]
+    worst_abs, worst_rel, worst_shift = 0.0, -1.0, None
+    with torch.inference_mode():
+        reference, scale, non_finite, nondeterminism = _reference_outputs(setup.net, x)
+        chunks = list(torch.split(table, max(1, setup.batch // n)))
+        for chunk in track(chunks, "certifying shifts", total=len(chunks), enabled=progress):
+            k = chunk.shape[0]
+            dy = chunk[:, 0].repeat_interleave(n).to(setup.device)
+            dx = chunk[:, 1].repeat_interleave(n).to(setup.device)
+            out = _as_output(setup.net(_roll_per_sample(x.repeat(k, 1, 1, 1), dy, dx)))
+            out = out.reshape(k, n, -1).to(torch.float64)
+            non_finite += _count_non_finite(out)
+            deviation = (out - reference[None]).abs().amax(dim=2)  # (k, n)
+            relative = (deviation / scale[None]).amax(dim=1)  # (k,)
+            worst_abs = max(worst_abs, float(deviation.max()))
+            i = int(relative.argmax())
+            if float(relative[i]) > worst_rel:
+                worst_rel, worst_shift = float(relative[i]), (int(chunk[i, 0]), int(chunk[i, 1]))
+    return _Deviations(worst_abs, max(worst_rel, 0.0), worst_shift, non_finite, nondeterminism)
+
+
+def _verdict(setup: _Setup, found: _Deviations, total_stride, *, shifts_checked: int,
+             full_period: bool) -> CertifyResult:
+    """The :class:`CertifyResult`; NaN would compare false with every tolerance, so a model with non-finite
+    outputs gets unbounded deviations."""
+    unbounded = found.non_finite > 0
+    return CertifyResult(
+        max_abs_deviation=math.inf if unbounded else found.max_abs,
+        max_rel_deviation=math.inf if unbounded else found.max_rel,
+        worst_shift=found.worst_shift,
+        shifts_checked=shifts_checked,
+        total_stride=tuple(int(s) for s in total_stride),
+        input_size=setup.size,
+        n_inputs=setup.n_inputs,
+        dtype=str(setup.dtype).removeprefix("torch."),
+        tolerance=tolerance(setup.dtype),
+        full_period=full_period,
+        non_finite=found.non_finite,
+        nondeterminism=found.nondeterminism,
+    )
 
 
 def certify(
@@ -233,8 +339,8 @@ def certify(
         output holds NaN or Inf (``result.reason`` says so).
 
     Raises:
-        InputError: a bad model, shifts, ``n_inputs``, ``batch``, ``seed`` or ``channels``.
-        ShapeError: a bad ``dtype`` or ``input_size``.
+        InputError: a bad model, shifts, ``n_inputs``, ``batch``, ``seed``, ``channels``, ``dtype`` or
+            ``input_size`` (the last two as :class:`~shiftlab.errors.ArgumentShapeError`, also a ``ShapeError``).
 
     Shape:
         - Random inputs: (n_inputs, C, H, W); shifted batches: (batch, C, H, W).
@@ -248,77 +354,26 @@ def certify(
         >>> result.shifts_checked, result.passed
         (3, True)
     """
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    refuse_learned_invariance(model)
-    if dtype not in FLOAT_DTYPES:
-        raise ShapeError(f"dtype must be a floating dtype, got {dtype}")
-    n_inputs, batch = _positive_int(n_inputs, "n_inputs"), _positive_int(batch, "batch")
-    seed = _positive_int(seed, "seed", minimum=0)
-    size = _check_size(input_size)
-    channels = _input_channels(model) if channels is None else _positive_int(channels, "channels")
-    device = _model_device(model) if device is None else torch.device(device)
-
-    net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
-    total_stride = inspect(net, size, channels=channels).total_stride
-    table, full_period = _parse_shifts(shifts, total_stride, seed)
-
-    generator = torch.Generator().manual_seed(int(seed))
-    x = torch.randn(int(n_inputs), channels, *size, generator=generator, dtype=torch.float64).to(device, dtype)
-    n = x.shape[0]
-    per_pass = max(1, int(batch) // n)
-
-    worst_abs, worst_rel, worst_shift = 0.0, -1.0, None
-    with torch.inference_mode():
-        reference = _as_output(net(x)).reshape(n, -1).to(torch.float64)
-        non_finite = _count_non_finite(reference)
-        # the unshifted input once more: a model that is not a function of its input cannot be certified
-        again = _as_output(net(x)).reshape(n, -1).to(torch.float64)
-        scale0 = reference.abs().amax(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
-        nondeterminism = float(((again - reference).abs().amax(dim=1) / scale0).max()) if not non_finite else 0.0
-        scale = reference.abs().amax(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
-        chunks = list(torch.split(table, per_pass))
-        for chunk in track(chunks, "certifying shifts", total=len(chunks), enabled=progress):
-            k = chunk.shape[0]
-            dy = chunk[:, 0].repeat_interleave(n).to(device)
-            dx = chunk[:, 1].repeat_interleave(n).to(device)
-            shifted = _roll_per_sample(x.repeat(k, 1, 1, 1), dy, dx)
-            out = _as_output(net(shifted)).reshape(k, n, -1).to(torch.float64)
-            non_finite += _count_non_finite(out)
-            deviation = (out - reference[None]).abs().amax(dim=2)  # (k, n)
-            relative = (deviation / scale[None]).amax(dim=1)  # (k,)
-            worst_abs = max(worst_abs, float(deviation.max()))
-            i = int(relative.argmax())
-            if float(relative[i]) > worst_rel:
-                worst_rel, worst_shift = float(relative[i]), (int(chunk[i, 0]), int(chunk[i, 1]))
-    if non_finite:  # NaN would compare false with every tolerance: report the deviations as unbounded
-        worst_abs = worst_rel = math.inf
-    return CertifyResult(
-        max_abs_deviation=worst_abs,
-        max_rel_deviation=max(worst_rel, 0.0),
-        worst_shift=worst_shift,
-        shifts_checked=int(table.shape[0]),
-        total_stride=tuple(int(s) for s in total_stride),
-        input_size=size,
-        n_inputs=n,
-        dtype=str(dtype).removeprefix("torch."),
-        tolerance=tolerance(dtype),
-        full_period=full_period,
-        non_finite=non_finite,
-        nondeterminism=nondeterminism,
-    )
+    setup = _check_arguments(model, input_size, dtype=dtype, n_inputs=n_inputs, batch=batch, seed=seed,
+                             channels=channels, device=device)
+    total_stride, table, full_period = _plan_shifts(setup, shifts)
+    deviations = _measure(setup, table, progress)
+    return _verdict(setup, deviations, total_stride, shifts_checked=int(table.shape[0]), full_period=full_period)
 
 
 def assert_certified(model: nn.Module, input_size, shifts="period", *, rtol: float | None = None,
                      **kwargs) -> CertifyResult:
     """Raise ``AssertionError`` unless ``model`` is invariant to circular shifts within ``rtol``.
 
-    ``rtol`` defaults to the dtype's tolerance (1e-10 relative in float64). Other keyword arguments go to
-    :func:`certify`. Returns the :class:`CertifyResult` when it passes.
+    Measures with :func:`certify` (other keyword arguments go to it) and returns what it measured, the
+    :class:`CertifyResult`, when it passes (the rule of every shiftlab ``assert_*``: the measure function's value).
+    ``rtol`` defaults to the dtype's tolerance (1e-10 relative in float64). The message of a failure gives the
+    measured relative deviation. This function's frame is hidden from pytest tracebacks.
 
     Shape:
         - As :func:`certify`.
     """
+    __tracebackhide__ = True
     result = certify(model, input_size, shifts, **kwargs)
     limit = result.tolerance if rtol is None else float(rtol)
     if result.non_finite or result.nondeterministic:

@@ -13,6 +13,9 @@
 - :mod:`~shiftlab.layers.harmonic`: circular-harmonic layers (Worrall et al. 2017), equivariant to every
   rotation angle up to the grid: :class:`HarmonicConv2d`, :class:`HarmonicReLU`, :class:`HarmonicBatchNorm2d`,
   :class:`HarmonicBlurPool2d`, :class:`HarmonicMagnitude`.
+
+Argument checks raise :class:`~shiftlab.errors.InputError` (see :mod:`shiftlab.errors`);
+:func:`check_filter_size` is the one check of a ``filter_size``, shared with :func:`shiftlab.antialias`.
 """
 
 from shiftlab.layers.aps import (
@@ -29,6 +32,7 @@ from shiftlab.layers.blur_pool import (
     MaxBlurPool2d,
     binomial_filter,
     blur_pool2d,
+    check_filter_size,
     max_blur_pool2d,
 )
 from shiftlab.layers.lps import (
@@ -71,7 +75,7 @@ from shiftlab.layers.harmonic import (
 )
 
 __all__ = [
-    "PADDING_MODES", "binomial_filter", "blur_pool2d", "BlurPool2d", "max_blur_pool2d", "MaxBlurPool2d",
+    "PADDING_MODES", "check_filter_size", "binomial_filter", "blur_pool2d", "BlurPool2d", "max_blur_pool2d", "MaxBlurPool2d",
     "polyphase_norms", "polyphase_energies", "aps_phase", "aps_pool2d", "APSPool2d", "SharedPhase",
     "PolyphaseScorer", "lps_logits", "lps_pool2d", "LPSPool2d", "LearnedPhase", "TemperatureSchedule", "set_temperature",
     "tips_weights", "tips_pool2d", "TIPSPool2d", "tips_shift_loss", "TIPSShiftTerm", "scoring_parameters",

@@ -62,13 +62,13 @@ import torch
 from torch import Tensor, nn
 
 from shiftlab._checks import check_bchw, check_float
-from shiftlab.errors import ShapeError
+from shiftlab.errors import ArgumentShapeError, ShapeError
 from shiftlab.layers.blur_pool import (
     _BLOCK_BYTES,
-    _check_filter_size,
     _check_padding_mode,
     _check_stride,
     blur_pool2d,
+    check_filter_size,
     in_graph_capture,
 )
 
@@ -282,7 +282,7 @@ def aps_pool2d(x: Tensor, stride: int = 2, filter_size: int = 1, padding_mode: s
     """
     _check_aps_input(x)
     _check_stride(stride)
-    _check_filter_size(filter_size)
+    check_filter_size(filter_size)
     _check_padding_mode(padding_mode)
     if filter_size > 1:
         x = blur_pool2d(x, filter_size, 1, padding_mode)
@@ -369,12 +369,12 @@ class APSPool2d(nn.Module):
                  shared: SharedPhase | None = None) -> None:
         super().__init__()
         self.stride = _check_stride(stride)
-        self.filter_size = _check_filter_size(filter_size)
+        self.filter_size = check_filter_size(filter_size)
         self.padding_mode = _check_padding_mode(padding_mode)
         if shared is not None and not isinstance(shared, SharedPhase):
-            raise ShapeError(f"shared must be a SharedPhase or None, got {type(shared).__name__}")
+            raise ArgumentShapeError(f"shared must be a SharedPhase or None, got {type(shared).__name__}")
         if shared is not None and shared.stride != stride:
-            raise ShapeError(f"shared phase has stride {shared.stride}, layer has stride {stride}")
+            raise ArgumentShapeError(f"shared phase has stride {shared.stride}, layer has stride {stride}")
         self.shared = shared
 
     def forward(self, x: Tensor) -> Tensor:

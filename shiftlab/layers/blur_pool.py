@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shiftlab._checks import check_bchw, check_float
-from shiftlab.errors import ShapeError
+from shiftlab._checks import check_bchw, check_float, check_int
+from shiftlab.errors import ArgumentShapeError, ShapeError
 
-__all__ = ["PADDING_MODES", "binomial_filter", "blur_pool2d", "BlurPool2d", "max_blur_pool2d", "MaxBlurPool2d",
+__all__ = ["PADDING_MODES", "check_filter_size", "binomial_filter", "blur_pool2d", "BlurPool2d", "max_blur_pool2d", "MaxBlurPool2d",
            "in_graph_capture"]
 
 #: Padding modes understood by the blur layers (``"zeros"`` pads with 0).
@@ -59,25 +59,25 @@ def in_graph_capture() -> bool:
     return bool(is_compiling()) if is_compiling is not None else False
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def check_filter_size(filter_size) -> int:
+    """``filter_size`` as an int if it is one of the binomial filters shiftlab makes (1 to ``MAX_FILTER_SIZE``
+    = 7 taps), else :class:`~shiftlab.errors.ArgumentShapeError` (an ``InputError``) naming it.
+
+    The one check of every ``filter_size`` argument: the blur and APS layers and :func:`shiftlab.antialias`.
+
+    >>> check_filter_size(3)
+    3
+    """
+    return check_int("filter_size", filter_size, 1, MAX_FILTER_SIZE, error=ArgumentShapeError)
 
 
-def _check_filter_size(filter_size: int) -> int:
-    if not _is_int(filter_size) or not 1 <= filter_size <= MAX_FILTER_SIZE:
-        raise ShapeError(f"filter_size must be an int in 1..{MAX_FILTER_SIZE}, got {filter_size!r}")
-    return filter_size
-
-
-def _check_stride(stride: int) -> int:
-    if not _is_int(stride) or stride < 1:
-        raise ShapeError(f"stride must be a positive int, got {stride!r}")
-    return stride
+def _check_stride(stride) -> int:
+    return check_int("stride", stride, 1, error=ArgumentShapeError)
 
 
 def _check_padding_mode(padding_mode: str) -> str:
     if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
-        raise ShapeError(f"padding_mode must be one of {', '.join(PADDING_MODES)}; got {padding_mode!r}")
+        raise ArgumentShapeError(f"padding_mode must be one of {', '.join(PADDING_MODES)}; got {padding_mode!r}")
     return padding_mode
 
 
@@ -101,9 +101,9 @@ def binomial_filter(size: int, dtype: torch.dtype = torch.float32) -> Tensor:
             [2., 4., 2.],
             [1., 2., 1.]])
     """
-    _check_filter_size(size)
+    check_filter_size(size)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ShapeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        raise ArgumentShapeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     row = torch.tensor(_binomial_row(size), dtype=torch.float64)
     return (torch.outer(row, row) / row.sum() ** 2).to(dtype)
 
@@ -271,8 +271,10 @@ def blur_pool2d(x: Tensor, filter_size: int = 3, stride: int = 2, padding_mode: 
         Input: (B, C, H, W). Output: (B, C, ceil(H / stride), ceil(W / stride)).
 
     Raises:
-        ShapeError: bad input, or ``"reflect"`` padding of a map no larger than the padding
+        ShapeError: a bad ``x``, or ``"reflect"`` padding of a map no larger than the padding
             (reflection needs ``H, W > filter_size // 2``); use another padding mode for tiny maps.
+        InputError: a bad ``filter_size``, ``stride`` or ``padding_mode`` (an
+            :class:`~shiftlab.errors.ArgumentShapeError`).
 
     >>> x = torch.zeros(1, 1, 4, 4); x[..., 1, 1] = 16.0
     >>> blur_pool2d(x)[0, 0]
@@ -280,7 +282,7 @@ def blur_pool2d(x: Tensor, filter_size: int = 3, stride: int = 2, padding_mode: 
             [2., 1.]])
     """
     check_float(check_bchw(x))
-    _check_filter_size(filter_size)
+    check_filter_size(filter_size)
     _check_stride(stride)
     _check_padding_mode(padding_mode)
     before, after = filter_padding(filter_size)
@@ -333,10 +335,8 @@ class BlurPool2d(nn.Module):
     def __init__(self, channels: int | None = None, filter_size: int = 3, stride: int = 2,
                  padding_mode: str = "reflect") -> None:
         super().__init__()
-        if channels is not None and (not _is_int(channels) or channels < 1):
-            raise ShapeError(f"channels must be a positive int or None, got {channels!r}")
-        self.channels = channels
-        self.filter_size = _check_filter_size(filter_size)
+        self.channels = check_int("channels", channels, 1, allow_none=True, error=ArgumentShapeError)
+        self.filter_size = check_filter_size(filter_size)
         self.stride = _check_stride(stride)
         self.padding_mode = _check_padding_mode(padding_mode)
         # The filter this layer applies, for inspection and export; the forward pass uses its separable factors.
@@ -360,11 +360,10 @@ def max_blur_pool2d(x: Tensor, kernel_size: int = 2, filter_size: int = 3, strid
         Input: (B, C, H, W). Output: (B, C, ceil((H - kernel_size + 1) / stride), ceil((W - kernel_size + 1) / stride)).
     """
     check_float(check_bchw(x))
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
-        raise ShapeError(f"kernel_size must be a positive int, got {kernel_size!r}")
+    check_int("kernel_size", kernel_size, 1, error=ArgumentShapeError)
     if min(x.shape[-2:]) < kernel_size:
         raise ShapeError(f"max-pool kernel {kernel_size} is larger than the map {x.shape[-2]}x{x.shape[-1]}")
-    _check_filter_size(filter_size)
+    check_filter_size(filter_size)
     _check_stride(stride)
     _check_padding_mode(padding_mode)
     b, c, h, w = x.shape

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shiftlab._checks import check_bchw, check_float, check_tensor
-from shiftlab.errors import ShapeError
+from shiftlab._checks import check_bchw, check_float, check_int, check_tensor
+from shiftlab.errors import ArgumentShapeError, ShapeError
 
 __all__ = ["GROUPS", "group_order", "group_act", "lift_conv2d", "LiftConv2d", "group_conv2d", "GroupConv2d",
            "group_pool", "GroupPool"]
@@ -54,7 +54,7 @@ _POOL_MODES = ("max", "mean")
 def group_order(group: str) -> int:
     """Number of elements of ``group`` (``"p4"``: 4, ``"p4m"``: 8)."""
     if group not in GROUPS:
-        raise ShapeError(f"group must be one of {', '.join(GROUPS)}; got {group!r}")
+        raise ArgumentShapeError(f"group must be one of {', '.join(GROUPS)}; got {group!r}")
     return GROUPS[group]
 
 
@@ -122,8 +122,7 @@ def group_act(x: Tensor, quarters: int = 1, mirror: bool = False, group_axis: in
     [3.0, 0.0, 1.0, 2.0]
     """
     check_tensor(x)
-    if isinstance(quarters, bool) or not isinstance(quarters, int):
-        raise ShapeError(f"quarters must be an int, got {quarters!r}")
+    quarters = check_int("quarters", quarters, error=ArgumentShapeError)
     if x.ndim < 2:
         raise ShapeError(f"x must have at least two (spatial) axes, got shape {tuple(x.shape)}")
     if group_axis is None:
@@ -152,7 +151,7 @@ def _check_kernel(weight: Tensor, ndim: int, what: str) -> None:
 
 def _check_padding_mode(padding_mode: str) -> str:
     if padding_mode not in _PADDING_MODES:
-        raise ShapeError(f"padding_mode must be one of {', '.join(_PADDING_MODES)}; got {padding_mode!r}")
+        raise ArgumentShapeError(f"padding_mode must be one of {', '.join(_PADDING_MODES)}; got {padding_mode!r}")
     return padding_mode
 
 
@@ -269,19 +268,18 @@ def group_pool(x: Tensor, mode: str = "max") -> Tensor:
     """
     _check_group_feature(x)
     if mode not in _POOL_MODES:
-        raise ShapeError(f"mode must be one of {', '.join(_POOL_MODES)}; got {mode!r}")
+        raise ArgumentShapeError(f"mode must be one of {', '.join(_POOL_MODES)}; got {mode!r}")
     return x.amax(2) if mode == "max" else x.mean(2)
 
 
 def _check_channels(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ShapeError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return check_int(name, value, 1, error=ArgumentShapeError)
 
 
 def _check_kernel_size(kernel_size) -> int:
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ShapeError(f"kernel_size must be an odd positive int (exact equivariance needs a centre pixel), "
+    kernel_size = check_int("kernel_size", kernel_size, 1, error=ArgumentShapeError)
+    if kernel_size % 2 == 0:
+        raise ArgumentShapeError(f"kernel_size must be an odd positive int (exact equivariance needs a centre pixel), "
                          f"got {kernel_size!r}")
     return kernel_size
 
@@ -369,7 +367,7 @@ class GroupPool(nn.Module):
     def __init__(self, mode: str = "max") -> None:
         super().__init__()
         if mode not in _POOL_MODES:
-            raise ShapeError(f"mode must be one of {', '.join(_POOL_MODES)}; got {mode!r}")
+            raise ArgumentShapeError(f"mode must be one of {', '.join(_POOL_MODES)}; got {mode!r}")
         self.mode = mode
 
     def forward(self, x: Tensor) -> Tensor:

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shiftlab._checks import check_bchw, check_float, check_tensor
-from shiftlab.errors import ShapeError
+from shiftlab._checks import check_bchw, check_float, check_int, check_tensor
+from shiftlab.errors import ArgumentShapeError, ShapeError
 from shiftlab.layers.blur_pool import blur_pool2d
 
 __all__ = ["harmonic_basis", "harmonic_conv2d", "HarmonicConv2d", "harmonic_relu", "HarmonicReLU",
@@ -55,8 +55,9 @@ _PADDING_MODES = ("zeros", "circular")
 
 
 def _check_kernel_size(kernel_size) -> int:
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
-        raise ShapeError(f"kernel_size must be an odd int >= 3, got {kernel_size!r}")
+    kernel_size = check_int("kernel_size", kernel_size, 3, error=ArgumentShapeError)
+    if kernel_size % 2 == 0:
+        raise ArgumentShapeError(f"kernel_size must be an odd int >= 3, got {kernel_size!r}")
     return kernel_size
 
 
@@ -64,9 +65,9 @@ def _check_orders(orders, name: str) -> tuple[int, ...]:
     try:
         out = tuple(orders)
     except TypeError:
-        raise ShapeError(f"{name} must be a sequence of ints, got {orders!r}") from None
+        raise ArgumentShapeError(f"{name} must be a sequence of ints, got {orders!r}") from None
     if not out or any(isinstance(m, bool) or not isinstance(m, int) for m in out) or len(set(out)) != len(out):
-        raise ShapeError(f"{name} must be a non-empty sequence of distinct ints, got {orders!r}")
+        raise ArgumentShapeError(f"{name} must be a non-empty sequence of distinct ints, got {orders!r}")
     return out
 
 
@@ -111,8 +112,7 @@ def harmonic_basis(kernel_size: int, order: int) -> Tensor:
     (torch.Size([2, 3, 3]), True, 0.0)
     """
     _check_kernel_size(kernel_size)
-    if isinstance(order, bool) or not isinstance(order, int):
-        raise ShapeError(f"order must be an int, got {order!r}")
+    order = check_int("order", order, error=ArgumentShapeError)
     re, im = _basis_parts(kernel_size, order)
     return torch.complex(re, im)
 
@@ -231,7 +231,7 @@ def harmonic_conv2d(z: Tensor, radial: Tensor, phase: Tensor, in_orders=(0,), ou
     """
     in_orders, out_orders = _check_orders(in_orders, "in_orders"), _check_orders(out_orders, "out_orders")
     if padding_mode not in _PADDING_MODES:
-        raise ShapeError(f"padding_mode must be one of {', '.join(_PADDING_MODES)}; got {padding_mode!r}")
+        raise ArgumentShapeError(f"padding_mode must be one of {', '.join(_PADDING_MODES)}; got {padding_mode!r}")
     k = _check_params(z, radial, phase, in_orders, out_orders)
     re, im = _pair_basis(k, in_orders, out_orders)
     return _harmonic_conv(z, radial, phase, re, im, padding_mode)
@@ -265,14 +265,13 @@ class HarmonicConv2d(nn.Module):
                  out_orders=(0, 1), padding_mode: str = "zeros") -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ShapeError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, value, 1, error=ArgumentShapeError)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = _check_kernel_size(kernel_size)
         self.in_orders = _check_orders(in_orders, "in_orders")
         self.out_orders = _check_orders(out_orders, "out_orders")
         if padding_mode not in _PADDING_MODES:
-            raise ShapeError(f"padding_mode must be one of {', '.join(_PADDING_MODES)}; got {padding_mode!r}")
+            raise ArgumentShapeError(f"padding_mode must be one of {', '.join(_PADDING_MODES)}; got {padding_mode!r}")
         self.padding_mode = padding_mode
         rings = kernel_size // 2 + 1
         shape = (out_channels, len(self.out_orders), in_channels, len(self.in_orders))

@@ -50,10 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shiftlab._checks import check_bchw, check_float
-from shiftlab.errors import InputError, ShapeError
+from shiftlab._checks import check_bchw, check_float, check_int
+from shiftlab.errors import ArgumentShapeError, InputError, ShapeError
 from shiftlab.layers.aps import _components, _pad_to_multiple, _phase, _plain_energies, _select
-from shiftlab.layers.blur_pool import _check_padding_mode, _check_stride, _is_int, in_graph_capture
+from shiftlab.layers.blur_pool import _check_padding_mode, _check_stride, check_filter_size, in_graph_capture
 
 __all__ = ["PolyphaseScorer", "lps_logits", "lps_pool2d", "LPSPool2d", "LearnedPhase", "TemperatureSchedule",
            "set_temperature", "tips_weights", "tips_pool2d", "TIPSPool2d", "tips_shift_loss", "TIPSShiftTerm",
@@ -87,8 +87,7 @@ class PolyphaseScorer(nn.Module):
     def __init__(self, in_channels: int, hidden: int = 8, zero_init: bool = True) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("hidden", hidden)):
-            if not _is_int(value) or value < 1:
-                raise InputError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, value, 1)
         self.conv1 = nn.Conv2d(in_channels, hidden, 3, padding=1, padding_mode="circular")
         self.conv2 = nn.Conv2d(hidden, hidden, 3, padding=1, padding_mode="circular")
         if zero_init:
@@ -254,9 +253,7 @@ class TemperatureSchedule:
         self.floor = _check_temperature(floor)
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
             raise InputError(f"factor must be in (0, 1], got {factor!r}")
-        if not _is_int(every) or every < 1:
-            raise InputError(f"every must be a positive int, got {every!r}")
-        self.factor, self.every = float(factor), every
+        self.factor, self.every = float(factor), check_int("every", every, 1)
 
     def value(self, step: int) -> float:
         return max(self.floor, self.start * self.factor ** (max(int(step), 0) // self.every))
@@ -352,15 +349,13 @@ class LPSPool2d(nn.Module):
                  temperature: float = 1.0, filter_size: int = 1, padding_mode: str = "circular",
                  shared: LearnedPhase | None = None) -> None:
         super().__init__()
-        from shiftlab.layers.blur_pool import _check_filter_size
-
         self.stride = _check_stride(stride)
-        self.filter_size = _check_filter_size(filter_size)
+        self.filter_size = check_filter_size(filter_size)
         self.padding_mode = _check_padding_mode(padding_mode)
         if shared is not None and not isinstance(shared, LearnedPhase):
-            raise ShapeError(f"shared must be a LearnedPhase or None, got {type(shared).__name__}")
+            raise ArgumentShapeError(f"shared must be a LearnedPhase or None, got {type(shared).__name__}")
         if shared is not None and shared.stride != stride:
-            raise ShapeError(f"shared choice has stride {shared.stride}, layer has stride {stride}")
+            raise ArgumentShapeError(f"shared choice has stride {shared.stride}, layer has stride {stride}")
         if shared is None and in_channels is None:
             raise InputError("LPSPool2d needs in_channels (for its scorer) or shared=LearnedPhase(...)")
         self._shared = (shared,)  # not a child: the block owns the shared scorer
@@ -435,8 +430,7 @@ class TIPSPool2d(nn.Module):
 
     def __init__(self, channels: int, stride: int = 2, padding_mode: str = "circular") -> None:
         super().__init__()
-        if not _is_int(channels) or channels < 1:
-            raise InputError(f"channels must be a positive int, got {channels!r}")
+        channels = check_int("channels", channels, 1)
         self.stride = _check_stride(stride)
         padding_mode = _check_padding_mode(padding_mode)
         self.spatial = nn.Conv2d(channels, channels, 3, padding=1, groups=channels,
@@ -471,8 +465,7 @@ def tips_shift_loss(layer: TIPSPool2d, x: Tensor, max_shift: int = 1, generator:
     matching shift of the input by ``stride * (dy, dx)`` (so the output should move by whole pixels). The
     comparison leaves out the border rows and columns that the shift fills with zeros.
     """
-    if not _is_int(max_shift) or max_shift < 1:
-        raise InputError(f"max_shift must be a positive int, got {max_shift!r}")
+    max_shift = check_int("max_shift", max_shift, 1)
     dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=generator))
     s = layer.stride
     out = layer(x)
