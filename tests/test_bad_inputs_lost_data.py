@@ -23,7 +23,7 @@ import pytest
 from shiftlab import _io
 from shiftlab.cli import main
 from shiftlab.errors import InputError
-from shiftlab.report import html as H
+from shiftlab.report import staging as H
 
 RESULTS = {"schema": "shiftlab-report/2"}  # the smallest results a report page renders (no figures)
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 import shiftlab
 from shiftlab.cli import main
-from shiftlab.experiments import pretrained as P
+from shiftlab.runs import report_plan as P
 from shiftlab.report import html as H
 
 EVIL = '<script>alert("x")</script>'.replace("/", "_")

@@ -20,7 +20,7 @@ RANK = {
     "cli": 8, "__main__": 8,
 }
 PLOT_FREE = {"errors", "_checks", "classic", "equivariance", "transforms", "data", "layers", "models", "measure",
-             "metrics", "fix"}
+             "metrics", "fix", "runs"}
 
 
 def _part(path: Path) -> str:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from shiftlab.cli import main
 from shiftlab.errors import InputError
-from shiftlab.experiments import pretrained as P
+from shiftlab.runs import report_plan as P
 from shiftlab.report import html as H
 
 EVIL = '<script>alert("x")</script>'
@@ -295,7 +295,7 @@ def _architecture_result(variant: str) -> dict:
 
 
 def test_training_experiments_folder_is_rendered(tiny, tmp_path):
-    from shiftlab.cli.report import load_experiment_results
+    from shiftlab.report.inputs import load_experiment_results
 
     folder = tmp_path / "experiments"
     folder.mkdir()

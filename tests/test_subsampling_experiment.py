@@ -139,7 +139,7 @@ def test_published_orderings_are_computed_from_the_measured_means(quick):
 
 @pytest.mark.slow
 def test_report_renders_the_saved_result(quick, tmp_path):
-    from shiftlab.cli.report import load_experiment_results
+    from shiftlab.report.inputs import load_experiment_results
     from shiftlab.report import html as H
     from shiftlab.report.experiment_plots import experiment_caption, experiment_title
 

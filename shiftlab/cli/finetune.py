@@ -4,7 +4,8 @@ The original network is the teacher; the converted one (``--fix``, or a fixed ch
 to match its softmax on the same shifted views (:func:`shiftlab.finetune`). Writes the fine-tuned model as a
 fixed checkpoint (``--out``, loadable everywhere a model is named) and a JSON log of the run (``--log``).
 Under ``torchrun --nproc_per_node N -m shiftlab finetune ...`` the processes share every batch
-(DistributedDataParallel) and rank 0 writes the files.
+(DistributedDataParallel) and rank 0 writes the files. The flags become a
+:class:`~shiftlab.runs.finetune.FinetuneRun`, which checks, loads, fine-tunes and writes; this module prints.
 """
 
 from __future__ import annotations
@@ -112,128 +113,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
-def _teacher(args, student):
-    """The teacher of a fixed checkpoint given as --model: --teacher, or the original its recipe records."""
-    from shiftlab.errors import InputError
-    from shiftlab.fix.checkpoint import load_model
-    from shiftlab.models.loading import file_sha256
+def run_from_args(args: argparse.Namespace):
+    """The :class:`~shiftlab.runs.finetune.FinetuneRun` the flags describe."""
+    import shlex
+    import sys
 
-    if args.teacher is not None:
-        return load_model(args.teacher, weights=args.teacher_weights)
-    original = (getattr(student, "shiftlab_source", None) or {}).get("original") or {}
-    spec, weights = original.get("spec"), original.get("weights")
-    if spec is None:
-        raise InputError(f"{args.weights or args.model} does not record its original model; name the teacher with "
-                         f"--teacher SPEC")
-    from shiftlab.models.loading import is_registry_spec, shown_arg
+    from shiftlab.runs.finetune import FinetuneRun
 
-    if not is_registry_spec(spec):
-        # the recipe names the user's own code (evil.py:f, or whatever models.py sits here): a file's word never
-        # runs it; the architecture the user named with --model SPEC --weights FILE is the original's
-        if args.weights is None:
-            raise InputError(f"{args.model} was made from {shown_arg(spec)}, code that a checkpoint never runs on its "
-                             f"own: name the teacher with --teacher {shown_arg(spec)}"
-                             + (f" --teacher-weights {shown_arg(weights)}" if weights is not None else ""))
-        spec = args.model
-    if weights is not None:
-        from pathlib import Path
+    return FinetuneRun(
+        model=args.model, data=args.data, out=args.out, weights=args.weights, fix=args.fix, teacher=args.teacher,
+        teacher_weights=args.teacher_weights, limit=args.limit, views=args.views, image_size=args.image_size,
+        class_map=args.class_map, steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate,
+        lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, temperature=args.temperature, kl=args.kl,
+        consistency=args.consistency, label_weight=args.label_weight, batch_norm=args.batch_norm,
+        bn_batches=args.bn_batches, lps_temperature=tuple(args.lps_temperature), tips_alpha=args.tips_alpha,
+        seed=args.seed, log=args.log, force=args.force, checkpoint=args.checkpoint,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, log_every=args.log_every, device=args.device,
+        amp=args.amp, workers=args.workers, threads=args.threads,
+        extra={"command": shlex.join(["shiftlab", *sys.argv[1:]]) if sys.argv[1:2] == ["finetune"] else None})
 
-        if not Path(weights).is_file() or file_sha256(weights) != original.get("weights_sha256"):
-            raise InputError(f"the original weights {weights} that {args.weights or args.model} was made from are "
-                             f"not there (or changed); name the teacher with --teacher SPEC --teacher-weights FILE")
-    return load_model(spec, weights=weights)
+
+def print_outcome(outcome) -> None:
+    """What the run did, on the terminal: its warnings, the last loss and agreement, where the files are."""
+    import sys
+
+    log = outcome.result.log
+    final = log.get("final") or {}
+    for warning in log.get("warnings") or []:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"fine-tuned {log['student']} for {log['config']['steps']} steps on {log['images']} images "
+          f"({log['views']} views) in {log['seconds']:.0f} s: last loss "
+          f"{final.get('loss', float('nan')):.4f}, running agreement with the teacher "
+          f"{final.get('agreement', float('nan')):.1%} (training views)")
+    print(f"saved the fine-tuned model to {outcome.out} (a fixed checkpoint: shiftlab audit {outcome.load_arguments} "
+          f"...), the log to {outcome.log}")
+    teacher = outcome.teacher_source
+    if teacher.get("spec") and not teacher.get("weights"):
+        print(f"measure it on held-out images: shiftlab audit {outcome.load_arguments} --reference {teacher['spec']} "
+              f"--data HELD_OUT --transform ...")
 
 
 def run(args: argparse.Namespace) -> int:
-    import shlex
-    import sys
-    from pathlib import Path
-
-    from shiftlab._io import check_output_path, write_json
-    from shiftlab.errors import InputError
-    from shiftlab.fix.checkpoint import load_model, parse_fix, recipe_spec
-    from shiftlab.fix.finetune import FinetuneConfig, finetune
-    from shiftlab.measure import distributed
-
-    out = check_output_path(args.out, args.force, "--out", claim=True)
-    log_path = check_output_path(args.log if args.log is not None else Path(args.out).with_suffix(".json"),
-                                 args.force, "--log", claim=True)
-    if log_path.resolve() == out.resolve():
-        raise InputError("--log and --out name the same file")
-    if args.teacher_weights is not None and args.teacher is None:
-        raise InputError("--teacher-weights needs --teacher")
-    if args.fix is not None:
-        parse_fix(args.fix)
-    if args.amp and args.device is not None and not str(args.device).startswith("cuda"):
-        raise InputError("--amp needs a CUDA device")
-    config = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
-                            weight_decay=args.weight_decay, warmup=args.warmup, temperature=args.temperature,
-                            kl=args.kl, consistency=args.consistency, labels=args.label_weight, views=args.views,
-                            batch_norm=args.batch_norm, bn_batches=args.bn_batches, seed=args.seed,
-                            lps_temperature=tuple(args.lps_temperature), tips_alpha=args.tips_alpha)
-    if args.views is not None:
-        from shiftlab.measure.protocols import parse_protocol
-
-        parse_protocol(args.views)
-    class_map = None
-    if args.class_map is not None:
-        from shiftlab.measure.labels import read_class_map
-
-        class_map = read_class_map(args.class_map)
-    from shiftlab.data.sources import open_images
-
-    source = open_images(args.data, limit=args.limit)
-    if args.checkpoint is not None:
-        from shiftlab.fix.finetune import FinetuneCheckpoint
-
-        FinetuneCheckpoint(args.checkpoint, {}).check(args.resume)
-    elif args.resume:
-        raise InputError("--resume needs --checkpoint FILE")
-    world = distributed.init_from_environment()
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-    model = load_model(args.model, weights=args.weights, seed=args.seed)
-    fixed = getattr(model, "shiftlab_fix", None) is not None
-    if args.fix is not None:
-        if fixed:
-            raise InputError(f"{args.weights or args.model} is a fixed checkpoint already "
-                             f"({recipe_spec(model.shiftlab_fix)}); drop --fix to fine-tune it further")
-        teacher = model if args.teacher is None else _teacher(args, None)
-        student_kwargs = {"fix": args.fix}
-    else:
-        if not fixed:
-            raise InputError(f"{args.model} is not converted: name the conversion with --fix blur|aps|aps:circular, "
-                             f"or pass a fixed checkpoint (shiftlab fix --out FILE)")
-        teacher = _teacher(args, model)
-        student_kwargs = {"student": model}
-    progress = not args.no_progress and world.is_main
-    command = shlex.join(["shiftlab", *sys.argv[1:]]) if sys.argv[1:2] == ["finetune"] else None
-    result = finetune(teacher, source, config=config, device=args.device, amp=args.amp, image_size=args.image_size,
-                      class_map=class_map, workers=args.workers, checkpoint=args.checkpoint,
-                      checkpoint_every=args.checkpoint_every, resume=args.resume, log_every=args.log_every,
-                      progress=progress, command=command, **student_kwargs)
-    if not world.is_main:
-        return 0
-    result.save(out, force=args.force)
-    result.log["out"] = str(out)
-    write_json(log_path, result.log, force=args.force)
-    final = result.log.get("final") or {}
-    for warning in result.log.get("warnings") or []:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(f"fine-tuned {result.log['student']} for {result.log['config']['steps']} steps on {result.log['images']} images "
-          f"({result.log['views']} views) in {result.log['seconds']:.0f} s: last loss "
-          f"{final.get('loss', float('nan')):.4f}, running agreement with the teacher "
-          f"{final.get('agreement', float('nan')):.1%} (training views)")
-    from shiftlab.fix.checkpoint import load_arguments, read_fixed
-
-    teacher_source = getattr(teacher, "shiftlab_source", None) or {}
-    load_args = shlex.join(load_arguments(out, read_fixed(out)["recipe"]["model"].get("spec")))
-    print(f"saved the fine-tuned model to {out} (a fixed checkpoint: shiftlab audit {load_args} ...), "
-          f"the log to {log_path}")
-    if teacher_source.get("spec") and not teacher_source.get("weights"):
-        print(f"measure it on held-out images: shiftlab audit {load_args} --reference {teacher_source['spec']} "
-              f"--data HELD_OUT --transform ...")
+    outcome = run_from_args(args).execute(progress=not args.no_progress)
+    if outcome.written:
+        print_outcome(outcome)
     return 0

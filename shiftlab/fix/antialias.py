@@ -81,7 +81,7 @@ from shiftlab.fix._ops import DensePool2d, RunAfter, RunBefore, SamePaddedConv2d
 # the methods and placements are defined by what a fix is, and stay importable from here
 from shiftlab.fix.recipe import METHODS, PLACEMENTS, POLYPHASE_METHODS, conversion_of, is_converted, record_conversion
 from shiftlab.layers import APSPool2d, BlurPool2d, LearnedPhase, LPSPool2d, SharedPhase, TIPSPool2d
-from shiftlab.layers.blur_pool import MAX_FILTER_SIZE
+from shiftlab.layers.blur_pool import check_filter_size
 
 __all__ = ["antialias", "stem_conv", "Replacement", "replacement_counts", "opaque_subsampling", "METHODS",
            "PLACEMENTS", "SHORTCUT_NAMES"]
@@ -490,8 +490,7 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    if isinstance(filter_size, bool) or not isinstance(filter_size, int) or not 1 <= filter_size <= MAX_FILTER_SIZE:
-        raise InputError(f"filter_size must be an int in 1..{MAX_FILTER_SIZE}, got {filter_size!r}")
+    filter_size = check_filter_size(filter_size)
     if not isinstance(circular, bool):
         raise InputError(f"circular must be True or False, got {circular!r}")
     if not isinstance(placement, str) or placement not in PLACEMENTS:

@@ -28,7 +28,8 @@ from torch import nn
 from shiftlab._checks import FLOAT_DTYPES, check_int, tolerance
 from shiftlab._progress import track
 from shiftlab.errors import ArgumentShapeError, InputError
-from shiftlab.measure.inspect import check_input_size, input_channels, inspect
+from shiftlab.measure.inspect import input_channels, inspect
+from shiftlab.models.preprocessing import check_input_size
 
 __all__ = ["CertifyResult", "certify", "assert_certified", "period_shifts"]
 
@@ -221,7 +222,7 @@ def _check_arguments(model, input_size, *, dtype, n_inputs, batch, seed, channel
         raise ArgumentShapeError(f"dtype must be a floating dtype, got {dtype}")
     n_inputs, batch = check_int("n_inputs", n_inputs, 1), check_int("batch", batch, 1)
     seed = check_int("seed", seed, 0)
-    size = check_input_size(input_size)
+    size = check_input_size(input_size, "input_size", error=ArgumentShapeError)
     channels = input_channels(model) if channels is None else check_int("channels", channels, 1)
     device = _model_device(model) if device is None else torch.device(device)
     net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numbers
 import os
 import sys
 
@@ -40,9 +39,10 @@ from torch.overrides import TorchFunctionMode
 
 from shiftlab._checks import check_int
 from shiftlab.errors import ArgumentShapeError, InputError, ShapeError, ShiftlabError
+from shiftlab.models.preprocessing import check_input_size
 
 __all__ = ["Finding", "InspectResult", "inspect", "KINDS", "SUBSAMPLING_KINDS", "OPAQUE_KINDS", "compiled_kind",
-           "refuse_compiled", "check_input_size", "input_channels"]
+           "refuse_compiled", "input_channels"]
 
 # kind -> one-line meaning (also the legend of ``shiftlab inspect``)
 KINDS = {
@@ -626,18 +626,6 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def check_input_size(input_size) -> tuple[int, int]:
-    """``input_size`` (``H`` for a square, or ``(H, W)``) as a pair of positive ints; else an ``InputError``
-    (:class:`~shiftlab.errors.ArgumentShapeError`, also a ``ShapeError``)."""
-    pair = (input_size, input_size) if isinstance(input_size, numbers.Integral) else input_size
-    try:
-        h, w = pair
-    except (TypeError, ValueError):
-        raise ArgumentShapeError(f"input_size must be an int or (H, W), got {input_size!r}") from None
-    return (check_int("input_size H", h, 1, error=ArgumentShapeError),
-            check_int("input_size W", w, 1, error=ArgumentShapeError))
-
-
 def inspect(model: nn.Module, input_size, channels: int | None = None, device=None) -> InspectResult:
     """Map where a model subsamples or breaks shift equivariance, in the order data flows.
 
@@ -668,7 +656,7 @@ def inspect(model: nn.Module, input_size, channels: int | None = None, device=No
     refuse_compiled(model, "inspect")
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    size = check_input_size(input_size)
+    size = check_input_size(input_size, "input_size", error=ArgumentShapeError)
     channels = input_channels(model) if channels is None else check_int("channels", channels, 1)
     model_device, dtype = _model_device_dtype(model)
     device = model_device if device is None else torch.device(device)

@@ -30,22 +30,24 @@ DEFAULT_CROP_PCT = 0.875  # 224 / 256
 MAX_INPUT_SIDE = 4096
 
 
-def check_input_size(size, what: str = "input size") -> tuple[int, int]:
+def check_input_size(size, what: str = "input size", *, error: type[InputError] = InputError) -> tuple[int, int]:
     """``size`` (an int or (H, W)) as a pair of ints in [1, :data:`MAX_INPUT_SIDE`]; else InputError naming ``what``.
+
+    The one checker of input sizes; ``error`` may name a subclass of InputError to raise instead.
 
     >>> check_input_size(224)
     (224, 224)
     """
     if isinstance(size, bool):
-        raise InputError(f"{what} must be a positive int or (H, W), got {size!r}")
+        raise error(f"{what} must be a positive int or (H, W), got {size!r}")
     try:
         pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
     except TypeError:  # neither an int nor a sequence
-        raise InputError(f"{what} must be a positive int or (H, W), got {size!r}") from None
+        raise error(f"{what} must be a positive int or (H, W), got {size!r}") from None
     if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in pair):
-        raise InputError(f"{what} must be a positive int or (H, W), got {size!r}")
+        raise error(f"{what} must be a positive int or (H, W), got {size!r}")
     if max(pair) > MAX_INPUT_SIDE:
-        raise InputError(f"{what} {max(pair)} px is over the {MAX_INPUT_SIDE}-px limit (one {max(pair)}x{max(pair)} "
+        raise error(f"{what} {max(pair)} px is over the {MAX_INPUT_SIDE}-px limit (one {max(pair)}x{max(pair)} "
                          f"input alone would take {3 * 4 * max(pair) ** 2 / 1e9:.3g} GB); use a smaller size")
     return int(pair[0]), int(pair[1])
 

@@ -19,7 +19,7 @@ __all__ = ["AuditRun", "parse_fix"]
 def parse_fix(spec: str | None) -> dict | None:
     """``"blur"``, ``"aps"``, ``"aps:circular"``, ``"blur:before"`` -> keyword arguments of :func:`shiftlab.antialias`
     (:func:`shiftlab.fix.checkpoint.parse_fix`)."""
-    from shiftlab.fix.checkpoint import parse_fix as parse
+    from shiftlab.fix.recipe import parse_fix as parse
 
     return parse(spec)
 
@@ -78,7 +78,6 @@ class AuditRun:
     def with_(self, **changes) -> AuditRun:
         return replace(self, **changes)
 
-    # --------------------------------------------------------------------------------------- command
     def command(self) -> str:
         """The ``shiftlab audit ...`` line that repeats this run (non-default options only)."""
         defaults = {f.name: f.default for f in fields(self) if f.name != "extra"}
@@ -101,7 +100,6 @@ class AuditRun:
             parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
         return shlex.join(parts)
 
-    # --------------------------------------------------------------------------------------- checks
     def check(self) -> None:
         """Every option is valid (one-line errors naming the flag), before anything is loaded."""
         from shiftlab.measure.protocols import parse_protocol
@@ -141,7 +139,6 @@ class AuditRun:
         if self.amp and self.device is not None and not str(self.device).startswith("cuda"):
             raise InputError("--amp needs a CUDA device")
 
-    # --------------------------------------------------------------------------------------- run
     def load(self, device=None):
         """The model to audit and its reference (the unconverted model with ``fix``), as modules.
 
@@ -150,7 +147,7 @@ class AuditRun:
         """
         import copy
 
-        from shiftlab.fix.checkpoint import load_model
+        from shiftlab.models.fixed_checkpoint import load_any_model as load_model
 
         model = load_model(self.model, weights=self.weights, device=device, output_key=_key(self.output_key),
                            seed=self.seed)
@@ -158,8 +155,9 @@ class AuditRun:
         fix = parse_fix(self.fix)
         if fix is not None:
             from shiftlab.fix.antialias import antialias
+            from shiftlab.fix.recipe import is_converted
 
-            if getattr(model, "shiftlab_fix", None) is not None:
+            if is_converted(model):
                 raise InputError(f"--model {self.weights or self.model} is a fixed checkpoint already "
                                  f"({model.shiftlab_source.get('fix')}); drop --fix, or name the original model")
             original = model
