@@ -8,6 +8,9 @@
   invariant like APS whatever it learned, with :class:`LearnedPhase` to share one choice in a residual block and
   :class:`TemperatureSchedule` to anneal its Gumbel-softmax; :func:`tips_pool2d` / :class:`TIPSPool2d`: translation
   invariant polyphase sampling (Saha & Gokhale 2025), whose invariance is learned, not guaranteed.
+- :mod:`~shiftlab.layers.alias_free`: alias-free layers (Michaeli et al. 2023), exactly equivariant to fractional
+  circular shifts of band-limited maps: :func:`ideal_downsample2d` / :class:`IdealDownsample2d` (and the
+  low-pass and upsampling), :class:`AliasFreeActivation`, :class:`AliasFreeLayerNorm`.
 - :mod:`~shiftlab.layers.group`: p4 / p4m group convolutions (Cohen & Welling 2016), exactly equivariant to
   quarter turns and mirrors: :class:`LiftConv2d`, :class:`GroupConv2d`, :class:`GroupPool`, :func:`group_act`.
 - :mod:`~shiftlab.layers.harmonic`: circular-harmonic layers (Worrall et al. 2017), equivariant to every
@@ -18,6 +21,20 @@ Argument checks raise :class:`~shiftlab.errors.InputError` (see :mod:`shiftlab.e
 :func:`check_filter_size` is the one check of a ``filter_size``, shared with :func:`shiftlab.antialias`.
 """
 
+from shiftlab.layers.alias_free import (
+    GELU_FIT,
+    AliasFreeActivation,
+    AliasFreeLayerNorm,
+    IdealDownsample2d,
+    IdealLowpass2d,
+    IdealUpsample2d,
+    alias_free_activation,
+    alias_free_layer_norm,
+    band_limit,
+    ideal_downsample2d,
+    ideal_lowpass2d,
+    ideal_upsample2d,
+)
 from shiftlab.layers.aps import (
     APSPool2d,
     SharedPhase,
@@ -80,6 +97,9 @@ __all__ = [
     "PolyphaseScorer", "lps_logits", "lps_pool2d", "LPSPool2d", "LearnedPhase", "TemperatureSchedule", "set_temperature",
     "tips_weights", "tips_pool2d", "TIPSPool2d", "tips_shift_loss", "TIPSShiftTerm", "scoring_parameters",
     "parameter_groups", "has_learned_subsampling",
+    "GELU_FIT", "band_limit", "ideal_lowpass2d", "IdealLowpass2d", "ideal_downsample2d", "IdealDownsample2d",
+    "ideal_upsample2d", "IdealUpsample2d", "alias_free_activation", "AliasFreeActivation", "alias_free_layer_norm",
+    "AliasFreeLayerNorm",
     "group_act", "lift_conv2d", "LiftConv2d", "group_conv2d", "GroupConv2d", "group_pool", "GroupPool",
     "harmonic_basis", "harmonic_conv2d", "HarmonicConv2d", "harmonic_relu", "HarmonicReLU", "HarmonicBatchNorm2d",
     "harmonic_blur_pool2d", "HarmonicBlurPool2d", "harmonic_magnitude", "HarmonicMagnitude",
