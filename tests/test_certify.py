@@ -124,7 +124,7 @@ def test_assert_certified_passes_and_fails(device):
 
 # ---- exception --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shifts", ["all", 0, True, [(1, 2, 3)], [], [(0.5, 1.0)]])
+@pytest.mark.parametrize("shifts", ["all", 0, True, [(1, 2, 3)], [], [(0.5, float("nan"))]])
 def test_exception_bad_shifts(shifts):
     with pytest.raises(InputError):
         certify(strided_circular_net(), 8, shifts=shifts)
@@ -214,3 +214,15 @@ def test_exception_bad_counts_name_the_argument(kwargs, name):
     with pytest.raises(InputError, match=name) as info:
         certify(strided_circular_net(), 8, **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_feature_a_list_with_floats_is_fractional_and_an_integer_list_stays_integer():
+    # [(0.5, 1.0)] was refused before fractional shifts existed; it is now a Fourier shift of band-limited inputs
+    net = strided_circular_net()
+    fractional = certify(net, 8, shifts=[(0.5, 1.0)], n_inputs=1)
+    assert fractional.shift_kind == "fractional" and fractional.fractional_shifts == ((0.5, 1.0),)
+    assert fractional.band_limit == 1.0 and fractional.tolerance == 1e-9
+    assert not fractional.passed  # a strided net: a half-pixel shift changes its logits
+    integer = certify(net, 8, shifts=[(2, 4)], n_inputs=1)
+    assert integer.shift_kind == "integer" and integer.passed and integer.band_limit is None
+    assert integer.worst_shift == (2, 4) and all(isinstance(v, int) for v in integer.worst_shift)
