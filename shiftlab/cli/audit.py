@@ -17,10 +17,12 @@ _TRANSFORM_HELP = (
     "diagonal:N[:crop|circular|canvas[:black|mean|inpaint]] 1-px diagonal steps 0..N (Azulay & Weiss 2019); "
     "sequence:M[:crop|circular] horizontal shifts -M..M (ImageNet-P: sequence:20); "
     "grid:N[:STEP[:circular|crop]] every shift of an NxN grid (worst case); "
+    "worst-case grids (Michaeli et al. 2023): subpixel:N[:fourier|bilinear] every (i/N, j/N) | halfpixel[:M] "
+    "(i/2, j/2), 1..M | fractional[:N] every m/n, n <= N | intgrid:M | cropattack:S:M (every crop offset); "
     "rotate:A,B,.. (degrees) | scale:F,G,.. | brightness:F,G,.. (first value is the reference)"
 )
 _METRICS = ("consistency, top1_change, mean_abs_change, flip_probability, top5_distance, worst_case_stability, "
-            "agreement, accuracy, reference_agreement, equivariance (dense outputs)")
+            "worst_case_accuracy, agreement, accuracy, reference_agreement, equivariance (dense outputs)")
 
 
 def _positive_int(text: str) -> int:

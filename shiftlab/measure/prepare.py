@@ -33,7 +33,7 @@ from shiftlab.models.preprocessing import check_input_size
 __all__ = ["AuditOptions", "Models", "Prepared", "prepare", "load_models", "choose_protocol", "check_requests",
            "choose_channels_last", "check_reference_result", "model_device", "model_dtype", "stage_layers",
            "select_layers", "default_protocol", "check_metric_names", "choose_metrics", "decide_labels",
-           "LAYER_SETS", "DEFAULT_MARGIN", "MARGIN_SHARE"]
+           "LAYER_SETS", "DEFAULT_MARGIN", "MARGIN_SHARE", "LABELLED_METRICS"]
 
 #: layer selections by keyword (besides names and module types)
 LAYER_SETS = ("all", "stages")
@@ -43,6 +43,9 @@ DEFAULT_MARGIN = 16  # input pixels left out at the border for layer errors unde
 
 
 MARGIN_SHARE = 8  # ... at most 1/MARGIN_SHARE of the input's shorter side (4 px at 32 px), so small inputs keep a core
+
+#: metrics computed only where the data's labels are the model's classes (left out, with why, otherwise)
+LABELLED_METRICS = ("accuracy", "worst_case_accuracy")
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -169,9 +172,11 @@ def decide_labels(src, classes: int, class_map, wanted, omitted):
         mapping = resolve_labels(src.labels, src.class_names, src.label_space, classes, class_map)
         if mapping.usable:
             return mapping.to_dict(), mapping.labels.tolist(), False, tuple(wanted), omitted
-        if "accuracy" in wanted:
-            wanted.remove("accuracy")
-        omitted["accuracy"] = mapping.how
+        for name in LABELLED_METRICS:
+            if name in wanted:
+                wanted.remove(name)
+                omitted[name] = mapping.how
+        omitted.setdefault("accuracy", mapping.how)  # said even where it was not asked for
         return mapping.to_dict(), None, False, tuple(wanted), omitted
     # a generic Dataset: labels come with the items; taken as class indices when below the class count
     return ({"used": True, "how": "item labels below the class count taken as the model's class indices"}, None,
@@ -291,8 +296,9 @@ def check_requests(metrics, protocol: Protocol, images: Images, models: Models, 
 
     names = check_metric_names(metrics, protocol)
     src = images.source
-    if names and "accuracy" in names and isinstance(src, ImageSource) and not src.has_labels:
-        raise InputError("accuracy needs labels, but the data has none")
+    labelled = [m for m in (names or []) if m in LABELLED_METRICS]
+    if labelled and isinstance(src, ImageSource) and not src.has_labels:
+        raise InputError(f"{labelled[0]} needs labels, but the data has none")
     if names and "reference_agreement" in names and models.reference is None:
         raise InputError("reference_agreement needs a reference model (CLI: --reference or --fix)")
     earlier = models.reference_result

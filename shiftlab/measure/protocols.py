@@ -26,6 +26,11 @@ spec string               protocol                                    metrics it
 ``rotate:A,B,..``         :class:`RotationSweep` angles in degrees      as diagonal (frames = the values)
 ``scale:F,G,..``          :class:`ScaleSweep` zoom factors              as diagonal
 ``brightness:F,G,..``     :class:`BrightnessSweep` brightness factors   as diagonal
+``subpixel:N``,           worst-case grids                              worst_case_accuracy,
+``halfpixel:M``,          (:mod:`shiftlab.measure.grid_protocols`):     worst_case_stability, agreement,
+``fractional:N``,         fractional circular shifts (Fourier or        accuracy
+``intgrid:M``,            bilinear), whole-pixel shifts, and the
+``cropattack:S:M``        crop-shift attack (Michaeli et al. 2023)
 ========================  ==========================================  =====================================
 
 Shifts are reported in the ``torch.roll`` convention (content moves down by dy, right by dx): a crop
@@ -58,8 +63,8 @@ __all__ = [
 
 PAIR_METRICS = ("consistency", "accuracy")
 ORDERED_METRICS = ("top1_change", "mean_abs_change", "flip_probability", "top5_distance", "worst_case_stability",
-                   "agreement", "accuracy")
-GRID_METRICS = ("worst_case_stability", "agreement", "accuracy")
+                   "agreement", "accuracy", "worst_case_accuracy")
+GRID_METRICS = ("worst_case_stability", "agreement", "accuracy", "worst_case_accuracy")
 
 
 def _transforms():
@@ -73,8 +78,8 @@ class Copies:
     """K transformed copies of a batch of B images.
 
     ``inputs`` is (K*B, C, h, w), copy-major: copy k of sample b is row ``k * B + b``. ``shifts`` is
-    (B, K, 2) int64, the content displacement of each copy in input pixels (roll convention), or ``None``
-    for protocols that are not shifts.
+    (B, K, 2), the content displacement of each copy in input pixels (roll convention): int64, or float64 for
+    the fractional grids of :mod:`shiftlab.measure.grid_protocols`; ``None`` for protocols that are not shifts.
     """
 
     inputs: torch.Tensor
@@ -88,7 +93,7 @@ class Protocol:
     kind: str = "ordered"  # "pair", "ordered" (a sequence of frames) or "grid"
     circular: bool = False  # copies are exact group actions (circular shifts) of one another
     size: int | None = None  # crop size; None: derived from the source images
-    shifts: bool = True  # copies differ by integer shifts (layer equivariance is defined)
+    shifts: bool = True  # copies differ by shifts (layer equivariance is defined where one is a multiple of a stride)
     spec_name: str = ""
 
     @property
@@ -417,6 +422,10 @@ class ShiftGrid(_ShiftSequence):
         o = torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1)
         return -o if self.mode == "crop" else o
 
+    @property
+    def default_metrics(self):
+        return ("worst_case_stability", "agreement", "accuracy")
+
     def params(self):
         return {"n": self.n, "step": self.step, **self._mode_params()}
 
@@ -504,7 +513,9 @@ PROTOCOL_HELP = (
     "[0, M-1], Zhang) | diagonal:N[:crop|circular|canvas[:black|mean|inpaint]] (1-px diagonal steps 0..N, "
     "Azulay & Weiss) | "
     "sequence:M[:crop|circular] (horizontal -M..M, ImageNet-P) | grid:N[:STEP[:circular|crop]] (worst case "
-    "over an NxN grid) | rotate:A,B,.. | scale:F,G,.. | brightness:F,G,.."
+    "over an NxN grid) | subpixel:N[:fourier|bilinear] (every (i/N, j/N), worst case) | halfpixel[:M[:METHOD]] "
+    "((i/2, j/2), 1 <= i, j <= M) | fractional[:N[:METHOD]] (every m/n <= 1, n <= N) | intgrid:M ((i, j), 0..M) | "
+    "cropattack:S:M (SxS crops of an (S+2M) image at every offset) | rotate:A,B,.. | scale:F,G,.. | brightness:F,G,.."
 )
 
 
@@ -531,6 +542,10 @@ def parse_protocol(spec: str | Protocol) -> Protocol:
         raise InputError(f"transform must be a protocol or a spec string, got {spec!r}")
     name, *rest = spec.strip().split(":")
     name = name.lower()
+    from shiftlab.measure import grid_protocols
+
+    if name in grid_protocols.GRID_SPECS:
+        return grid_protocols.parse_grid(name, rest, spec)
     try:
         if name == "circular":
             return CircularShiftPair(*_ints(rest, spec)) if rest else CircularShiftPair()

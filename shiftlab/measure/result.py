@@ -30,7 +30,8 @@ __all__ = ["AuditResult", "merge", "format_value", "SCHEMA_VERSION", "METRIC_NAM
 
 SCHEMA_VERSION = 2
 METRIC_NAMES = ("consistency", "top1_change", "mean_abs_change", "flip_probability", "top5_distance",
-                "worst_case_stability", "agreement", "accuracy", "reference_agreement", "equivariance")
+                "worst_case_stability", "worst_case_accuracy", "agreement", "accuracy", "reference_agreement",
+                "equivariance")
 CONSTANT_SHARE = 0.95  # a model giving one class to at least this share of images is flagged
 #: relative difference between two forward passes of the same input above which a model is nondeterministic
 NONDETERMINISM_RTOL = 1e-4

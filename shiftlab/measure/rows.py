@@ -13,11 +13,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from shiftlab.errors import ShapeError
 from shiftlab.measure import metrics as M
 from shiftlab.measure.protocols import Protocol
 from shiftlab.measure.statistics import Column
 
-__all__ = ["RowCollector", "rotation_rows", "classification_rows"]
+__all__ = ["RowCollector", "rotation_rows", "classification_rows", "worst_case_correct"]
 
 
 class RowCollector:
@@ -114,8 +115,8 @@ class RowCollector:
         eq = np.full((self.B, P, 2), np.nan)
         excluded = np.zeros((self.B, P), dtype=bool)  # representable, but the margin leaves nothing to compare
         for p, (_, i, j) in enumerate(self.pairs):
-            d = self.shifts[:, j] - self.shifts[:, i]
-            ok = (d[:, 0] % stride[0] == 0) & (d[:, 1] % stride[1] == 0)
+            d = self.shifts[:, j] - self.shifts[:, i]  # int64, or float64 for fractional grids
+            ok = (torch.remainder(d[:, 0], stride[0]) == 0) & (torch.remainder(d[:, 1], stride[1]) == 0)
             if not bool(ok.any()):
                 continue
             sel = ok.nonzero().squeeze(1)
@@ -124,8 +125,8 @@ class RowCollector:
             else:
                 dev_sel = sel.to(f.device)
                 a, b = f[i].index_select(0, dev_sel), f[j].index_select(0, dev_sel)
-            e2, r2, valid = M.equivariance_stats(a, b, d[sel, 0] // stride[0], d[sel, 1] // stride[1],
-                                                 self.protocol.circular, margin)
+            steps = torch.div(d[sel], torch.tensor(stride, dtype=d.dtype), rounding_mode="floor").long()
+            e2, r2, valid = M.equivariance_stats(a, b, steps[:, 0], steps[:, 1], self.protocol.circular, margin)
             vals = torch.stack([e2, r2], 1).cpu().numpy()
             valid = valid.cpu().numpy()
             eq[sel.numpy()[valid], p] = vals[valid]
@@ -188,6 +189,21 @@ def rotation_rows(batch: RowCollector, prefix: tuple, name: str, feat: torch.Ten
               (~done).sum(1).astype(np.float64).reshape(-1, 1))
 
 
+def worst_case_correct(top1: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Whether each image is classified correctly under every one of its K copies (Michaeli et al. 2023).
+
+    Shape:
+        - Input: top1 (B, K) int64 class of each copy; labels (B,) int64
+        - Output: (B,) bool
+
+    >>> worst_case_correct(torch.tensor([[3, 3, 3], [3, 1, 3]]), torch.tensor([3, 3])).tolist()
+    [True, False]
+    """
+    if top1.ndim != 2 or labels.shape != top1.shape[:1]:
+        raise ShapeError(f"top1 must be (B, K) and labels (B,), got {tuple(top1.shape)} and {tuple(labels.shape)}")
+    return (top1 == labels.to(top1.device)[:, None]).all(dim=1)
+
+
 def classification_rows(batch: RowCollector, protocol: Protocol, logits: torch.Tensor, labels: torch.Tensor,
                          wanted: Sequence[str], reference_top1: torch.Tensor | None, record: bool):
     """Per-image statistics of (B, K, classes) logits for the wanted metrics (and the guard, the records)."""
@@ -232,6 +248,10 @@ def classification_rows(batch: RowCollector, protocol: Protocol, logits: torch.T
             keep = (lab >= 0)[:, None].expand(B, K)
             if bool(keep.any()):
                 prop(name, t1 == lab[:, None], torch.arange(K), keep)
+        elif name == "worst_case_accuracy":
+            keep = lab >= 0
+            if bool(keep.any()):
+                prop(name, worst_case_correct(t1, lab), keep=keep)
         elif name == "reference_agreement" and reference_top1 is not None:
             prop(name, t1 == reference_top1.to(t1.device))
     batch.add(("guard", "top1"), idx, torch.stack([t1[:, 0].cpu(), lab.cpu()], 1).numpy())

@@ -20,7 +20,7 @@ __all__ = ["PROPORTIONS", "CURVES", "BOUNDS", "TRIVIAL_FOR_CONSTANT", "Column", 
 
 #: metrics that are proportions of successes (Wilson-type, image-level intervals)
 PROPORTIONS = {"consistency", "top1_change", "flip_probability", "worst_case_stability", "agreement", "accuracy",
-               "reference_agreement"}
+               "reference_agreement", "worst_case_accuracy"}
 #: proportions that also get a curve over the protocol's parameter (shift, crop offset, ...)
 CURVES = {"agreement", "accuracy"}
 #: the range of the mean-valued metrics (intervals are clipped to it)

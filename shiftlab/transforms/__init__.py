@@ -32,7 +32,7 @@ from shiftlab.transforms.geometry import _rotate_interpolated  # noqa: F401 (tes
 from shiftlab.transforms.geometry import hflip, rotate, vflip, zoom
 from shiftlab.transforms.photometric import adjust_brightness, adjust_contrast, adjust_gamma
 from shiftlab.transforms.shifts import canvas_embed, circular_shift, crop_shift, pad_to_multiple
-from shiftlab.transforms.subpixel import fourier_shift, lanczos_shift
+from shiftlab.transforms.subpixel import bilinear_shift, fourier_shift, lanczos_shift
 from shiftlab.transforms.sweeps import (angle_sweep, brightness_sweep, diagonal_offsets, imagenet_p_offsets,
                                         random_offsets, scale_sweep, shift_grid)
 
@@ -42,6 +42,7 @@ __all__ = [
     "canvas_embed",
     "fourier_shift",
     "lanczos_shift",
+    "bilinear_shift",
     "rotate",
     "hflip",
     "vflip",

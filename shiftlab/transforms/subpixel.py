@@ -1,4 +1,5 @@
-"""Sub-pixel translations: the exact Fourier (periodic) shift and the Lanczos-windowed sinc shift."""
+"""Sub-pixel translations: the exact Fourier (periodic) shift, the Lanczos-windowed sinc shift and the circular
+bilinear shift."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import torch.nn.functional as F
 
 from shiftlab.errors import ShapeError
 from shiftlab.transforms._params import _as_vector, _check_image, _compute_dtype, _float_param, _gather_2d
+from shiftlab.transforms.shifts import circular_shift
 
-__all__ = ["fourier_shift", "lanczos_shift"]
+__all__ = ["fourier_shift", "lanczos_shift", "bilinear_shift"]
 
 
 def _fourier_phase(delta: torch.Tensor, n: int, onesided: bool) -> torch.Tensor:
@@ -141,3 +143,39 @@ def lanczos_shift(x: torch.Tensor, dy, dx, a: int = 3) -> tuple[torch.Tensor, to
     out, valid_cols = _lanczos_axis(out, dx, a, dim=3)
     mask = (valid_rows[:, :, None] & valid_cols[:, None, :])[:, None]
     return out.to(x.dtype), mask
+
+
+def bilinear_shift(x: torch.Tensor, dy, dx) -> torch.Tensor:
+    """Shift images circularly by any real (dy, dx) with bilinear interpolation between the 4 nearest pixels.
+
+    ``out[i, j]`` is the bilinear interpolant of ``x`` at ``(i - dy, j - dx)``, indices taken modulo (H, W):
+    along each axis, with ``b = floor(d)`` and ``f = d - b``, ``out[i] = (1 - f) x[i - b] + f x[i - b - 1]``
+    (two whole-pixel circular shifts mixed). Integer shifts are exact ``torch.roll`` (f = 0). Unlike
+    :func:`fourier_shift` it is not a group action: a shift by d then by -d blurs (a half-pixel shift and
+    back averages neighbours with weights 1/4, 1/2, 1/4), so it does not round-trip.
+
+    Args:
+        x: images.
+        dy, dx: float (one shift for the batch) or tensor of shape (B,) (one shift per sample).
+
+    Shape:
+        - Input: (B, C, H, W); dy, dx: float or (B,)
+        - Output: (B, C, H, W), same dtype
+
+    >>> x = torch.tensor([[[[0.0, 2.0, 4.0, 6.0]]]], dtype=torch.float64)
+    >>> bilinear_shift(x, 0, 0.5)
+    tensor([[[[3., 1., 3., 5.]]]], dtype=torch.float64)
+    """
+    _check_image(x)
+    batch = x.shape[0]
+    out = x.to(_compute_dtype(x))
+    for axis, value in ((0, dy), (1, dx)):
+        d = _as_vector(_float_param(value, batch, x.device, "dx" if axis else "dy"), batch, x.device, torch.float64)
+        base = torch.floor(d)
+        frac = (d - base).to(out.dtype)[:, None, None, None]
+        base = base.to(torch.int64)
+        zero = torch.zeros_like(base)
+        near = circular_shift(out, *((zero, base) if axis else (base, zero)))
+        far = circular_shift(out, *((zero, base + 1) if axis else (base + 1, zero)))
+        out = (1 - frac) * near + frac * far
+    return out.to(x.dtype)
