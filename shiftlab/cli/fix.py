@@ -18,10 +18,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, metavar="SPEC",
                         help="timm:NAME, torchvision:NAME, pretrained:NAME or path/to/file.py:factory")
     parser.add_argument("--weights", metavar="PATH", help="optional local checkpoint to convert (weights_only=True)")
-    parser.add_argument("--method", required=True, choices=("aps", "blur", "lps", "tips"),
+    parser.add_argument("--method", required=True, choices=("aps", "blur", "lps", "tips", "ideal"),
                         help="blur: low-pass before subsampling (Zhang 2019); aps: adaptive polyphase (Chaman 2021); "
                              "lps: learnable polyphase (Rojas-Gomez 2022; chooses as aps until fine-tuned); tips: "
-                             "learned polyphase mixture (Saha 2025; invariance learned, not guaranteed)")
+                             "learned polyphase mixture (Saha 2025; invariance learned, not guaranteed); ideal: ideal "
+                             "FFT low-pass subsampling (Michaeli 2023; activations kept, so not alias-free)")
     parser.add_argument("--filter-size", type=int, metavar="N", default=None,
                         help="binomial filter size (default: shiftlab.antialias's default)")
     parser.add_argument("--circular", action="store_true",

@@ -1,4 +1,5 @@
-"""Convert a trained CNN to an anti-aliased (BlurPool) or adaptive-polyphase (APS) one, keeping its weights.
+"""Convert a trained CNN to an anti-aliased (BlurPool, ideal low-pass) or adaptive-polyphase (APS) one, keeping
+its weights.
 
 ``antialias(model, method="blur")`` applies Zhang's rules (2019) to every strided layer:
 
@@ -31,6 +32,21 @@ is a module with a child named ``downsample``, ``shortcut``, ``skip``, ``proj``,
 avg-pool shortcuts, timm RegNet). When the model can be traced, any two strided layers that run in
 parallel outside such a block (an Inception module, say) are refused with an :class:`InputError`.
 
+``method="ideal"`` places an :class:`~shiftlab.layers.IdealDownsample2d` (an ideal FFT low-pass at ``1 / s`` of
+Nyquist, then subsampling by ``s``; Michaeli et al. 2023) exactly where ``"blur"`` places its ``BlurPool2d``:
+``Conv2d(stride s)`` -> the conv at stride 1, then the ideal subsampling after its activation; a 1x1 shortcut ->
+the ideal subsampling first (it commutes with a 1x1 conv, bias included); ``MaxPool2d(k, s)`` / ``AvgPool2d(k, s)``
+-> the pool at stride 1, then the ideal subsampling. The stem is converted too by default (``keep_stem=False``),
+so no subsampling of the network aliases. ``filter_size`` is not used (the filter is the ideal low-pass). The
+ideal subsampling treats each map as one period: its height and width must be multiples of the stride (a
+:class:`~shiftlab.errors.ShapeError` otherwise), so inputs must be multiples of the total stride (with the usual
+'same'-padded layers). What it does NOT do: the network's activations (ReLU, GELU, ...) and norms stay as they
+are, pointwise on the original grid, and create frequencies that the next subsampling removes but that were
+already folded where the activation sampled them: the converted network is **not alias-free** and has no exact
+shift guarantee, integer or fractional (:data:`~shiftlab.fix.recipe.METHOD_GUARANTEES`). For exact invariance to
+fractional shifts, build an alias-free network (:func:`shiftlab.models.alias_free_resnet`,
+:func:`shiftlab.models.alias_free_convnext`); for exact invariance to integer circular shifts, ``"aps"``.
+
 ``circular=True`` turns every padding into circular padding of the same amounts (``padding_mode`` of
 convolutions, pools' padding, explicit padding layers; for the dense versions of strided pools and 'SAME'
 convolutions, the amount that keeps the size). With APS and global average pooling the model is then
@@ -43,7 +59,8 @@ state. The original ``state_dict`` loads into the converted model with ``strict=
 Placement. The subsampling after a strided conv goes after the activation that follows it: on the
 activation module if it is used once; on the norm layer (the conv if there is none) with a copy of the
 activation applied first if the activation is a shared ReLU or ReLU6 (torchvision's blocks reuse one
-``relu``; applying it again to the blurred, non-negative map changes nothing); otherwise right after the
+``relu``; applying it again to the blurred, non-negative map changes nothing; with ``"ideal"``, whose low-pass
+rings below zero, the subsampling goes before such a shared activation instead); otherwise right after the
 norm layer. The report says which. Models that torch.fx cannot trace get the subsampling right after each
 strided layer. Layers are attached through forward hooks: ``torch.export`` (strict or not), ``torch.compile``,
 ``torch.jit.trace`` and both ONNX exporters capture them (``docs/export.md``); ``torch.jit.script`` does not.
@@ -80,7 +97,7 @@ from shiftlab.fix._graph import Flow, Link, trace
 from shiftlab.fix._ops import DensePool2d, RunAfter, RunBefore, SamePaddedConv2d
 # the methods and placements are defined by what a fix is, and stay importable from here
 from shiftlab.fix.recipe import METHODS, PLACEMENTS, POLYPHASE_METHODS, conversion_of, is_converted, record_conversion
-from shiftlab.layers import APSPool2d, BlurPool2d, LearnedPhase, LPSPool2d, SharedPhase, TIPSPool2d
+from shiftlab.layers import APSPool2d, BlurPool2d, IdealDownsample2d, LearnedPhase, LPSPool2d, SharedPhase, TIPSPool2d
 from shiftlab.layers.blur_pool import check_filter_size
 
 __all__ = ["antialias", "stem_conv", "Replacement", "replacement_counts", "opaque_subsampling", "METHODS",
@@ -253,6 +270,8 @@ class _Converter:
         (the learned methods size their scoring layers by it)."""
         if self.method == "blur":
             return BlurPool2d(filter_size=self.filter_size, stride=stride, padding_mode=self.mode)
+        if self.method == "ideal":
+            return IdealDownsample2d(stride)
         if self.method == "aps":
             return APSPool2d(stride=stride, filter_size=self.filter_size, padding_mode=self.mode,
                              shared=self.shared.get(name))
@@ -318,6 +337,12 @@ class _Converter:
             RunBefore(sub).attach(conv)
         else:
             target = self.model.get_submodule(link.module)
+            if self.method == "ideal" and link.activation is not None:
+                # an ideal low-pass of a ReLU's output rings below zero, so the shared activation applied again
+                # would clip it: subsample before that activation instead (the original's place for it)
+                link = Link(link.module, None, f"after {link.module}, before the shared activation (the ideal "
+                                               "low-pass is not a blur: applying the activation twice would change "
+                                               "the map)")
             ops = [link.activation, sub] if link.activation is not None else [sub]
             RunAfter(*ops).attach(target)
             after = f"{_describe(conv)}; {_describe(sub)} {link.position}"
@@ -449,19 +474,24 @@ def stem_conv(model: nn.Module) -> str | None:
 def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circular: bool = False,
               inplace: bool = False, *, keep_stem: bool | None = None, exclude: tuple[str, ...] = (),
               placement: str = "after") -> tuple[nn.Module, list[Replacement]]:
-    """Convert every strided layer of ``model`` to anti-aliased (``"blur"``) or adaptive (``"aps"``) subsampling.
+    """Convert every strided layer of ``model`` to anti-aliased (``"blur"``, ``"ideal"``) or adaptive (``"aps"``)
+    subsampling.
 
     Args:
         model: a CNN built from standard modules (``Conv2d``, ``MaxPool2d``, ``AvgPool2d``, timm's
             ``Conv2dSame``), e.g. torchvision ResNet/ResNeXt/RegNet/MobileNetV2, timm ResNet/EfficientNet.
-        method: ``"blur"`` (BlurPool, Zhang 2019) or ``"aps"`` (adaptive polyphase sampling).
-        filter_size: binomial filter size 1..7 (with ``"aps"``: a blur before choosing; 1 = none).
+        method: ``"blur"`` (BlurPool, Zhang 2019), ``"aps"`` (adaptive polyphase sampling), ``"lps"``, ``"tips"``
+            (learned polyphase sampling) or ``"ideal"`` (ideal FFT low-pass subsampling, placed as ``"blur"``; the
+            activations stay, so the result is not alias-free and has no exact shift guarantee).
+        filter_size: binomial filter size 1..7 (with ``"aps"``: a blur before choosing; 1 = none; not used by
+            ``"ideal"``).
         circular: make every padding circular (blur layers too); needed for exact circular-shift invariance.
         inplace: modify ``model`` itself instead of a deep copy.
         keep_stem: leave the stem (the first registered conv, if strided) as it is. Default: True for
             ``"blur"``, as Zhang (2019) and timm do (blurring the full-resolution stem output costs about a
-            fifth of a ResNet-18's compute), False for ``"aps"``, whose exact invariance needs every stride
-            adaptive. A kept stem is listed in the report.
+            fifth of a ResNet-18's compute), False for the other methods (``"aps"``'s exact invariance needs every
+            stride adaptive; ``"ideal"`` removes the aliasing of every subsampling). A kept stem is listed in the
+            report.
         exclude: names of other strided layers to leave as they are.
         placement: with ``"blur"``, where the blur of a strided conv goes: ``"after"`` (Zhang 2019, the default:
             the conv at stride 1, blur and subsampling after its activation) or ``"before"`` (MosaicML Composer's
@@ -496,7 +526,8 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
     if not isinstance(placement, str) or placement not in PLACEMENTS:
         raise InputError(f"placement must be one of {', '.join(PLACEMENTS)}; got {placement!r}")
     if placement == "before" and method != "blur":
-        raise InputError("placement='before' is for method='blur': APS needs every stride moved into its own layer")
+        raise InputError(f"placement='before' is for method='blur', not {method!r}: {method} needs every stride moved "
+                         "into its own layer")
     if keep_stem is None:
         keep_stem = method == "blur"
     if is_converted(model):

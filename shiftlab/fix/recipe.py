@@ -28,12 +28,25 @@ from shiftlab.errors import InputError
 from shiftlab.layers.blur_pool import MAX_FILTER_SIZE
 from shiftlab.models.loading import SelectOutput
 
-__all__ = ["METHODS", "POLYPHASE_METHODS", "PLACEMENTS", "FIX_METHODS", "FIX_OPTIONS", "CONVERSION_KEYS",
-           "is_converted", "conversion_of", "parse_fix", "recipe_spec", "record_conversion", "make_recipe",
-           "check_recipe", "conversion_kwargs"]
+__all__ = ["METHODS", "METHOD_GUARANTEES", "POLYPHASE_METHODS", "PLACEMENTS", "FIX_METHODS", "FIX_OPTIONS",
+           "CONVERSION_KEYS", "is_converted", "conversion_of", "parse_fix", "recipe_spec", "record_conversion",
+           "make_recipe", "check_recipe", "conversion_kwargs"]
 
 #: the conversions :func:`shiftlab.antialias` makes
-METHODS = ("blur", "aps", "lps", "tips")
+METHODS = ("blur", "aps", "lps", "tips", "ideal")
+#: what each conversion guarantees about shifts (with ``circular=True``; zero or reflect padding breaks every
+#: exact claim at the border). None of them makes a trained CNN alias-free: its activations stay pointwise.
+METHOD_GUARANTEES = {
+    "blur": "none exact: a binomial low-pass before each subsampling reduces aliasing",
+    "aps": "exact invariance to integer circular shifts (inputs a multiple of the total stride); none for "
+           "fractional shifts",
+    "lps": "exact invariance to integer circular shifts, like aps, whatever it learned; none for fractional shifts",
+    "tips": "none exact: the invariance is learned",
+    "ideal": "none exact: an ideal (FFT) low-pass before each subsampling removes the aliasing of the subsampling "
+             "itself, but the network's activations (ReLU, GELU) stay pointwise and alias, so it is NOT alias-free "
+             "and not invariant to integer or fractional shifts; for exact fractional-shift invariance build an "
+             "alias-free network (shiftlab.models.alias_free_resnet / alias_free_convnext)",
+}
 #: methods that keep one polyphase component per sample (exactly invariant with circular padding)
 POLYPHASE_METHODS = ("aps", "lps")
 #: where ``method="blur"`` puts the blur of a strided conv: ``"after"`` (Zhang 2019: the conv at stride 1, the
@@ -66,8 +79,8 @@ def parse_fix(spec: str | None) -> dict | None:
     parts = [p.strip() for p in str(spec).split(":")]
     method, options = parts[0], parts[1:]
     if method not in FIX_METHODS:
-        raise InputError(f"--fix must be blur, aps, lps or tips, optionally followed by :circular (or blur:before), "
-                         f"got {spec!r}")
+        raise InputError(f"--fix must be one of {', '.join(FIX_METHODS)}, optionally followed by :circular (or "
+                         f"blur:before), got {spec!r}")
     unknown = [o for o in options if o not in FIX_OPTIONS]
     if unknown or len(set(options)) != len(options):
         raise InputError(f"--fix {spec!r}: unknown option {unknown[0] if unknown else options[0]!r}; "
@@ -88,11 +101,11 @@ def recipe_spec(recipe: Mapping) -> str:
     if recipe.get("placement") == "before":
         text += ":before"
     details = []
-    if recipe.get("filter_size") not in (None, 3):
+    if recipe.get("filter_size") not in (None, 3) and recipe.get("method") != "ideal":  # ideal has no filter size
         details.append(f"filter {recipe['filter_size']}")
     if recipe.get("method") == "blur" and recipe.get("keep_stem") is False:
         details.append("stem converted")
-    if recipe.get("method") == "aps" and recipe.get("keep_stem") is True:
+    if recipe.get("method") in ("aps", "ideal") and recipe.get("keep_stem") is True:
         details.append("stem kept")
     if recipe.get("exclude"):
         details.append(f"{len(recipe['exclude'])} excluded")
