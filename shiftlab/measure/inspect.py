@@ -56,6 +56,8 @@ KINDS = {
     "aps": "adaptive polyphase subsampling (APS, or LPS's learned choice): exact for circular shifts when padding "
            "is circular",
     "tips": "learned mixture of polyphase components (TIPS): invariance learned, not guaranteed",
+    "ideal": "ideal low-pass subsampling by FFT: no aliasing; exact for fractional circular shifts of band-limited "
+             "maps",
     "same-padding-asymmetric": "'same' padding with more pixels after than before: moves the sampling grid",
     "zero-padding": "zero padding: exact equivariance fails near the borders",
     "constant-padding": "padding with a constant (e.g. -inf for max pooling): fails near the borders",
@@ -67,11 +69,11 @@ KINDS = {
 }
 # kinds that change the sampling grid (they define the cumulative stride)
 SUBSAMPLING_KINDS = frozenset({"strided-conv", "max-pool", "avg-pool", "other-subsampling", "functional-subsampling",
-                               "blur-pool", "aps", "tips"})
+                               "blur-pool", "aps", "tips", "ideal"})
 #: subsampling that is not a layer :func:`shiftlab.antialias` can convert
 OPAQUE_KINDS = frozenset({"other-subsampling", "functional-subsampling"})
 # kinds that do not break exact equivariance to circular shifts on their own
-_HARMLESS_KINDS = frozenset({"aps", "global-pool"})
+_HARMLESS_KINDS = frozenset({"aps", "global-pool", "ideal"})
 
 
 @dataclass(frozen=True)
@@ -560,10 +562,12 @@ class _Tracer:
         self.add(m, "adaptive-pool", detail, (1, 1), cum, in_hw, out_hw, breaks=not identity)
 
     def antialiased(self, m, in_hw, out_hw) -> None:
+        if type(m).__module__ == "shiftlab.layers.alias_free" and type(m).__name__ != "IdealDownsample2d":
+            return  # the alias-free activation, norm, low-pass and upsampling keep the grid: nothing to report
         stride = self.subsampling_stride(m, in_hw, out_hw)
         cum = self.record_level(in_hw, out_hw, stride) if out_hw else self.cumulative(in_hw)
         name = type(m).__name__.lower()
-        kind = ("tips" if name.startswith("tips") else
+        kind = ("tips" if name.startswith("tips") else "ideal" if name.startswith("ideal") else
                 "aps" if "aps" in name or "lps" in name or "polyphase" in name else "blur-pool")
         parts = [f"stride {_fmt2(stride)}"]
         for attr in ("filter_size", "padding_mode"):
