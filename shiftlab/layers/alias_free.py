@@ -68,11 +68,11 @@ def _check_cutoff(cutoff) -> float:
     return float(cutoff)
 
 
-def _spectrum(x: Tensor) -> Tensor:
+def _spectrum(x: Tensor, norm: str = "backward") -> Tensor:
     """rfft2 of ``x`` in float32 at least (half precision has no FFT of every size)."""
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
-    return torch.fft.rfft2(x)
+    return torch.fft.rfft2(x, norm=norm)
 
 
 def ideal_lowpass2d(x: Tensor, cutoff: float = 0.5) -> Tensor:
@@ -115,15 +115,22 @@ def _check_divides(x: Tensor, stride: int, what: str) -> None:
 
 
 def _crop_spectrum(spectrum: Tensor, height: int, width: int, out_h: int, out_w: int) -> Tensor:
-    """The rfft2 bins of an (H, W) map that an (out_h, out_w) grid represents below its Nyquist frequency."""
+    """The rfft2 bins of an (H, W) map that an (out_h, out_w) grid represents below its Nyquist frequency.
+
+    Shape (..., out_h, out_w // 2 + 1), the rfft2 layout of the output grid, built in one copy: the Nyquist row
+    of an even ``out_h`` and the Nyquist column of an even ``out_w`` are zero (an irfft2 that had to pad a missing
+    column would copy the spectrum again).
+    """
     keep_y = (out_h - 1) // 2  # |ky| <= keep_y, i.e. |ky| < out_h / 2
-    rows = torch.cat([torch.arange(0, keep_y + 1), torch.arange(height - keep_y, height)]).to(spectrum.device)
-    out = spectrum.new_zeros(*spectrum.shape[:-2], out_h, out_w // 2 + 1)
-    cols = (out_w - 1) // 2 + 1  # |kx| < out_w / 2
-    top = spectrum.index_select(-2, rows)[..., :cols]
-    out[..., : keep_y + 1, :cols] = top[..., : keep_y + 1, :]
+    cols = out_w // 2 + 1
+    parts = [spectrum[..., : keep_y + 1, :cols]]
+    if out_h % 2 == 0:
+        parts.append(spectrum.new_zeros(*spectrum.shape[:-2], 1, cols))
     if keep_y:
-        out[..., out_h - keep_y:, :cols] = top[..., keep_y + 1:, :]
+        parts.append(spectrum[..., height - keep_y:, :cols])
+    out = torch.cat(parts, dim=-2)
+    if out_w % 2 == 0:
+        out[..., -1] = 0  # |kx| = out_w / 2 is not below the cutoff
     return out
 
 
@@ -149,9 +156,10 @@ def ideal_downsample2d(x: Tensor, stride: int = 2) -> Tensor:
     _check_divides(x, stride, "ideal_downsample2d")
     height, width = x.shape[-2:]
     out_h, out_w = height // stride, width // stride
-    # bins below the cutoff; sampling every stride-th point folds nothing onto them, and scales them by 1/stride^2
-    spectrum = _crop_spectrum(_spectrum(x), height, width, out_h, out_w) / (stride * stride)
-    return torch.fft.irfft2(spectrum, s=(out_h, out_w)).to(x.dtype)
+    # bins below the cutoff; sampling every stride-th point folds nothing onto them. norm="forward" both ways: the
+    # 1 / (H W) of the forward transform is the whole scale (the inverse at the output size adds none)
+    spectrum = _crop_spectrum(_spectrum(x, "forward"), height, width, out_h, out_w)
+    return torch.fft.irfft2(spectrum, s=(out_h, out_w), norm="forward").to(x.dtype)
 
 
 def ideal_upsample2d(x: Tensor, factor: int = 2) -> Tensor:
@@ -171,14 +179,12 @@ def ideal_upsample2d(x: Tensor, factor: int = 2) -> Tensor:
         return x
     height, width = x.shape[-2:]
     out_h, out_w = height * factor, width * factor
-    small = _crop_spectrum(_spectrum(x), height, width, height, width)  # the input's Nyquist bins dropped
-    keep_y = (height - 1) // 2
-    out = small.new_zeros(*small.shape[:-2], out_h, out_w // 2 + 1)
-    cols = small.shape[-1]
-    out[..., : keep_y + 1, :cols] = small[..., : keep_y + 1, :]
-    if keep_y:
-        out[..., out_h - keep_y:, :cols] = small[..., height - keep_y:, :]
-    return torch.fft.irfft2(out * (factor * factor), s=(out_h, out_w)).to(x.dtype)
+    spectrum = _spectrum(x, "forward")
+    keep_y, cols = (height - 1) // 2, (width - 1) // 2 + 1  # the input's Nyquist bins dropped
+    gap = spectrum.new_zeros(*spectrum.shape[:-2], out_h - 2 * keep_y - 1, cols)  # the new high rows
+    parts = [spectrum[..., : keep_y + 1, :cols], gap] + ([spectrum[..., height - keep_y:, :cols]] if keep_y else [])
+    # irfft2 pads the missing high columns with zeros; norm="forward" both ways gives the gain factor ** 2
+    return torch.fft.irfft2(torch.cat(parts, dim=-2), s=(out_h, out_w), norm="forward").to(x.dtype)
 
 
 def _check_coefficients(coefficients) -> Tensor:
