@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 HELP = ("train small CNNs on real handwritten digits to test a claim (architecture, positions, augmentation, rotation, "
-        "subsampling)")
+        "subsampling, subpixel)")
 
-EXPERIMENTS = ("architecture", "unseen-positions", "augmentation", "rotation", "subsampling")
+EXPERIMENTS = ("architecture", "unseen-positions", "augmentation", "rotation", "subsampling", "subpixel")
 
 # the experiments that train named SmallCNN variants (--variants)
 _VARIANT_EXPERIMENTS = ("architecture", "unseen-positions", "subsampling")
@@ -26,11 +26,14 @@ _COLUMNS = {
                  ("quarter_turn_agreement", "same top-1 at 0/90/180/270"), ("inference_ms_per_image", "ms/image")],
     "subsampling": [("accuracy", "accuracy"), ("crop_consistency", "crop cons."),
                     ("circular_consistency", "circular cons."), ("top1_change", "P(top-1 change)")],
+    "subpixel": [("accuracy", "accuracy"), ("worst_case_integer", "worst, integer"),
+                 ("worst_case_half_pixel", "worst, half-pixel"), ("worst_case_fractional", "worst, fractional"),
+                 ("worst_case_crop", "worst, crop")],
 }
 
 
 # the figures each experiment writes, by file-name suffix
-_FIGURES = {"architecture": ("", "_sweep"), "rotation": ("", "_cost"), "subsampling": ("",)}
+_FIGURES = {"architecture": ("", "_sweep"), "rotation": ("", "_cost"), "subsampling": ("",), "subpixel": ("",)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +62,8 @@ def _runner(name: str):
         from shiftlab.experiments.augmentation import run_augmentation as run
     elif name == "subsampling":
         from shiftlab.experiments.subsampling import run_subsampling as run
+    elif name == "subpixel":
+        from shiftlab.experiments.subpixel import run_subpixel as run
     else:
         from shiftlab.experiments.rotation import run_rotation as run
     return run

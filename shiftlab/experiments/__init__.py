@@ -5,8 +5,8 @@
 - :mod:`~shiftlab.experiments.train`: deterministic CPU training, augmentations, float64/float32 evaluation.
 - :mod:`~shiftlab.experiments.protocols`: the experiments' own audit protocols (a diagonal sweep around the
   unshifted view, placements of an object on a canvas); every number comes from ``shiftlab.audit``.
-- ``run_architecture``, ``run_unseen_positions``, ``run_augmentation``, ``run_rotation``, ``run_subsampling``:
-  the five experiments (``shiftlab experiment NAME``); each returns a JSON-serialisable dict that records its
+- ``run_architecture``, ``run_unseen_positions``, ``run_augmentation``, ``run_rotation``, ``run_subsampling``,
+  ``run_subpixel``: the six experiments (``shiftlab experiment NAME``); each returns a JSON-serialisable dict that records its
   seeds. ``parse_variant`` checks a variant name of ``--variants`` before any work.
 
 Names are imported lazily, so importing this package does not load scikit-learn or the layers.
@@ -22,6 +22,7 @@ _EXPORTS = {
     "run_augmentation": "shiftlab.experiments.augmentation",
     "run_rotation": "shiftlab.experiments.rotation",
     "run_subsampling": "shiftlab.experiments.subsampling",
+    "run_subpixel": "shiftlab.experiments.subpixel",
     "SmallCNN": "shiftlab.experiments.nets",
     "make_canvas_split": "shiftlab.experiments.digits",
     "parse_variant": "shiftlab.experiments._common",

@@ -1,5 +1,5 @@
 """Figures for the training experiments (``shiftlab experiment``): architecture, unseen-positions,
-augmentation, rotation, subsampling.
+augmentation, rotation, subsampling, subpixel.
 
 Each function takes the saved result dict of one experiment (as written to ``NAME.json``) and an optional
 matplotlib ``ax`` (or ``axes``), imports matplotlib inside (Agg backend) and returns the figure. Nothing here
@@ -19,6 +19,7 @@ __all__ = [
     "plot_rotation",
     "plot_rotation_cost",
     "plot_subsampling",
+    "plot_subpixel",
     "plot_experiment",
     "experiment_figures",
     "experiment_title",
@@ -34,6 +35,7 @@ TITLES = {
     "augmentation": "Augmentation against architecture",
     "rotation": "Rotation: plain, p4 and harmonic CNNs, with and without augmentation (and scale, brightness)",
     "subsampling": "Subsampling: strided, max-pool, BlurPool, APS, LPS and TIPS beside the published CIFAR-10 table",
+    "subpixel": "Sub-pixel shifts: worst-case accuracy of baseline, BlurPool, APS and alias-free networks",
 }
 
 
@@ -354,8 +356,48 @@ def plot_subsampling(result: dict, axes=None):
     return fig
 
 
+@literal_text
+def plot_subpixel(result: dict, axes=None):
+    """Accuracy and worst-case accuracy on each grid (integer, half-pixel, fractional, crop), a group of bars per
+    network (mean over seeds, +-1 s.d. with several seeds); hollow diamonds: the published ImageNet ConvNeXt-T
+    values of the same network kind (``result["published"]``, percent / 100). Axes start at 0."""
+    plt = _pyplot()
+    keys = [("accuracy", "accuracy"), ("worst_case_integer", "integer grid"),
+            ("worst_case_half_pixel", "half-pixel grid"), ("worst_case_fractional", "fractional grid"),
+            ("worst_case_crop", "crop attack")]
+    fig, axes = _axes(plt, axes, 1, (11, 4.6))
+    ax = axes[0]
+    names = list(result["variants"])
+    table = (result.get("published") or {}).get("methods", {})
+    several = len(result.get("seeds", [])) > 1
+    width = 0.8 / len(keys)
+    for i, name in enumerate(names):
+        entry = result["variants"][name]
+        for j, (key, label) in enumerate(keys):
+            mean, std = _mean_std(entry["summary"], key)
+            x = i + (j - (len(keys) - 1) / 2) * width
+            ax.bar(x, mean, width * 0.9, yerr=std if several else None, capsize=2 if several else 0,
+                   color=_COLORS[j % len(_COLORS)], label=label if i == 0 else None)
+            ax.text(x, mean + (std if several else 0.0) + 0.01, f"{mean:.2f}", ha="center", va="bottom", fontsize=6)
+            value = table.get(name, {}).get(key)
+            if value is not None:
+                ax.plot(x, value / 100.0, marker="D", ms=5, mfc="white", mec="#30343f", mew=1.2, ls="none")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, fontsize=8)
+    ax.set_ylim(0.0, 1.12)
+    ax.set_ylabel("fraction of test images (worst case: right under every shift of the grid)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=len(keys), loc="upper center", bbox_to_anchor=(0.5, 1.0))
+    source = (result.get("published") or {}).get("source", "")
+    fig.suptitle(f"{TITLES['subpixel']} ({_seeds_note(result) if several else _seeds_note(result, spread=False)})"
+                 + (f"\nhollow diamonds: the published values, {source}" if source else ""), fontsize=8.5)
+    fig.tight_layout()
+    return fig
+
+
 _OVERVIEW = {"architecture": plot_architecture, "unseen-positions": plot_position_heatmaps,
-             "augmentation": plot_augmentation, "rotation": plot_rotation, "subsampling": plot_subsampling}
+             "augmentation": plot_augmentation, "rotation": plot_rotation, "subsampling": plot_subsampling,
+             "subpixel": plot_subpixel}
 
 
 def _name(result) -> str:
@@ -406,6 +448,12 @@ def experiment_caption(result: dict) -> str:
     elif name == "subsampling":
         parts = [f"{k}: accuracy {m(e, 'accuracy'):.3f}, crop consistency {m(e, 'crop_consistency'):.3f}, "
                  f"circular consistency {m(e, 'circular_consistency'):.3f}" for k, e in v.items()]
+        if result.get("statement"):
+            parts.append(result["statement"])
+    elif name == "subpixel":
+        parts = [f"{k}: accuracy {m(e, 'accuracy'):.3f}, worst case integer {m(e, 'worst_case_integer'):.3f}, "
+                 f"half-pixel {m(e, 'worst_case_half_pixel'):.3f}, fractional {m(e, 'worst_case_fractional'):.3f}, "
+                 f"crop {m(e, 'worst_case_crop'):.3f}" for k, e in v.items()]
         if result.get("statement"):
             parts.append(result["statement"])
     else:

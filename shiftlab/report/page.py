@@ -126,6 +126,10 @@ def headline_metrics(results: Mapping) -> list[tuple[str, Mapping, bool, str]]:
     if wc:
         g = ((_audit(results, "worst_case").get("result") or {}).get("protocol") or {}).get("n", "?")
         out.append((f"photos whose top-1 survives every shift of a {g}×{g} px grid", wc, True, "worst_case"))
+    sub = _m(results, "subpixel", "worst_case_stability")
+    if sub:
+        out.append((f"photos whose top-1 survives every half-pixel shift ({_half_pixel_grid(results)})", sub, True,
+                    "subpixel"))
     key = "aps:circular/consistency.circular"
     m = _m(results, key, "consistency")
     if m:
@@ -250,16 +254,26 @@ def _pair(metric, percent: bool = True) -> tuple[str, str]:
     return value, f"({ci})" if ci else ""
 
 
+def _half_pixel_grid(results: Mapping) -> str:
+    """The half-pixel grid of the ``subpixel`` audit in words: "i/2, j/2 px for 1 ≤ i, j ≤ M"."""
+    spec = ((_audit(results, "subpixel").get("result") or {}).get("protocol") or {}).get("spec", "")
+    size = spec.split(":")[1] if spec.count(":") >= 1 else "?"
+    return f"i/2, j/2 px for 1 ≤ i, j ≤ {size}, circular, Fourier resampling"
+
+
 def _consistency(results: Mapping, figures: Mapping[str, str]) -> str:
     if not _audit(results, "consistency.crop"):
         return ""
     crop, _ = format_metric(_m(results, "consistency.crop", "consistency"))
     circ, _ = format_metric(_m(results, "consistency.circular", "consistency"))
     worst, _ = format_metric(_m(results, "worst_case", "worst_case_stability"))
+    half, _ = format_metric(_m(results, "subpixel", "worst_case_stability"))
     g = ((_audit(results, "worst_case").get("result") or {}).get("protocol") or {}).get("n", "?")
+    subpixel = (f", and {half} over every half-pixel shift ({_half_pixel_grid(results)})"
+                if half != "n/a" and _audit(results, "subpixel") else "")
     sentence = (f"Two random crops of the same photo get the same top-1 class {crop} of the time, two random "
                 f"circular shifts {circ}; {worst} of the photos keep their top-1 class over all {g}×{g} one-pixel "
-                f"shifts. Bars show 95% intervals computed over photos (the pairs of one photo are not "
+                f"shifts{subpixel}. Bars show 95% intervals computed over photos (the pairs of one photo are not "
                 f"independent), with the number of pairs n and of photos.")
     body = _figure(figures, "shift_metrics", "shift metrics with 95% intervals", _e(sentence))
     body += _figure(figures, "shift_map", "probability of the tracked class over a grid of shifts",
@@ -267,7 +281,7 @@ def _consistency(results: Mapping, figures: Mapping[str, str]) -> str:
                        f"the crop window starts at (dy, dx), 0 to {g - 1 if isinstance(g, int) else g} px; a white "
                        f"cross marks a shift whose top-1 differs from the unshifted window's. A shift-invariant "
                        f"network would paint every square in one flat colour, without crosses."))
-    body += _reproduce(results, ["consistency.crop", "consistency.circular", "worst_case", "sweep.crop",
+    body += _reproduce(results, ["consistency.crop", "consistency.circular", "worst_case", "subpixel", "sweep.crop",
                                  "sweep.canvas_black", "sweep.canvas_inpaint"])
     return _section("consistency", "2. Consistency under random shifts", body)
 

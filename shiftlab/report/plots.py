@@ -185,6 +185,9 @@ def shift_bars(results: dict) -> list[tuple[str, dict, str]]:
     if m:
         g = results["audits"]["worst_case"]["result"]["protocol"]["n"]
         rows.append((f"photos keeping their top-1 over all {g}x{g} 1-px shifts", m, "worst_case"))
+    m = metric(results, "subpixel", "worst_case_stability")
+    if m:
+        rows.append(("photos keeping their top-1 over every half-pixel shift", m, "subpixel"))
     return rows
 
 

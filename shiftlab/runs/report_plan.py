@@ -65,6 +65,7 @@ class Budget:
     sweep: int = 32  # diagonal offsets 0..sweep
     passes: int = 8  # random pairs per image for crop and circular consistency
     grid: int = 8  # worst case over a grid x grid window of 1-px shifts
+    half_pixel: int = 2  # worst case over the half-pixel grid (i/2, j/2), 1 <= i, j <= half_pixel (Fourier shifts)
     rotations: tuple[float, ...] = (0.0, -180.0, -150.0, -120.0, -90.0, -60.0, -30.0, 30.0, 60.0, 90.0, 120.0,
                                     150.0, 180.0)
     scales: tuple[float, ...] = (1.0, 0.5, 0.6, 0.7, 0.85, 1.2, 1.4, 1.7, 2.0)
@@ -78,7 +79,7 @@ class Budget:
 
 
 DEFAULT_BUDGET = Budget()
-QUICK_BUDGET = Budget(max_images=2, passes=4, grid=3, rotations=(0.0, -90.0, -30.0, 30.0, 90.0, 180.0),
+QUICK_BUDGET = Budget(max_images=2, passes=4, grid=3, half_pixel=1, rotations=(0.0, -90.0, -30.0, 30.0, 90.0, 180.0),
                       scales=(1.0, 0.5, 2.0), brightness=(1.0, 0.3, 2.0), fix_grid=2, certify_shifts=2,
                       certify_size=64)
 
@@ -126,6 +127,8 @@ def report_audits(model_spec: str, data_spec: str, input_size: int, budget: Budg
                     base.with_(transform=f"circular:{MARGIN}:{budget.passes}"), needs_predictions=True),
         ReportAudit("worst_case", f"every shift of a {budget.grid}x{budget.grid} grid", "original",
                     base.with_(transform=f"grid:{budget.grid}:1:crop"), needs_predictions=True),
+        ReportAudit("subpixel", f"every half-pixel circular shift (i/2, j/2), 1 <= i, j <= {budget.half_pixel}",
+                    "original", base.with_(transform=f"halfpixel:{budget.half_pixel}"), needs_predictions=True),
         ReportAudit("layers.invariance", "a 1-px circular shift, inside the network", "original",
                     base.with_(transform="diagonal:1:circular", layers="stages")),
         ReportAudit("rotation", "rotation about the centre", "original",
