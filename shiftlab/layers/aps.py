@@ -129,14 +129,15 @@ def polyphase_norms(x: Tensor, stride: int = 2) -> Tensor:
     """L2 norm (over channels and positions, in float64) of each polyphase component of ``x``.
 
     Component ``i * stride + j`` is ``x[..., i::stride, j::stride]`` after circular padding to a multiple
-    of ``stride``. For inspection; the choice itself uses :func:`polyphase_energies`.
+    of ``stride``. For inspection; the choice itself uses :func:`polyphase_energies`. Summed over a contiguous
+    copy, so the result does not depend on the input's memory layout (the order of a float sum would).
 
     Shape:
         Input: (B, C, H, W). Output: (B, stride * stride), float64.
     """
     _check_aps_input(x)
     _check_stride(stride)
-    x = _pad_to_multiple(x, stride)
+    x = _pad_to_multiple(x, stride).contiguous()
     return torch.linalg.vector_norm(_components(x, stride), dim=(1, 2, 4), dtype=torch.float64).flatten(1)
 
 
