@@ -471,6 +471,29 @@ def stem_conv(model: nn.Module) -> str | None:
     return None
 
 
+def _check_arguments(model, method, filter_size, circular, placement, keep_stem) -> tuple[int, bool]:
+    """:func:`antialias`'s arguments checked before anything changes: the filter size and whether the stem stays."""
+    from shiftlab.measure.inspect import refuse_compiled
+
+    refuse_compiled(model, "antialias")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    filter_size = check_filter_size(filter_size)
+    if not isinstance(circular, bool):
+        raise InputError(f"circular must be True or False, got {circular!r}")
+    if not isinstance(placement, str) or placement not in PLACEMENTS:
+        raise InputError(f"placement must be one of {', '.join(PLACEMENTS)}; got {placement!r}")
+    if placement == "before" and method != "blur":
+        raise InputError(f"placement='before' is for method='blur', not {method!r}: {method} needs every stride moved "
+                         "into its own layer")
+    if is_converted(model):
+        raise InputError(f"the model is already converted (antialias {conversion_of(model).get('method')!r}); convert "
+                         f"the original model instead")
+    return filter_size, (method == "blur") if keep_stem is None else keep_stem
+
+
 def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circular: bool = False,
               inplace: bool = False, *, keep_stem: bool | None = None, exclude: tuple[str, ...] = (),
               placement: str = "after") -> tuple[nn.Module, list[Replacement]]:
@@ -513,26 +536,7 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
     >>> report[0].name, report[0].after.startswith("Conv2d(3, 64")
     ('conv1', True)
     """
-    from shiftlab.measure.inspect import refuse_compiled
-
-    refuse_compiled(model, "antialias")
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if method not in METHODS:
-        raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    filter_size = check_filter_size(filter_size)
-    if not isinstance(circular, bool):
-        raise InputError(f"circular must be True or False, got {circular!r}")
-    if not isinstance(placement, str) or placement not in PLACEMENTS:
-        raise InputError(f"placement must be one of {', '.join(PLACEMENTS)}; got {placement!r}")
-    if placement == "before" and method != "blur":
-        raise InputError(f"placement='before' is for method='blur', not {method!r}: {method} needs every stride moved "
-                         "into its own layer")
-    if keep_stem is None:
-        keep_stem = method == "blur"
-    if is_converted(model):
-        raise InputError(f"the model is already converted (antialias {conversion_of(model).get('method')!r}); convert "
-                         f"the original model instead")
+    filter_size, keep_stem = _check_arguments(model, method, filter_size, circular, placement, keep_stem)
     modules = dict(model.named_modules())
     unknown = [name for name in exclude if name not in modules]
     if unknown:
