@@ -385,7 +385,7 @@ def plot_subpixel(result: dict, axes=None):
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, fontsize=8)
     ax.set_ylim(0.0, 1.12)
-    ax.set_ylabel("fraction of test images (worst case: right under every shift of the grid)")
+    ax.set_ylabel("fraction of test images")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=len(keys), loc="upper center", bbox_to_anchor=(0.5, 1.0))
     source = (result.get("published") or {}).get("source", "")
