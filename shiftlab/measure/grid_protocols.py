@@ -36,7 +36,7 @@ import torch
 
 from shiftlab._checks import check_int
 from shiftlab.errors import InputError
-from shiftlab.measure.protocols import Copies, Protocol, ShiftGrid, _ints, _ShiftSequence
+from shiftlab.measure.protocol_base import Copies, Protocol, ShiftGrid, _ints, _ShiftSequence
 
 __all__ = ["WORST_CASE_METRICS", "SHIFT_METHODS", "GRID_SPECS", "FractionalShiftGrid", "SubpixelGrid",
            "HalfPixelGrid", "FractionalGrid", "IntegerGrid", "CropAttack", "fraction_values", "parse_grid"]
