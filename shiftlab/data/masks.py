@@ -4,6 +4,9 @@ A :class:`MaskedImages` is an :class:`~shiftlab.data.source_types.ImageSource` w
 (H, W) map of class indices of the image's own size; pixels equal to ``ignore_index`` (255 by default, the
 PASCAL VOC convention for object borders) are left out of every per-pixel comparison. Images carry no
 image-level label (``labels`` are all -1). :class:`TensorMasks` holds images and masks already in memory.
+Files: :mod:`~shiftlab.data.mask_files` (``MaskFiles``, ``open_masks``: VOC and ``images/`` + ``masks/``
+folders), :mod:`~shiftlab.data.mask_decoding` (one mask file to classes, the VOC colour map); the digit
+segmentation task: :mod:`~shiftlab.data.digit_masks`. Conventions: ``docs/masks.md``.
 
 >>> import torch
 >>> data = TensorMasks(torch.rand(2, 3, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long), num_classes=2)

@@ -26,7 +26,12 @@ Sources (:func:`open_images`):
   to the list file; ``#`` starts a comment;
 - a ``.npz`` file with ``images`` ((N, H, W, C) uint8 or (N, C, H, W) float in [0, 1]), optional ``labels``
   (class indices, -1 for an unlabelled image) and ``class_names``; numeric arrays only (``allow_pickle=False``);
-- a CIFAR-10 python folder (``data_batch_1..5``, ``test_batch``, ``batches.meta``).
+- a CIFAR-10 python folder (``data_batch_1..5``, ``test_batch``, ``batches.meta``);
+- images with masks (a :class:`~shiftlab.data.mask_files.MaskFiles`, see :func:`~shiftlab.data.mask_files.open_masks`):
+  a PASCAL VOC folder (``JPEGImages/``, ``SegmentationClass/``; ``split`` names ``ImageSets/Segmentation/{split}.txt``)
+  or a folder with ``images/`` and ``masks/`` (pairs by name), never read as two classes;
+- ``digit-masks[:CANVAS[:DIGITS]]``: the digit segmentation task (:mod:`~shiftlab.data.digit_masks`), ``split``
+  "test" (default) or "train".
 
 A label out of range (negative, at or beyond the number of class names, beyond int64) is refused in one
 line naming the file and the line or image: it is never scored as a miss.
@@ -46,7 +51,9 @@ from pathlib import Path
 from shiftlab.data.arrays import _open_npz
 from shiftlab.data.cifar import _cifar_root, _open_cifar
 from shiftlab.data.decoding import IMAGE_EXTENSIONS, _file_kind, decode_image, is_image_file
+from shiftlab.data.digit_masks import DIGIT_MASKS_SPEC, open_digit_masks
 from shiftlab.data.folders import _open_folder, _open_list
+from shiftlab.data.mask_files import mask_layout, open_masks
 from shiftlab.data.source_types import BundledPhotos, ImageArrays, ImageFiles, ImageSource, TensorImages
 from shiftlab.errors import InputError
 
@@ -63,7 +70,8 @@ def open_images(spec=None, limit: int | None = None, split: str | None = None) -
         spec: ``None`` or ``"photos"``, a folder, a ``.txt``/``.lst`` list of paths, a ``.npz`` file, or a
             CIFAR-10 python folder (or its parent).
         limit: the first ``limit`` images only.
-        split: CIFAR-10 only: ``"test"`` (the default when present) or ``"train"``.
+        split: CIFAR-10 only: ``"test"`` (the default when present) or ``"train"``; also a VOC split, or the
+            digit-masks set (``"test"``, ``"train"``).
 
     Raises :class:`~shiftlab.errors.InputError` for a spec that names nothing usable.
     """
@@ -73,6 +81,8 @@ def open_images(spec=None, limit: int | None = None, split: str | None = None) -
         if split is not None:
             raise InputError("split is for CIFAR-10 folders, not the bundled photos")
         return BundledPhotos(limit)
+    if isinstance(spec, str) and spec.split(":")[0] == DIGIT_MASKS_SPEC:  # the digit segmentation task
+        return open_digit_masks(spec, limit, split)
     if not isinstance(spec, (str, os.PathLike)):
         raise InputError(f"a data spec must be 'photos' or a path, got {type(spec).__name__}")
     if isinstance(spec, str) and not spec.strip():
@@ -97,6 +107,8 @@ def open_images(spec=None, limit: int | None = None, split: str | None = None) -
     cifar = _cifar_root(path)
     if cifar is not None:
         return _open_cifar(cifar, split, limit)
+    if mask_layout(path) is not None:  # images with masks (VOC, or images/ + masks/): a MaskFiles
+        return open_masks(path, split=split, limit=limit)
     if split is not None:
         raise InputError(f"split is for CIFAR-10 folders; {path} is not one")
     return _open_folder(path, limit)
