@@ -22,7 +22,7 @@ _TRANSFORM_HELP = (
     "rotate:A,B,.. (degrees) | scale:F,G,.. | brightness:F,G,.. (first value is the reference)"
 )
 _METRICS = ("consistency, top1_change, mean_abs_change, flip_probability, top5_distance, worst_case_stability, "
-            "worst_case_accuracy, agreement, accuracy, reference_agreement, equivariance (dense outputs)")
+            "worst_case_accuracy, agreement, accuracy, reference_agreement; dense outputs: equivariance, massc, miou")
 
 
 def _positive_int(text: str) -> int:

@@ -84,7 +84,8 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
           preprocessing=None, resize: bool | None = None, confidence: float = 0.95,
           progress: bool | str = False, workers: int | None = None, class_map: dict | None = None,
           reference=None, predictions: bool = False, checkpoint=None, checkpoint_every: int = 20,
-          amp: bool = False, channels_last: bool | None = None, command: str | None = None) -> AuditResult:
+          amp: bool = False, channels_last: bool | None = None, command: str | None = None,
+          maps: int = 0) -> AuditResult:
     """Measure how ``model`` responds to the shifts (or rotations, ...) of a protocol, on ``data``.
 
     Args:
@@ -100,7 +101,9 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
         transform: a protocol from :mod:`shiftlab.measure.protocols` or its spec string (``"circular:32"``,
             ``"crop:224:32"``, ``"diagonal:8"``, ...). Default: ``circular:32`` (``circular:3`` below 64 px).
         metrics: names to compute; default: the protocol's defaults (accuracy where the labels fit the
-            model). Dense outputs (B, K, H, W) get ``["equivariance"]``.
+            model). Dense outputs (B, K, H, W) get ``["equivariance", "massc"]`` (mean segmentation shift
+            consistency), plus ``"miou"`` when the data is a :class:`~shiftlab.data.masks.MaskedImages`, whose
+            masks move with their images (:mod:`shiftlab.measure.dense`).
         batch_size: model inputs per forward pass, copies included. Without layer errors the K copies of
             ``batch_size / gcd(batch_size, K)`` images are packed into full passes; with them (or a dense
             output) the copies of an image go through together, split into groups of whole compared pairs
@@ -140,6 +143,8 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
         channels_last: run the model in channels-last memory format (default: on, except for float64 models and
             for models with shiftlab's own layers (converted models), which run faster in the contiguous format).
         command: the command line to record in ``reproducibility``.
+        maps: dense outputs: keep the per-pixel disagreement map of the first compared pair and copy 0's top-1
+            map of the first ``maps`` images (at most 16): :meth:`AuditResult.dense_maps`, ``"maps"`` in the JSON.
 
     Returns:
         an :class:`AuditResult` (the full result on every process of a distributed run).
@@ -149,7 +154,7 @@ def audit(model, data, transform: Protocol | str | None = None, metrics: Sequenc
     """
     options = AuditOptions(batch_size=batch_size, seed=seed, margin=margin, checkpoint_every=checkpoint_every,
                            workers=workers, confidence=confidence, amp=amp, predictions=predictions,
-                           class_map=class_map)
+                           class_map=class_map, maps=maps)
     world = distributed.world()
     prepared = prepare(model, data, options, world, transform=transform, metrics=metrics, device=device,
                        layers=layers, output_key=output_key, indices=indices, normalize=normalize,

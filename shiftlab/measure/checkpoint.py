@@ -179,7 +179,8 @@ def audit_fingerprint(prepared, per_batch: int, world) -> dict:
         "preprocessing": prep.to_dict(), "input": list(sizes.model_in), "resize": sizes.resize, "normalize": norm,
         "class_map": None if class_map is None else {str(k): v for k, v in class_map.items()},
         "predictions": bool(options.predictions), "world_size": int(world.size), "dtype": str(models.dtype),
-        "channels_last": bool(prepared.runner.channels_last), "amp": bool(options.amp)}
+        "channels_last": bool(prepared.runner.channels_last), "amp": bool(options.amp),
+        **({"maps": int(options.maps)} if getattr(options, "maps", 0) else {})}
 
 
 def injected_fault(kind: str) -> int | None:

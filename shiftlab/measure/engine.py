@@ -20,6 +20,7 @@ from shiftlab._runtime import HeapTrimmer
 from shiftlab.errors import InputError, ShapeError, ShiftlabError
 from shiftlab.measure import loader
 from shiftlab.measure import metrics as M
+from shiftlab.measure.dense import DenseRows
 from shiftlab.measure.prepare import Prepared
 from shiftlab.measure.protocols import Protocol
 from shiftlab.measure.result import AuditResult
@@ -93,6 +94,7 @@ class Engine:
         self.reference_lookup = None if earlier is None else reference_lookup(earlier)
         self.ctx = collector
         self.source = prepared.images.source
+        self.dense = DenseRows.from_prepared(prepared)  # massc, miou and maps of a dense output (None: none)
 
     def plan(self, pairs: bool) -> int:
         """Decide how inputs are grouped into forward passes; return the images per batch.
@@ -124,7 +126,7 @@ class Engine:
                                  f"shiftlab normalises with the model's preprocessing (or pass normalize=False)")
         index_tensor = torch.as_tensor(idx)
         if self.mode == "groups":
-            logits, ref_top1 = self._grouped(number, idx, images, index_tensor)
+            logits, ref_top1 = self._grouped(number, idx, images, index_tensor, loaded.masks)
         else:
             logits, ref_top1 = self._packed(idx, images, index_tensor)
         if self.output_kind == "dense":
@@ -177,7 +179,7 @@ class Engine:
         logits = logits.reshape(K, B, -1).transpose(0, 1)
         return logits, None if ref is None else ref.reshape(K, B).transpose(0, 1)
 
-    def _grouped(self, number, idx, images, index_tensor):
+    def _grouped(self, number, idx, images, index_tensor, masks=None):
         """The copies of each image in groups that hold whole pairs; hooks compare inside each group."""
         K, B = self.protocol.num_copies, len(idx)
         logits_full: list = [None] * K
@@ -195,6 +197,9 @@ class Engine:
                 self.ctx.start(number, idx, copies, pairs, tuple(x.shape[-2:]), shifts)
                 self.ctx.features(("metric",), "(output)", out)
                 self.ctx.active = False
+                if self.dense is not None:
+                    self.dense.add(self.ctx, number, idx, index_tensor, copies, pairs, out, shifts, masks,
+                                   x.shape[-2:])
                 continue
             out = out.reshape(len(copies), B, -1)
             for pos, k in enumerate(copies):

@@ -66,12 +66,14 @@ def look_at_images(data, preprocessing: Preprocessing, first_conv: int | None, *
     ``sample_sizes``: find the typical size from a sample of the files (default: when neither ``image_size``
     nor the model sets the input size). ``purpose`` names the run in the error for empty data.
     """
+    from shiftlab.data.masks import TensorMasks
     from shiftlab.data.sources import TensorImages
 
     src, description = as_source(data)
     chosen = select_indices(len(src), indices, purpose)
-    from_files = not isinstance(src, TensorImages)
-    uniform = src.uniform if isinstance(src, TensorImages) else False
+    in_memory = isinstance(src, (TensorImages, TensorMasks))  # tensors: resized only when their sizes differ
+    from_files = not in_memory
+    uniform = src.uniform if in_memory else False
     wanted_size = None if image_size is None else check_input_size(image_size, IMAGE_SIZE_ARG)
     probe = loader.first_readable_image(src, chosen, description)
     own, basis = tuple(int(v) for v in probe.shape[-2:]), "the images' own size"

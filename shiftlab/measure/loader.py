@@ -23,8 +23,8 @@ import torch
 
 from shiftlab.errors import ShiftlabError
 
-__all__ = ["Sizing", "PreparedImages", "LoadedBatch", "collate", "batch_plan", "default_workers", "make_loader",
-           "normalizer", "first_readable_image", "size_image"]
+__all__ = ["Sizing", "PreparedImages", "PreparedMaskedImages", "LoadedBatch", "collate", "batch_plan",
+           "default_workers", "make_loader", "normalizer", "first_readable_image", "size_image"]
 
 
 def first_readable_image(src, indices, data_desc: str) -> torch.Tensor:
@@ -144,6 +144,25 @@ class PreparedImages(torch.utils.data.Dataset):
         return index, image, label, None, upscaled
 
 
+class PreparedMaskedImages(PreparedImages):
+    """As :class:`PreparedImages` for a :class:`~shiftlab.data.masks.MaskedImages`, each item ending in its mask
+    (or None), cut as its image by nearest neighbour (:func:`shiftlab.measure.dense.size_mask`)."""
+
+    def __getitem__(self, index: int):
+        from shiftlab.data.masks import check_mask
+        from shiftlab.measure.dense import size_mask
+
+        src = self.source
+        try:
+            image = src.load(index)
+            mask = size_mask(check_mask(src.load_mask(index), tuple(image.shape[-2:]), src.num_classes,
+                                        src.ignore_index, f"mask {index}"), self.sizing)
+            image, upscaled = size_image(image, self.sizing)
+        except ShiftlabError as exc:
+            return index, None, -1, str(exc), False, None
+        return index, image, int(src.labels[index]), None, upscaled, mask
+
+
 @dataclass
 class LoadedBatch:
     """What the loader hands the audit for one batch."""
@@ -154,6 +173,7 @@ class LoadedBatch:
     labels: torch.Tensor  # (b,) as stored in the data (-1: none)
     failures: list  # (index, reason) of the images that did not load
     upscaled: int
+    masks: torch.Tensor | None = None  # (b, H, W) int64 at the source size, for data with masks
 
     def pin_memory(self):
         if self.images is not None:
@@ -173,8 +193,9 @@ class _Collate:
         failures = [(int(i[0]), i[3]) for i in items if i[1] is None]
         images = torch.stack([i[1] for i in ok]) if ok else None
         labels = torch.tensor([i[2] for i in ok], dtype=torch.int64)
+        masks = torch.stack([i[5] for i in ok]) if ok and len(ok[0]) > 5 else None
         return LoadedBatch(self.numbers.get(key, -1), np.asarray([int(i[0]) for i in ok], np.int64), images,
-                           labels, failures, sum(bool(i[4]) for i in ok))
+                           labels, failures, sum(bool(i[4]) for i in ok), masks)
 
 
 collate = _Collate()
@@ -209,7 +230,8 @@ def make_loader(source, sizing: Sizing, batches: Sequence[tuple[int, np.ndarray]
         from shiftlab._runtime import loader_worker_allocator
 
         kwargs = {"prefetch_factor": 2, "persistent_workers": False, "worker_init_fn": loader_worker_allocator}
-    return torch.utils.data.DataLoader(PreparedImages(source, sizing), batch_sampler=batch_indices,
+    prepared = (PreparedMaskedImages if getattr(source, "has_masks", False) else PreparedImages)(source, sizing)
+    return torch.utils.data.DataLoader(prepared, batch_sampler=batch_indices,
                                        num_workers=int(workers), collate_fn=_Collate(numbers),
                                        pin_memory=bool(pin_memory), **kwargs)
 

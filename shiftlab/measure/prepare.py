@@ -16,6 +16,7 @@ import torch
 from shiftlab._checks import check_int
 from shiftlab.errors import InputError
 from shiftlab.measure import loader
+from shiftlab.measure.dense import DENSE_METRICS, MAX_MAPS, check_dense_requests, choose_dense_metrics
 from shiftlab.measure.forward import ModelRunner, Probe, check_reference_output, first_copy
 from shiftlab.measure.inputs import (
     IMAGE_SIZE_ARG,
@@ -125,7 +126,8 @@ def check_metric_names(metrics, protocol: Protocol) -> list[str] | None:
     unknown = [m for m in names if m not in METRIC_NAMES]
     if unknown:
         raise InputError(f"unknown metric {', '.join(map(repr, unknown))}; choose from {', '.join(METRIC_NAMES)}")
-    unsupported = [m for m in names if m not in ("equivariance", "reference_agreement") and m not in protocol.metrics]
+    unsupported = [m for m in names if m not in ("equivariance", "reference_agreement", *DENSE_METRICS)
+                   and m not in protocol.metrics]
     if unsupported:
         raise InputError(f"{', '.join(unsupported)} not defined for protocol {protocol.spec()!r}; it supports "
                          f"{', '.join(protocol.metrics)}")
@@ -196,6 +198,7 @@ class AuditOptions:
     amp: bool = False
     predictions: bool = False
     class_map: dict | None = None
+    maps: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size, 1))
@@ -203,6 +206,7 @@ class AuditOptions:
         object.__setattr__(self, "margin", check_int("margin", self.margin, 0, allow_none=True))
         object.__setattr__(self, "checkpoint_every", check_int("checkpoint_every", self.checkpoint_every, 1))
         object.__setattr__(self, "workers", check_int("workers", self.workers, 0, allow_none=True))
+        object.__setattr__(self, "maps", check_int("maps", self.maps, 0, MAX_MAPS))
         c = self.confidence
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < 1:
             raise InputError(f"confidence must be in (0, 1), got {c!r}")
@@ -358,6 +362,7 @@ def prepare(model, data, options: AuditOptions, world, *, transform=None, metric
     protocol, sizes, margin = choose_protocol(images, transform, resize, options.margin, layers is not None)
     norm_fn = loader.normalizer(normalize, images.preprocessing, images.channels)
     names = check_requests(metrics, protocol, images, models, options.seed)
+    check_dense_requests(names, protocol, images.source, options.maps)
     chosen_layers = select_layers(models.model, layers)
     runner = ModelRunner(models.model, models.reference_model, device=models.device, dtype=models.dtype,
                          norm_fn=norm_fn, output_key=models.output_key, amp=options.amp,
@@ -366,7 +371,8 @@ def prepare(model, data, options: AuditOptions, world, *, transform=None, metric
     with runner.session():
         probe = runner.probe(first_copy(protocol, loader.size_image(images.probe, sizing)[0], runner, options.seed))
     check_reference_result(models.reference_result, probe)
-    wanted, omitted = choose_metrics(names, protocol, probe.kind, probe.classes, models.has_reference)
+    dense = choose_dense_metrics(names, protocol, images.source, probe.kind, probe.classes, options.maps)
+    wanted, omitted = dense or choose_metrics(names, protocol, probe.kind, probe.classes, models.has_reference)
     prepared = Prepared(options, models, images, protocol, sizes, sizing, margin, normalize, chosen_layers, runner,
                         probe, wanted, omitted)
     if probe.kind == "logits":

@@ -16,6 +16,7 @@ import torch
 
 from shiftlab.errors import InputError, ShiftlabError
 from shiftlab.measure import metrics as M
+from shiftlab.measure.dense import DENSE_METRICS, collect_maps, dense_value
 from shiftlab.measure.statistics import (
     PROPORTIONS,
     TRIVIAL_FOR_CONSTANT,
@@ -31,7 +32,7 @@ __all__ = ["AuditResult", "merge", "format_value", "SCHEMA_VERSION", "METRIC_NAM
 SCHEMA_VERSION = 2
 METRIC_NAMES = ("consistency", "top1_change", "mean_abs_change", "flip_probability", "top5_distance",
                 "worst_case_stability", "worst_case_accuracy", "agreement", "accuracy", "reference_agreement",
-                "equivariance")
+                "equivariance", *DENSE_METRICS)
 CONSTANT_SHARE = 0.95  # a model giving one class to at least this share of images is flagged
 #: relative difference between two forward passes of the same input above which a model is nondeterministic
 NONDETERMINISM_RTOL = 1e-4
@@ -77,6 +78,8 @@ class AuditResult:
     classes: int | None = None
     #: "model" (and "reference") -> max relative change of the output between two passes of the same clean input
     nondeterminism: dict | None = None
+    #: dense outputs: how many images keep their disagreement and prediction maps (:meth:`dense_maps`)
+    maps: int = 0
 
     @property
     def n(self) -> int:
@@ -138,6 +141,8 @@ class AuditResult:
             if name == "equivariance":
                 value = error_value(name, chunks, self.series.get(("metric", "equivariance.skip"), []),
                                      self.confidence, extra, self.series.get(("metric", "equivariance.margin")))
+            elif name in DENSE_METRICS:
+                value = dense_value(name, self.series, self.confidence, extra)
             elif name in PROPORTIONS:
                 value = proportion_value(name, chunks, self.confidence, self.parameters, extra)
             else:
@@ -179,6 +184,11 @@ class AuditResult:
                 "tracked_class": tracked[:, 0].astype(np.int64).tolist(),
                 "tracked_probability": prob.tolist(),
                 "top5": [[[int(c), float(p)] for c, p in zip(row[:5], row[5:]) if c >= 0] for row in top5]}
+
+    def dense_maps(self) -> dict | None:
+        """Dense outputs audited with ``maps=N``: the first N images' disagreement maps of the protocol's first
+        compared pair and copy 0's top-1 maps (:func:`shiftlab.measure.dense.collect_maps`), else ``None``."""
+        return collect_maps(self.series, self.maps)
 
     def merge(self, other: AuditResult) -> AuditResult:
         """Combine two shards of one audit (same model, data, protocol, seed); shards must not overlap."""
@@ -223,6 +233,11 @@ class AuditResult:
         preds = self.predictions()
         if preds is not None:
             doc["predictions"] = preds
+        kept = self.dense_maps()
+        if kept is not None:
+            doc["maps"] = {"pair": list(kept["pair"]), "shape": list(kept["shape"]),
+                           "images": [{"index": int(i), "disagreement": d.tolist(), "prediction": p.tolist()}
+                                      for i, d, p in zip(kept["index"], kept["disagreement"], kept["prediction"])]}
         return doc
 
     def __eq__(self, other) -> bool:
@@ -255,7 +270,8 @@ def merge(results: Iterable[AuditResult]) -> AuditResult:
     if not results:
         raise ShiftlabError("merge needs at least one AuditResult")
     first = results[0]
-    keys = ("protocol", "seed", "margin", "confidence", "model", "data", "output", "metric_names", "parameters")
+    keys = ("protocol", "seed", "margin", "confidence", "model", "data", "output", "metric_names", "parameters",
+            "maps")
     for r in results[1:]:
         for k in keys:
             if getattr(r, k) != getattr(first, k):
@@ -282,7 +298,7 @@ def merge(results: Iterable[AuditResult]) -> AuditResult:
                        dict(sorted(layer_info.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order
                                    else len(order))), series, omitted, first.labels, first.preprocessing,
                        first.source, list(first.notes), sum(r.upscaled for r in results),
-                       first.ignored, first.reproducibility, first.classes, first.nondeterminism)
+                       first.ignored, first.reproducibility, first.classes, first.nondeterminism, first.maps)
 
 
 def versions() -> dict:
@@ -351,4 +367,5 @@ def build_result(prepared, state: dict, world, workers: int, command: str | None
         source=models.source, notes=notes, upscaled=int(upscaled), ignored=int(getattr(images.source, "ignored", 0)),
         reproducibility=reproducibility(command, models.device, options.seed, models.source, world, workers,
                                         options.amp),
-        classes=prepared.output.classes or None, nondeterminism=dict(prepared.output.nondeterminism) or None)
+        classes=prepared.output.classes or None, nondeterminism=dict(prepared.output.nondeterminism) or None,
+        maps=int(options.maps))
