@@ -95,6 +95,7 @@ from torch import nn
 from shiftlab.errors import InputError
 from shiftlab.fix._graph import Flow, Link, trace
 from shiftlab.fix._ops import DensePool2d, RunAfter, RunBefore, SamePaddedConv2d
+from shiftlab.fix.decoders import convert_decoders, decoders_recipe
 # the methods and placements are defined by what a fix is, and stay importable from here
 from shiftlab.fix.recipe import METHODS, PLACEMENTS, POLYPHASE_METHODS, conversion_of, is_converted, record_conversion
 from shiftlab.layers import APSPool2d, BlurPool2d, IdealDownsample2d, LearnedPhase, LPSPool2d, SharedPhase, TIPSPool2d
@@ -496,7 +497,7 @@ def _check_arguments(model, method, filter_size, circular, placement, keep_stem)
 
 def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circular: bool = False,
               inplace: bool = False, *, keep_stem: bool | None = None, exclude: tuple[str, ...] = (),
-              placement: str = "after") -> tuple[nn.Module, list[Replacement]]:
+              placement: str = "after", keep_unpaired: bool = False) -> tuple[nn.Module, list[Replacement]]:
     """Convert every strided layer of ``model`` to anti-aliased (``"blur"``, ``"ideal"``) or adaptive (``"aps"``)
     subsampling.
 
@@ -516,6 +517,8 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
             stride adaptive; ``"ideal"`` removes the aliasing of every subsampling). A kept stem is listed in the
             report.
         exclude: names of other strided layers to leave as they are.
+        keep_unpaired: keep a decoder upsampling that cannot be paired with an encoder layer as it is (listed as
+            "not replaced") instead of refusing the model (:mod:`shiftlab.fix.decoders`: encoder-decoder networks).
         placement: with ``"blur"``, where the blur of a strided conv goes: ``"after"`` (Zhang 2019, the default:
             the conv at stride 1, blur and subsampling after its activation) or ``"before"`` (MosaicML Composer's
             ``blur_first``: a stride-1 blur of the conv's input, the conv keeping its stride; about 1.05x the
@@ -568,12 +571,15 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
             converter.pool(name, m)
     if circular:
         converter.circular_padding()
+    decoders = convert_decoders(model, method, filter_size, circular, keep_unpaired=keep_unpaired,
+                                channels=_input_channels(model), like=_parameter_like(model), sizes=_probe_sizes(model))
+    converter.report.extend(decoders.report)
     if stem is not None:
         converter.report.insert(0, Replacement(stem, _describe(modules[stem]),
                                                "kept strided: the stem (keep_stem=False converts it too)"))
     converter.report.extend(opaque)
     record_conversion(model, {"method": method, "filter_size": int(filter_size), "circular": bool(circular),
                               "keep_stem": bool(keep_stem), "exclude": [str(e) for e in exclude if e != stem],
-                              "placement": placement})
+                              "placement": placement, **decoders_recipe(decoders, keep_unpaired)})
     return model, converter.report
 

@@ -85,6 +85,9 @@ class CertifyResult:
         band_limit: the random inputs' band limit as a fraction of the Nyquist frequency (1.0: every bin below
             Nyquist kept, the Nyquist bins removed) for fractional shifts; None for integer shifts, whose inputs
             are not band-limited.
+        output_stride: for a dense output (B, K, H', W'), ``H / H'``: the output was compared with the unshifted
+            output rolled by ``shift / output_stride`` (equivariance, :mod:`shiftlab.fix.certify_dense`); None for
+            an invariance certificate.
 
     JSON (:meth:`to_dict`): every field above (pairs as lists, infinite deviations as null), with ``passed``,
     ``reason`` and ``nondeterministic``; the fields ``shift_kind``, ``subpixel``, ``fractional_shifts`` and
@@ -107,6 +110,7 @@ class CertifyResult:
     subpixel: int | None = None
     fractional_shifts: tuple[tuple[float, float], ...] | None = None
     band_limit: float | None = None
+    output_stride: int | None = None
 
     @property
     def nondeterministic(self) -> bool:
@@ -461,7 +465,9 @@ def certify(
 
     Shape:
         - Random inputs: (n_inputs, C, H, W); shifted batches: (batch, C, H, W).
-        - Output: any shape with batch first; deviations are taken over all non-batch entries.
+        - Output: any shape with batch first; deviations are taken over all non-batch entries. A dense output
+          (B, K, H', W') with ``H' * W' > 1`` is certified for equivariance instead, ``f(roll(x, d)) =
+          roll(f(x), d / o)`` (:mod:`shiftlab.fix.certify_dense`; ``result.output_stride`` is ``o``).
 
     Example:
         >>> import torch
@@ -474,6 +480,13 @@ def certify(
     setup = _check_arguments(model, input_size, dtype=dtype, n_inputs=n_inputs, batch=batch, seed=seed,
                              channels=channels, device=device)
     total_stride, plan = _plan_shifts(setup, shifts)
+    if plan.kind == "integer":  # a dense output (B, K, H', W') must move with the input: shiftlab.fix.certify_dense
+        from shiftlab.fix.certify_dense import certify_dense_setup, is_dense_output
+
+        with torch.inference_mode():
+            probe = setup.net(_random_inputs(setup)[:1].to(setup.dtype))
+        if is_dense_output(probe):
+            return certify_dense_setup(setup, plan, total_stride, probe, progress)
     deviations = _measure(setup, plan, progress)
     return _verdict(setup, deviations, total_stride, plan)
 

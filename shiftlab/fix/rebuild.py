@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from torch import nn
 
 from shiftlab.fix.antialias import antialias
-from shiftlab.fix.recipe import check_recipe, conversion_kwargs, is_converted
+from shiftlab.fix.decoders import check_pairs
+from shiftlab.fix.recipe import check_recipe, conversion_kwargs, conversion_of, is_converted
 from shiftlab.models.fixed_checkpoint import FORMAT, Rebuilder, register_rebuilder
 
 __all__ = ["REBUILDER", "rebuild_converted"]
@@ -24,6 +25,7 @@ __all__ = ["REBUILDER", "rebuild_converted"]
 def rebuild_converted(architecture: nn.Module, recipe: Mapping) -> nn.Module:
     """``architecture`` (the plain model) converted in place as ``recipe`` records, ready for the saved weights."""
     fixed, _ = antialias(architecture, inplace=True, **conversion_kwargs(recipe))
+    check_pairs(recipe.get("decoders"), conversion_of(fixed).get("decoders"))
     return fixed
 
 

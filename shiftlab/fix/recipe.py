@@ -29,7 +29,7 @@ from shiftlab.layers.blur_pool import MAX_FILTER_SIZE
 from shiftlab.models.loading import SelectOutput
 
 __all__ = ["METHODS", "METHOD_GUARANTEES", "POLYPHASE_METHODS", "PLACEMENTS", "FIX_METHODS", "FIX_OPTIONS",
-           "CONVERSION_KEYS", "is_converted", "conversion_of", "parse_fix", "recipe_spec", "record_conversion",
+           "CONVERSION_KEYS", "DECODER_KEYS", "is_converted", "conversion_of", "parse_fix", "recipe_spec", "record_conversion",
            "make_recipe", "check_recipe", "conversion_kwargs"]
 
 #: the conversions :func:`shiftlab.antialias` makes
@@ -59,6 +59,8 @@ FIX_METHODS = METHODS
 FIX_OPTIONS = ("circular", "before")
 #: the entries of a conversion (``model.shiftlab_fix``): the arguments of :func:`shiftlab.antialias`
 CONVERSION_KEYS = ("method", "filter_size", "circular", "keep_stem", "exclude", "placement")
+#: entries only an encoder-decoder's conversion has (:mod:`shiftlab.fix.decoders`): its [decoder, encoder] pairs
+DECODER_KEYS = ("decoders", "keep_unpaired")
 
 
 def conversion_of(model) -> dict | None:
@@ -150,6 +152,7 @@ def make_recipe(model: nn.Module, spec=None, finetune: Mapping | None = None) ->
                          "or save its state_dict as plain weights")
     recipe = {k: conversion[k] for k in CONVERSION_KEYS}
     recipe["exclude"] = list(recipe["exclude"])
+    recipe.update({k: conversion[k] for k in DECODER_KEYS if k in conversion})
     recipe["fix"] = recipe_spec(recipe)
     recipe["shiftlab_version"] = __version__
     recipe["model"] = _original(model, spec)
@@ -183,6 +186,10 @@ def check_recipe(recipe, path) -> dict:
         bad(f"exclude {recipe['exclude']!r}")
     if recipe["placement"] not in PLACEMENTS or (recipe["placement"] == "before" and recipe["method"] != "blur"):
         bad(f"placement {recipe['placement']!r}")
+    if "keep_unpaired" in recipe and not isinstance(recipe["keep_unpaired"], bool) or "decoders" in recipe and not (
+            isinstance(recipe["decoders"], (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2
+                                                                  for p in recipe["decoders"])):
+        bad("decoders")
     model = recipe["model"]
     if not isinstance(model, Mapping) or not isinstance(model.get("spec"), (str, type(None))):
         bad("model")
@@ -196,4 +203,6 @@ def conversion_kwargs(recipe: Mapping) -> dict:
     """The keyword arguments of :func:`shiftlab.antialias` that a recipe records."""
     kwargs = {k: recipe[k] for k in CONVERSION_KEYS}
     kwargs["exclude"] = tuple(kwargs["exclude"])
+    if recipe.get("keep_unpaired"):
+        kwargs["keep_unpaired"] = True
     return kwargs

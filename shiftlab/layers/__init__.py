@@ -8,6 +8,10 @@
   invariant like APS whatever it learned, with :class:`LearnedPhase` to share one choice in a residual block and
   :class:`TemperatureSchedule` to anneal its Gumbel-softmax; :func:`tips_pool2d` / :class:`TIPSPool2d`: translation
   invariant polyphase sampling (Saha & Gokhale 2025), whose invariance is learned, not guaranteed.
+- :mod:`~shiftlab.layers.unpool`: decoders that move with the encoder: :func:`aps_unpool2d` / :class:`APSUnpool2d`
+  (APS-U), :func:`lps_unpool2d` / :class:`LPSUnpool2d` (LPU), paired with their encoder layer by a
+  :class:`PhaseLink`; :class:`UnpoolConvTranspose2d` (a ``ConvTranspose2d`` at the encoder's phase);
+  :func:`blur_upsample2d` / :class:`BlurUpsample2d` (the BlurPool route).
 - :mod:`~shiftlab.layers.alias_free`: alias-free layers (Michaeli et al. 2023), exactly equivariant to fractional
   circular shifts of band-limited maps: :func:`ideal_downsample2d` / :class:`IdealDownsample2d` (and the
   low-pass and upsampling), :class:`AliasFreeActivation`, :class:`AliasFreeLayerNorm`.
@@ -69,6 +73,19 @@ from shiftlab.layers.lps import (
     tips_shift_loss,
     tips_weights,
 )
+from shiftlab.layers.unpool import (
+    UPSAMPLE_MODES,
+    APSUnpool2d,
+    BlurUpsample2d,
+    LPSUnpool2d,
+    PhaseLink,
+    UnpoolConvTranspose2d,
+    aps_unpool2d,
+    blur_upsample2d,
+    lps_unpool2d,
+    transposed_conv_weight,
+    unpool_conv_transpose2d,
+)
 from shiftlab.layers.group import (
     GroupConv2d,
     GroupPool,
@@ -97,6 +114,8 @@ __all__ = [
     "PolyphaseScorer", "lps_logits", "lps_pool2d", "LPSPool2d", "LearnedPhase", "TemperatureSchedule", "set_temperature",
     "tips_weights", "tips_pool2d", "TIPSPool2d", "tips_shift_loss", "TIPSShiftTerm", "scoring_parameters",
     "parameter_groups", "has_learned_subsampling",
+    "PhaseLink", "aps_unpool2d", "APSUnpool2d", "lps_unpool2d", "LPSUnpool2d", "blur_upsample2d", "BlurUpsample2d",
+    "transposed_conv_weight", "unpool_conv_transpose2d", "UnpoolConvTranspose2d", "UPSAMPLE_MODES",
     "GELU_FIT", "band_limit", "ideal_lowpass2d", "IdealLowpass2d", "ideal_downsample2d", "IdealDownsample2d",
     "ideal_upsample2d", "IdealUpsample2d", "alias_free_activation", "AliasFreeActivation", "alias_free_layer_norm",
     "AliasFreeLayerNorm",

@@ -19,6 +19,7 @@ from shiftlab.models.alias_free import (
     alias_free_resnet,
     shift_guarantee,
 )
+from shiftlab.models.unet import UNET_GUARANTEES, UNET_SUBSAMPLINGS, UNET_UPSAMPLINGS, UNet, unet, unet_guarantee
 from shiftlab.models.loading import SelectOutput, load_model, load_weights, output_kind, select_output
 from shiftlab.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, prepare, preprocessing
 from shiftlab.models.pretrained import PRETRAINED_NAMES, available_pretrained, convert_state_dict, pretrained
@@ -28,4 +29,5 @@ __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "PRETRAINED_NAMES", "Preprocessing", "SelectOutput", "available_pretrained",
     "convert_state_dict", "imagenet_class_names", "load_model", "load_weights", "output_kind", "prepare",
     "preprocessing", "pretrained", "resolve_device", "select_output",
+    "UNet", "unet", "unet_guarantee", "UNET_SUBSAMPLINGS", "UNET_UPSAMPLINGS", "UNET_GUARANTEES",
 ]
