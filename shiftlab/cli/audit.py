@@ -45,6 +45,18 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _maps_argument(text: str) -> int:
+    """--maps: an integer from 0 to 16 (one line naming the flag otherwise)."""
+    from shiftlab.errors import InputError
+    from shiftlab.measure.dense import MAX_MAPS
+    from shiftlab.runs.audit import check_maps
+
+    try:
+        return check_maps(int(text))
+    except (ValueError, InputError):
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_MAPS}, got {text[:24]!r}") from None
+
+
 SEED_MAX = 2 ** 63 - 1
 
 
@@ -127,6 +139,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--margin", type=_non_negative_int, help="border (input px) left out of layer errors for "
                         "non-circular protocols (default 16, at most 1/8 of the input's side)")
     parser.add_argument("--output-key", metavar="KEY", help="element of a tuple (int) or dict (str) model output")
+    parser.add_argument("--maps", type=_maps_argument, default=0, metavar="N",
+                        help="dense outputs: keep the per-pixel disagreement map (the protocol's first compared "
+                             "pair) and copy 0's top-1 map of the first N images (0..16) in the JSON (key maps)")
     parser.add_argument("--predictions", action="store_true",
                         help="also store every view's top-1 and the tracked class's probability in the JSON")
     add_run_arguments(parser)
@@ -164,7 +179,7 @@ def run_from_args(args: argparse.Namespace):
         limit=args.limit, batch_size=args.batch_size, output_key=args.output_key, margin=args.margin,
         no_resize=args.no_resize, image_size=args.image_size, mean=tuple(args.mean) if args.mean else None,
         std=tuple(args.std) if args.std else None, interpolation=args.interpolation, crop_pct=args.crop_pct,
-        class_map=args.class_map, predictions=args.predictions, threads=args.threads, device=args.device,
+        class_map=args.class_map, predictions=args.predictions, maps=args.maps, threads=args.threads, device=args.device,
         workers=args.workers, amp=args.amp, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
         extra={"command": shlex.join(["shiftlab", *sys.argv[1:]]) if sys.argv[1:2] == ["audit"] else None})
     run.check()

@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "file.py:factory)")
     parser.add_argument("--weights", metavar="PATH", help="local checkpoint for --model (read with weights_only=True)")
     parser.add_argument("--data", default=None, metavar="SPEC",
-                        help="images: a folder, a .txt list, a .npz, a CIFAR-10 folder (default: the bundled photos)")
+                        help="images: a folder, a .txt list, a .npz, a CIFAR-10 folder, images with masks (a VOC folder, "
+                             "images/ + masks/, digit-masks) (default: the bundled photos); a model whose output is a "
+                             "(B, K, H, W) map gets a dense report (mASSC, equivariance, mIoU with masks, maps)")
     parser.add_argument("--image-size", type=int, metavar="PX",
                         help="model input size (default: the model's own; 224 for a model that declares none)")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"report folder (default {DEFAULT_OUT}/)")

@@ -1,6 +1,7 @@
 """The figures of a report: every matplotlib figure its saved results allow, drawn into a folder as PNG files,
 with the photos' thumbnails. The figures are drawn from the results (:mod:`shiftlab.report.plots`,
-:mod:`shiftlab.report.experiment_plots`); nothing is recomputed here.
+:mod:`shiftlab.report.experiment_plots`, :mod:`shiftlab.report.dense_plots` for a dense model's report); nothing
+is recomputed here.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def render_figures(results: Mapping, folder, force: bool = True, extra_figures: 
         jobs.append(("fixes", lambda: plots.plot_fix_comparison(results)))
     if any(audits.get(k) for k in plots.INVARIANCES):
         jobs.append(("invariances", lambda: plots.plot_invariances(results)))
+    if results.get("kind") == "dense":  # a dense model's report (shiftlab.runs.dense_report)
+        from shiftlab.report import dense_plots
+
+        if dense_plots.kept_maps(results, "dense.sweep"):
+            jobs.append(("dense_maps", lambda: dense_plots.plot_dense_maps(results, images)))
+        if any(n for _, _, n in dense_plots.dense_layer_rows(results)):
+            jobs.append(("dense_layers", lambda: dense_plots.plot_dense_layers(results)))
     if results.get("training_experiments"):
         from shiftlab.report import experiment_plots
 

@@ -5,7 +5,8 @@ folder write (:mod:`shiftlab.report.staging`)."""
 from __future__ import annotations
 
 from shiftlab.report.figures import render_figures
-from shiftlab.report.page import GENERATOR, _training, format_metric, format_percent, headline_metrics, render_html
+from shiftlab.report.page import GENERATOR, _training, format_metric, format_percent, headline_metrics
+from shiftlab.report.pages import render_html
 from shiftlab.report.staging import MARKER, SCHEMA_PREFIX, check_output_folder, foreign_entries, is_report_folder, \
     write_report
 

@@ -13,7 +13,7 @@ import html
 import math
 from collections.abc import Mapping
 
-__all__ = ["GENERATOR", "render_html", "headline_metrics", "format_percent", "format_metric"]
+__all__ = ["GENERATOR", "render_classifier_html", "headline_metrics", "format_percent", "format_metric"]
 
 GENERATOR = "shiftlab report"
 
@@ -535,8 +535,8 @@ def _method(results: Mapping) -> str:
     return _section("method", "How this was measured", text + table)
 
 
-def render_html(results: Mapping, figures: Mapping[str, str]) -> str:
-    """The report page for saved ``results`` and ``figures`` (key -> path relative to the page).
+def render_classifier_html(results: Mapping, figures: Mapping[str, str]) -> str:
+    """The report page of a classifier for saved ``results`` and ``figures`` (key -> path relative to the page).
 
     Every string from ``results`` is escaped; sections whose results are missing are left out.
     """

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from shiftlab.report.figures import render_figures
-from shiftlab.report.page import render_html
+from shiftlab.report.pages import render_html
 
 __all__ = ["write_report", "check_output_folder", "is_report_folder", "foreign_entries", "MARKER", "SCHEMA_PREFIX"]
 

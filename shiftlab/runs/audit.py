@@ -13,7 +13,17 @@ from dataclasses import dataclass, field, fields, replace
 
 from shiftlab.errors import InputError
 
-__all__ = ["AuditRun", "parse_fix"]
+__all__ = ["AuditRun", "parse_fix", "check_maps"]
+
+
+def check_maps(value, flag: str = "--maps") -> int:
+    """The number of images whose dense maps an audit keeps: an integer from 0 to
+    :data:`shiftlab.measure.dense.MAX_MAPS` (else InputError naming ``flag``)."""
+    from shiftlab.measure.dense import MAX_MAPS
+
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MAPS:
+        raise InputError(f"{flag} must be an integer from 0 to {MAX_MAPS}, got {value!r}")
+    return value
 
 
 def parse_fix(spec: str | None) -> dict | None:
@@ -62,6 +72,7 @@ class AuditRun:
     crop_pct: float | None = None
     class_map: str | None = None
     predictions: bool = False
+    maps: int = 0  # dense outputs: keep the disagreement and prediction maps of the first N images (0..16)
     threads: int | None = None
     # how, not what
     device: str | None = None
@@ -71,8 +82,8 @@ class AuditRun:
     checkpoint_every: int = 20
     extra: dict = field(default_factory=dict, compare=False)
 
-    _FLAG_ORDER = ("model", "weights", "fix", "reference", "data", "limit", "transform", "metrics", "layers", "seed",
-                   "batch_size", "output_key", "margin", "no_resize", "image_size", "mean", "std", "interpolation",
+    _FLAG_ORDER = ("model", "weights", "fix", "reference", "data", "limit", "transform", "metrics", "layers", "maps",
+                   "seed", "batch_size", "output_key", "margin", "no_resize", "image_size", "mean", "std", "interpolation",
                    "crop_pct", "class_map", "threads", "amp")
 
     def with_(self, **changes) -> AuditRun:
@@ -112,6 +123,7 @@ class AuditRun:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
                 raise InputError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
+        check_maps(self.maps)
         if self.image_size is not None:
             from shiftlab.models.preprocessing import check_input_size
 
@@ -197,7 +209,7 @@ class AuditRun:
                      batch_size=self.batch_size, device=device, layers=layers, seed=self.seed, margin=self.margin,
                      image_size=self.image_size, preprocessing=self.preprocessing_overrides(),
                      resize=False if self.no_resize else None, progress=progress, workers=self.workers,
-                     class_map=class_map, reference=reference, predictions=self.predictions,
+                     class_map=class_map, reference=reference, predictions=self.predictions, maps=self.maps,
                      checkpoint=self.checkpoint, checkpoint_every=self.checkpoint_every, amp=self.amp,
                      channels_last=None, command=self.extra.get("command") or self.command())
 

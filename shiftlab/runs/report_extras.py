@@ -1,6 +1,7 @@
 """What only the report adds to its audits, each computed from an audit's result or the model, never a metric of
 its own: the per-photo predictions table, the class names, the structural aliasing marks of the profiled layers,
-the float64 certificate of the APS model, the check that the model is a classifier, and the photos' thumbnails.
+the float64 certificate of the APS model, the probe that tells a classifier from a dense model (and refuses
+anything else), and the photos' thumbnails.
 
 :mod:`shiftlab.runs.report_plan` calls these while it runs the report's audits; nothing here plots or writes files.
 """
@@ -13,7 +14,7 @@ from shiftlab._progress import track
 from shiftlab.errors import InputError
 
 __all__ = ["marks_from_findings", "certify_circular", "class_names_of", "prediction_rows", "tracked_classes",
-           "check_classifier", "thumbnails"]
+           "check_classifier", "probe_output", "thumbnails"]
 
 
 def marks_from_findings(findings, names: list[str]) -> dict[str, list[str]]:
@@ -95,28 +96,51 @@ def tracked_classes(results: dict) -> set[int]:
     return out
 
 
-def check_classifier(model: torch.nn.Module, input_size: tuple, spec_text: str) -> None:
-    """Refuse, before minutes of audits, a model whose output is not (B, classes) logits: the report's metrics
-    (top-1 changes, agreement, accuracy) are a classifier's. One forward pass of one black image."""
-    from shiftlab.models.loading import output_kind
+def probe_output(model: torch.nn.Module, input_size: tuple, spec_text: str) -> dict:
+    """What the model returns, found before minutes of audits by one forward pass of one black image with the
+    channels its first convolution takes: ``kind`` (``"logits"`` for (B, classes), ``"dense"`` for a
+    (B, K, H, W) map), ``classes`` (K), ``shape`` (the output without the batch), ``output_key`` (the entry the
+    report measures where the model returns a dict or tuple: ``"out"`` for torchvision's segmentation models, the
+    audit's ``output_key``) and ``keys`` (the dict's keys, else None). Anything else raises InputError."""
+    from collections.abc import Mapping
+
+    from shiftlab.measure.inputs import first_conv_channels
+    from shiftlab.models.loading import output_kind, select_output
 
     parameter = next(iter(model.parameters()), None)
-    probe = torch.zeros(1, 3, *input_size, dtype=parameter.dtype if parameter is not None and
+    channels = first_conv_channels(model) or 3
+    probe = torch.zeros(1, channels, *input_size, dtype=parameter.dtype if parameter is not None and
                         parameter.is_floating_point() else torch.float32,
                         device=parameter.device if parameter is not None else "cpu")
     try:
         with torch.inference_mode():
-            output = model(probe)
+            raw = model(probe)
+        output = select_output(raw)
         kind = output_kind(output)
-    except InputError:
-        raise
+    except InputError as exc:
+        raise InputError(f"--model {spec_text}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - the user's model; its failure is the message
-        raise InputError(f"--model {spec_text}: its forward pass fails on a (1, 3, {input_size[0]}, {input_size[1]}) "
-                         f"input ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
-    if kind != "logits":
-        raise InputError(f"--model {spec_text}: the report needs a classifier with (B, classes) logits; this model "
-                         f"returns a {tuple(output.shape)} map (audit dense outputs with shiftlab audit --metrics "
-                         f"equivariance)")
+        raise InputError(f"--model {spec_text}: its forward pass fails on a (1, {channels}, {input_size[0]}, "
+                         f"{input_size[1]}) input ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    keys = [str(k) for k in raw.keys()] if isinstance(raw, Mapping) else None
+    key = None
+    if keys is not None:
+        key = next(k for k in raw if raw[k] is output)
+    elif isinstance(raw, (tuple, list)):
+        key = next(i for i, v in enumerate(raw) if v is output)
+    return {"kind": kind, "classes": int(output.shape[1]), "shape": [int(v) for v in output.shape[1:]],
+            "output_key": key, "keys": keys}
+
+
+def check_classifier(model: torch.nn.Module, input_size: tuple, spec_text: str) -> None:
+    """Refuse, before minutes of audits, a model whose output is not (B, classes) logits, where a classifier's
+    metrics (top-1 changes, agreement, accuracy) are wanted (:func:`probe_output`)."""
+    found = probe_output(model, input_size, spec_text)
+    if found["kind"] != "logits":
+        raise InputError(f"--model {spec_text}: this needs a classifier with (B, classes) logits; this model "
+                         f"returns a {tuple([1, *found['shape']])} map (audit dense outputs with shiftlab audit "
+                         f"--metrics equivariance,massc)")
 
 
 def thumbnails(data_spec, indices, size: tuple[int, int], interpolation: str = "bilinear",
@@ -135,6 +159,7 @@ def thumbnails(data_spec, indices, size: tuple[int, int], interpolation: str = "
         except InputError:
             continue
         crop = resize_and_crop(image[None].float(), size, resize_size=max(size), interpolation=interpolation)
+        crop = crop.expand(-1, 3, -1, -1) if crop.shape[1] == 1 else crop[:, :3]  # grey images as RGB
         small = torch.nn.functional.interpolate(crop, size=(96, 96), mode="bilinear", antialias=True,
                                                 align_corners=False).clamp(0, 1)
         out[int(i)] = (small[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

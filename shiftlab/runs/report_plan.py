@@ -47,8 +47,9 @@ import torch
 
 from shiftlab.errors import InputError
 from shiftlab.runs.audit import AuditRun, parse_fix
-from shiftlab.runs.report_extras import (certify_circular, check_classifier, class_names_of, marks_from_findings,
-                                         prediction_rows, tracked_classes)
+from shiftlab.runs.report_audit import ReportAudit
+from shiftlab.runs.report_extras import (certify_circular, class_names_of, marks_from_findings, prediction_rows,
+                                         probe_output, tracked_classes)
 
 __all__ = ["Budget", "DEFAULT_BUDGET", "QUICK_BUDGET", "ReportAudit", "report_audits", "run_report_experiments",
            "plan_report", "ReportSetup", "convert_fixes", "run_audits", "FIX_TITLES"]
@@ -82,19 +83,6 @@ DEFAULT_BUDGET = Budget()
 QUICK_BUDGET = Budget(max_images=2, passes=4, grid=3, half_pixel=1, rotations=(0.0, -90.0, -30.0, 30.0, 90.0, 180.0),
                       scales=(1.0, 0.5, 2.0), brightness=(1.0, 0.3, 2.0), fix_grid=2, certify_shifts=2,
                       certify_size=64)
-
-
-@dataclass(frozen=True)
-class ReportAudit:
-    """One audit of the report: its key, what it shows, which model it measures, and the run itself."""
-
-    key: str
-    title: str
-    model: str  # "original" or a --fix spec
-    run: object  # an AuditRun
-    reference: str | None = None  # key of the original's audit whose predictions are the reference
-    needs_predictions: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def report_audits(model_spec: str, data_spec: str, input_size: int, budget: Budget = DEFAULT_BUDGET,
@@ -182,6 +170,7 @@ class ReportSetup:
     source: object
     plan: list[ReportAudit]
     settings: dict
+    output: dict = field(default_factory=lambda: {"kind": "logits"})  # report_extras.probe_output
 
 
 def run_report_experiments(model_spec="pretrained:efficientnet_lite0", data_spec=None, *, quick: bool = False,
@@ -208,6 +197,12 @@ def run_report_experiments(model_spec="pretrained:efficientnet_lite0", data_spec
                         device=device, weights=weights, image_size=image_size, finetune_steps=finetune_steps,
                         finetune_fix=finetune_fix, finetune_file=finetune_file)
     timings: dict[str, float] = {}
+    if setup.output["kind"] == "dense":  # a (B, K, H, W) map: the dense report (shiftlab.runs.dense_report)
+        from shiftlab.runs.dense_report import dense_results
+
+        results_by_key, audits = run_audits(setup.plan, {"original": setup.model}, device=device, progress=progress,
+                                            timings=timings)
+        return dense_results(setup, results_by_key, audits, started, timings)
     converted, replacements = convert_fixes(setup.model, setup.budget.fixes)
     finetuned = None
     if finetune_steps:
@@ -239,7 +234,9 @@ def plan_report(model_spec, data_spec: str, budget: Budget, *, quick: bool = Fal
                 weights: str | None = None, image_size: int | None = None, finetune_steps: int = 0,
                 finetune_fix: str = "aps", finetune_file: str = "finetuned.pt") -> ReportSetup:
     """Open the data, load the model once, find its input size, check everything the report needs (a square
-    classifier, the fine-tuning options) and plan the audits, before any of them runs."""
+    input, a classifier or a dense model: :func:`~shiftlab.runs.report_extras.probe_output`, the fine-tuning
+    options) and plan the audits, before any of them runs. A dense model gets the plan of
+    :func:`shiftlab.runs.dense_report.dense_report_audits`."""
     from shiftlab.data.sources import open_images
     from shiftlab.fix.recipe import is_converted
     from shiftlab.measure.protocols import parse_protocol
@@ -257,7 +254,13 @@ def plan_report(model_spec, data_spec: str, budget: Budget, *, quick: bool = Fal
     if input_size[0] != input_size[1]:
         raise InputError(f"the report needs a square model input, got {input_size[0]}x{input_size[1]}")
     explicit_size = image_size if image_size is not None else (None if pre.fixed_size else input_size[0])
-    check_classifier(model, input_size, spec_text)
+    output = probe_output(model, input_size, spec_text)
+    settings = {"model": spec_text, "weights": weights, "data": data_spec, "quick": bool(quick), "seed": int(seed),
+                "image_size": explicit_size,
+                "budget": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(budget).items()}}
+    if output["kind"] == "dense":
+        return _dense_setup(model, spec_text, pre, input_size, explicit_size, budget, source, settings, output,
+                            finetune_steps=finetune_steps, weights=weights, seed=seed)
     canvas = parse_protocol(f"diagonal:{budget.sweep}:canvas").fits(input_size) is None
     if is_converted(model) and budget.fixes:
         budget = replace(budget, fixes=())  # a fixed checkpoint is measured as it is, not converted again
@@ -270,10 +273,30 @@ def plan_report(model_spec, data_spec: str, budget: Budget, *, quick: bool = Fal
         parse_fix(finetune_fix)
     plan = report_audits(spec_text, data_spec, input_size[0], budget, seed, weights, explicit_size, canvas,
                          finetuned=finetune_file if finetune_steps else None)
-    settings = {"model": spec_text, "weights": weights, "data": data_spec, "quick": bool(quick), "seed": int(seed),
-                "image_size": explicit_size,
-                "budget": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(budget).items()}}
-    return ReportSetup(model, spec_text, pre, input_size, explicit_size, budget, source, plan, settings)
+    return ReportSetup(model, spec_text, pre, input_size, explicit_size, budget, source, plan, settings, output)
+
+
+def _dense_setup(model, spec_text, pre, input_size, explicit_size, budget, source, settings, output, *,
+                 finetune_steps, weights, seed) -> ReportSetup:
+    """The setup of a dense model's report: its plan of audits, on the entry of a dict or tuple output the audit
+    measures (the model wrapped as ``--output-key`` wraps it, so its layer names are the command's)."""
+    from shiftlab.data.masks import MaskedImages
+    from shiftlab.models.loading import SelectOutput
+    from shiftlab.runs.dense_report import dense_crop_size, dense_report_audits
+
+    if finetune_steps:
+        raise InputError("--finetune-steps fine-tunes a classifier's fix; this model returns a "
+                         f"{tuple([1, *output['shape']])} map (a dense report has no fine-tuning)")
+    layers = "stages"
+    if output["output_key"] is not None:  # the stages of the wrapped model, by the names the wrapper gives them
+        from shiftlab.measure.prepare import stage_layers
+
+        layers = ",".join(f"model.{name}" for name in stage_layers(model)) or None
+        model = SelectOutput(model, output["output_key"]).eval()
+    plan = dense_report_audits(spec_text, settings["data"], input_size[0], budget, seed, weights, explicit_size,
+                               output_key=output["output_key"], masks=isinstance(source, MaskedImages),
+                               crop_size=dense_crop_size(source, input_size[0]), layers=layers)
+    return ReportSetup(model, spec_text, pre, input_size, explicit_size, budget, source, plan, settings, output)
 
 
 def convert_fixes(model: torch.nn.Module, fixes) -> tuple[dict, dict]:
