@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 HELP = ("train small CNNs on real handwritten digits to test a claim (architecture, positions, augmentation, rotation, "
-        "subsampling, subpixel)")
+        "subsampling, subpixel; segmentation: U-Nets on digit masks)")
 
-EXPERIMENTS = ("architecture", "unseen-positions", "augmentation", "rotation", "subsampling", "subpixel")
+EXPERIMENTS = ("architecture", "unseen-positions", "augmentation", "rotation", "subsampling", "subpixel",
+               "segmentation")
 
 # the experiments that train named SmallCNN variants (--variants)
 _VARIANT_EXPERIMENTS = ("architecture", "unseen-positions", "subsampling")
@@ -29,11 +30,14 @@ _COLUMNS = {
     "subpixel": [("accuracy", "accuracy"), ("worst_case_integer", "worst, integer"),
                  ("worst_case_half_pixel", "worst, half-pixel"), ("worst_case_fractional", "worst, fractional"),
                  ("worst_case_crop", "worst, crop")],
+    "segmentation": [("miou", "mIoU"), ("massc_1px", "mASSC 1 px"), ("massc_circular", "mASSC circular"),
+                     ("massc_crop", "mASSC crop")],
 }
 
 
 # the figures each experiment writes, by file-name suffix
-_FIGURES = {"architecture": ("", "_sweep"), "rotation": ("", "_cost"), "subsampling": ("",), "subpixel": ("",)}
+_FIGURES = {"architecture": ("", "_sweep"), "rotation": ("", "_cost"), "subsampling": ("",), "subpixel": ("",),
+            "segmentation": ("", "_maps")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +68,8 @@ def _runner(name: str):
         from shiftlab.experiments.subsampling import run_subsampling as run
     elif name == "subpixel":
         from shiftlab.experiments.subpixel import run_subpixel as run
+    elif name == "segmentation":
+        from shiftlab.experiments.segmentation import run_segmentation as run
     else:
         from shiftlab.experiments.rotation import run_rotation as run
     return run

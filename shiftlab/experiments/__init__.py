@@ -23,6 +23,7 @@ _EXPORTS = {
     "run_rotation": "shiftlab.experiments.rotation",
     "run_subsampling": "shiftlab.experiments.subsampling",
     "run_subpixel": "shiftlab.experiments.subpixel",
+    "run_segmentation": "shiftlab.experiments.segmentation",
     "SmallCNN": "shiftlab.experiments.nets",
     "make_canvas_split": "shiftlab.experiments.digits",
     "parse_variant": "shiftlab.experiments._common",

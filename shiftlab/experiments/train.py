@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftlab._progress import track
-from shiftlab.errors import InputError
+from shiftlab.errors import InputError, ShapeError
 from shiftlab.layers.lps import TemperatureSchedule, TIPSShiftTerm, has_learned_subsampling, parameter_groups
 
 __all__ = ["TrainConfig", "ShiftAugment", "RotationAugment", "ScaleAugment", "BrightnessAugment",
-           "build_model", "train_model", "predict"]
+           "build_model", "train_model", "train_segmentation", "pixel_cross_entropy", "predict"]
 
 
 @dataclass(frozen=True)
@@ -168,21 +168,48 @@ class _DeterministicAlgorithms:
         return False
 
 
+def pixel_cross_entropy(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Per-pixel cross-entropy of dense logits against masks, averaged over the pixels whose mask is not
+    ``ignore_index`` (those pixels add nothing to the loss or its gradient).
+
+    Shape:
+        logits: (B, K, H, W); masks: (B, H, W) int64 in 0..K-1 or ``ignore_index``. Output: a scalar.
+    """
+    if logits.ndim != 4 or masks.shape != (logits.shape[0], *logits.shape[-2:]):
+        raise ShapeError(f"logits (B, K, H, W) and masks (B, H, W) expected, got {tuple(logits.shape)} and "
+                         f"{tuple(masks.shape)}")
+    return F.cross_entropy(logits, masks, ignore_index=int(ignore_index))
+
+
+def _loss_function(images: torch.Tensor, labels: torch.Tensor, ignore_index: int | None) -> Callable:
+    """Cross-entropy of class scores against (N,) labels, or per pixel against (N, H, W) masks (``ignore_index``
+    given)."""
+    if images.ndim == 4 and ignore_index is None and labels.shape == (images.shape[0],):
+        return F.cross_entropy
+    if images.ndim == 4 and ignore_index is not None and labels.shape == (images.shape[0], *images.shape[-2:]):
+        return lambda logits, masks: pixel_cross_entropy(logits, masks, ignore_index)
+    raise InputError(f"images (N, C, H, W) and labels (N,) expected (masks (N, H, W) with ignore_index), got "
+                     f"{tuple(images.shape)} and {tuple(labels.shape)}")
+
+
 def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, seed: int,
-                augment: Callable | None = None, progress: bool = False, description: str = "train") -> dict:
+                augment: Callable | None = None, progress: bool = False, description: str = "train",
+                ignore_index: int | None = None) -> dict:
     """Train ``model`` in place with Adam and a cosine learning-rate decay.
 
     Returns ``{"losses": [mean loss per epoch], "seconds": float}``.
 
     Batch order and augmentation draws depend only on ``seed`` (and the epoch), so a run is repeatable
-    (on one machine with one thread count: float reductions may round differently elsewhere).
+    (on one machine with one thread count: float reductions may round differently elsewhere). With
+    ``ignore_index`` the labels are per-pixel masks and the loss is :func:`pixel_cross_entropy` (a dense model;
+    see :func:`train_segmentation`); augmentations move images only, so they are refused then.
 
     Shape:
-        images: (N, C, H, W) float; labels: (N,) int64.
+        images: (N, C, H, W) float; labels: (N,) int64, or (N, H, W) int64 masks with ``ignore_index``.
     """
-    if images.ndim != 4 or labels.shape != (images.shape[0],):
-        raise InputError(f"images (N, C, H, W) and labels (N,) expected, got {tuple(images.shape)} and "
-                         f"{tuple(labels.shape)}")
+    loss_of = _loss_function(images, labels, ignore_index)
+    if ignore_index is not None and augment is not None:
+        raise InputError("augmentations move the images but not the masks: train_segmentation takes none")
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     learned = has_learned_subsampling(model)
@@ -211,7 +238,7 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, co
             x = images[index]
             if augment is not None:
                 x = augment(x, index, seed * 100_003 + epoch)
-            loss = F.cross_entropy(model(x), labels[index])
+            loss = loss_of(model(x), labels[index])
             if shift_term is not None:
                 loss = loss + shift_term.loss()
             optimizer.zero_grad(set_to_none=True)
@@ -230,6 +257,19 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, co
     if shift_term is not None:
         record["tips_alpha"] = TIPS_ALPHA
     return record
+
+
+def train_segmentation(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, config: TrainConfig, seed: int,
+                       ignore_index: int = 255, progress: bool = False, description: str = "train") -> dict:
+    """Train a dense model (output (B, K, H, W)) in place on per-pixel masks: :func:`train_model` with the loss
+    :func:`pixel_cross_entropy` (pixels labelled ``ignore_index`` left out), the same optimiser, schedule, seeded
+    batch order and LPS temperature schedule (:data:`LPS_TEMPERATURE`). Returns the training record.
+
+    Shape:
+        images: (N, C, H, W) float; masks: (N, H, W) int64.
+    """
+    return train_model(model, images, masks, config, seed, progress=progress, description=description,
+                       ignore_index=int(ignore_index))
 
 
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500, dtype: torch.dtype = torch.float64,

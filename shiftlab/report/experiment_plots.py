@@ -10,6 +10,8 @@ recomputes a measurement. Spread across seeds is drawn as error bars or bands of
 from __future__ import annotations
 
 from shiftlab.report.plots import literal_text
+from shiftlab.report.segmentation_plots import (SEGMENTATION_TITLE, plot_segmentation, plot_segmentation_maps,
+                                                segmentation_caption)
 
 __all__ = [
     "plot_architecture",
@@ -36,6 +38,7 @@ TITLES = {
     "rotation": "Rotation: plain, p4 and harmonic CNNs, with and without augmentation (and scale, brightness)",
     "subsampling": "Subsampling: strided, max-pool, BlurPool, APS, LPS and TIPS beside the published CIFAR-10 table",
     "subpixel": "Sub-pixel shifts: worst-case accuracy of baseline, BlurPool, APS and alias-free networks",
+    "segmentation": SEGMENTATION_TITLE,
 }
 
 
@@ -397,7 +400,7 @@ def plot_subpixel(result: dict, axes=None):
 
 _OVERVIEW = {"architecture": plot_architecture, "unseen-positions": plot_position_heatmaps,
              "augmentation": plot_augmentation, "rotation": plot_rotation, "subsampling": plot_subsampling,
-             "subpixel": plot_subpixel}
+             "subpixel": plot_subpixel, "segmentation": plot_segmentation}
 
 
 def _name(result) -> str:
@@ -422,6 +425,8 @@ def experiment_figures(result: dict) -> dict:
         figures["_sweep"] = plot_shift_sweep(result)
     if name == "rotation" and any("inference_ms_per_image" in e["summary"] for e in result["variants"].values()):
         figures["_cost"] = plot_rotation_cost(result)
+    if name == "segmentation":
+        figures["_maps"] = plot_segmentation_maps(result)
     return figures
 
 
@@ -450,6 +455,8 @@ def experiment_caption(result: dict) -> str:
                  f"circular consistency {m(e, 'circular_consistency'):.3f}" for k, e in v.items()]
         if result.get("statement"):
             parts.append(result["statement"])
+    elif name == "segmentation":
+        parts = segmentation_caption(result)
     elif name == "subpixel":
         parts = [f"{k}: accuracy {m(e, 'accuracy'):.3f}, worst case integer {m(e, 'worst_case_integer'):.3f}, "
                  f"half-pixel {m(e, 'worst_case_half_pixel'):.3f}, fractional {m(e, 'worst_case_fractional'):.3f}, "
