@@ -16,7 +16,9 @@ converted U-Net are 0 to 3e-16), and every adaptive choice is exact (:mod:`shift
 exactness fails by orders of magnitude more: zero padding at the border, a strided or fixed-phase subsampling or
 upsampling (measured 1e-4 to 1e-2 on a random U-Net), bilinear interpolation, which clamps at the border instead of
 wrapping and assumes phase 0 (``F.interpolate``, with or without ``align_corners``), and dilated convolutions with
-zero padding, as in torchvision's DeepLabV3 and FCN backbones.
+zero padding, as in torchvision's DeepLabV3 and FCN backbones. Converted by ``antialias(model, "aps",
+circular=True)`` (:mod:`shiftlab.fix.segmentation`), torchvision's FCN, DeepLabV3 and LR-ASPP pass: 4e-16 to 2e-14
+(``docs/dense.md``, ``benchmarks/record_dense_certify.py``).
 
 The result is a :class:`~shiftlab.fix.certify.CertifyResult` with ``output_stride`` set (None for invariance
 certificates).

@@ -24,9 +24,10 @@ subsampling is converted) finds every upsampling module (a ``ConvTranspose2d`` w
 
 Refusals. An upsampling that cannot be paired (no encoder layer of the matching resolution, an encoder layer that
 is not adaptive, a non-integer or composed scale, a layer called more than once), and a model whose output is
-larger than its last layer's map (an interpolation written as a function in a ``forward``, as torchvision's
-segmentation models do), raise an :class:`~shiftlab.errors.InputError` naming the layer, unless
-``keep_unpaired=True``: such layers are then kept as they are and listed as "not replaced".
+larger than its last layer's map (an interpolation written as a function in a ``forward``; torchvision's FCN,
+DeepLabV3 and LR-ASPP are the exception: :mod:`shiftlab.fix.segmentation` converts theirs), raise an
+:class:`~shiftlab.errors.InputError` naming the layer, unless ``keep_unpaired=True``: such layers are then kept as
+they are and listed as "not replaced".
 
 The pairs are recorded in the model's recipe (``decoders``: ``[[decoder layer, encoder layer], ...]``); a rebuilt
 fixed checkpoint pairs again and must find the same pairs.
@@ -41,6 +42,12 @@ from torch import nn
 
 from shiftlab.errors import InputError
 from shiftlab.fix._ops import RunAfter
+from shiftlab.fix.segmentation import (
+    apply_segmentation,
+    is_segmentation_model,
+    plan_segmentation,
+    wrap_dilated_padding,
+)
 from shiftlab.layers import (
     APSPool2d,
     APSUnpool2d,
@@ -92,12 +99,17 @@ def _spatial(value) -> tuple[int, int] | None:
     return None
 
 
-def _probe(model: nn.Module, sizes, like: dict, channels: int) -> tuple[list[_Event], tuple | None, tuple] | None:
-    """Run ``model`` once (eval, no gradients) and record every leaf or upsampling layer that changes the size."""
+def _probe(model: nn.Module, sizes, like: dict, channels: int, sizes_in: dict | None = None
+           ) -> tuple[list[_Event], tuple | None, tuple] | None:
+    """Run ``model`` once (eval, no gradients) and record every leaf or upsampling layer that changes the size (and
+    in ``sizes_in``, when given, every module's first input size)."""
     events: list[_Event] = []
+    sizes_in = {} if sizes_in is None else sizes_in
     last: list[tuple[int, int] | None] = [None]
     handles = []
     for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(
+            lambda mod, args, name=name: sizes_in.setdefault(name, _spatial(args[0]) if args else None) and None))
         leaf = next(iter(module.children()), None) is None or isinstance(module, LPSPool2d) or _is_upsampling(module)
         if module is model or not leaf:
             continue
@@ -114,6 +126,7 @@ def _probe(model: nn.Module, sizes, like: dict, channels: int) -> tuple[list[_Ev
         model.eval()
         for size in sizes:
             events.clear()
+            sizes_in.clear()
             try:
                 with torch.no_grad():
                     out = model(torch.zeros(1, channels, *size, **like))
@@ -140,8 +153,9 @@ def _same_phase(a: nn.Module, b: nn.Module) -> bool:
     return shared is not None and shared is getattr(b, "shared", None)
 
 
-def _pair(events: list[_Event], ups: set[str]) -> tuple[dict[str, _Event], dict[str, str]]:
-    """Decoder layer -> its encoder event, and decoder layer -> why it could not be paired."""
+def _pair(events: list[_Event], ups: set[str]) -> tuple[dict[str, _Event], dict[str, str], list[_Event]]:
+    """Decoder layer -> its encoder event, decoder layer -> why it could not be paired, and the encoder events left
+    unpaired (outermost first)."""
     stack: list[_Event] = []
     pairs: dict[str, _Event] = {}
     problems: dict[str, str] = {}
@@ -162,13 +176,14 @@ def _pair(events: list[_Event], ups: set[str]) -> tuple[dict[str, _Event], dict[
         elif _factor(e.size_out, e.size_in) and not (stack and _same_phase(stack[-1].module, e.module)
                                                     and stack[-1].size_in == e.size_in):
             stack.append(e)
-    return pairs, problems
+    return pairs, problems, stack
 
 
 def _blur_after(model: nn.Module, name: str, module: nn.Module, filter_size: int, circular: bool):
     from shiftlab.fix.antialias import Replacement, _describe
 
-    blur = BlurPool2d(filter_size=filter_size if filter_size > 1 else 3, stride=1, padding_mode="circular" if circular else "reflect")
+    blur = BlurPool2d(filter_size=filter_size if filter_size > 1 else 3, stride=1,
+                      padding_mode="circular" if circular else "reflect")
     RunAfter(blur).attach(module, "blur_upsampled")
     return Replacement(name, _describe(module), f"{_describe(module)}; {_describe(blur)} after it (blur after "
                                                  "upsampling)")
@@ -213,10 +228,15 @@ def convert_decoders(model: nn.Module, method: str, filter_size: int, circular: 
 
     result = DecoderConversion()
     ups = set(upsampling_layers(model))
-    probed = _probe(model, sizes, like or {}, channels or 3)
+    segmentation_model = is_segmentation_model(model)
+    if circular and segmentation_model:  # before the probe: DeepLabV3's ASPP pads more than a small map holds
+        result.report.extend(wrap_dilated_padding(model))
+    sizes_in: dict[str, tuple[int, int]] = {}
+    probed = _probe(model, sizes, like or {}, channels or 3, sizes_in)
     if probed is None:
-        if ups:
-            raise InputError(f"antialias could not run the model to pair its decoder layers ({', '.join(sorted(ups))})")
+        if ups or segmentation_model:
+            layers = ", ".join(sorted(ups)) if ups else "the final F.interpolate"
+            raise InputError(f"antialias could not run the model to pair its decoder layers ({layers})")
         return result
     events, last, out = probed
     unpaired: dict[str, str] = {}
@@ -224,8 +244,13 @@ def convert_decoders(model: nn.Module, method: str, filter_size: int, circular: 
         unpaired["(model)"] = _functional(type(model).__name__, out, last)
     if not ups and not unpaired:
         return result
-    pairs, problems = _pair(events, ups) if method in ("aps", "lps") else ({}, {})
+    pairs, problems, stack = _pair(events, ups) if method in ("aps", "lps") else ({}, {}, [])
     unpaired.update(problems)
+    segmentation = plan_segmentation(model, stack, sizes_in) if "(model)" in unpaired and method in ("aps", "lps") \
+        else None
+    if segmentation is not None:  # torchvision's FCN, DeepLabV3, LR-ASPP: their functional interpolations
+        del unpaired["(model)"]
+        unpaired.update(segmentation.problems)
     if method in ("aps", "lps"):
         unpaired.update({n: "it did not run in the probe forward pass" for n in ups if n not in pairs and n not in
                          problems})
@@ -244,6 +269,12 @@ def convert_decoders(model: nn.Module, method: str, filter_size: int, circular: 
         else:
             why = unpaired.get(name, f"method {method!r} does not convert decoders")
             result.report.append(Replacement(name, _describe(module), f"not replaced: {why}"))
+    if segmentation is not None and not segmentation.problems:
+        result.report.extend(apply_segmentation(model, segmentation, circular))
+        result.pairs.extend(segmentation.pairs)
+    elif segmentation is not None:
+        result.report.extend(Replacement(n, "F.interpolate in the forward", f"not replaced: {why}")
+                             for n, why in segmentation.problems.items())
     if "(model)" in unpaired:
         result.report.append(Replacement("(model)", "F.interpolate in the forward", f"not replaced: "
                                                                                      f"{unpaired['(model)']}"))

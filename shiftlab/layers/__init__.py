@@ -86,6 +86,15 @@ from shiftlab.layers.unpool import (
     transposed_conv_weight,
     unpool_conv_transpose2d,
 )
+from shiftlab.layers.unpool_interpolate import (
+    INTERPOLATION_MODES,
+    UnpoolInterpolate2d,
+    WrapPad2d,
+    compose_phases,
+    interpolation_taps,
+    unpool_interpolate2d,
+    wrap_pad2d,
+)
 from shiftlab.layers.group import (
     GroupConv2d,
     GroupPool,
@@ -116,6 +125,8 @@ __all__ = [
     "parameter_groups", "has_learned_subsampling",
     "PhaseLink", "aps_unpool2d", "APSUnpool2d", "lps_unpool2d", "LPSUnpool2d", "blur_upsample2d", "BlurUpsample2d",
     "transposed_conv_weight", "unpool_conv_transpose2d", "UnpoolConvTranspose2d", "UPSAMPLE_MODES",
+    "INTERPOLATION_MODES", "interpolation_taps", "compose_phases", "wrap_pad2d", "WrapPad2d", "unpool_interpolate2d",
+    "UnpoolInterpolate2d",
     "GELU_FIT", "band_limit", "ideal_lowpass2d", "IdealLowpass2d", "ideal_downsample2d", "IdealDownsample2d",
     "ideal_upsample2d", "IdealUpsample2d", "alias_free_activation", "AliasFreeActivation", "alias_free_layer_norm",
     "AliasFreeLayerNorm",
