@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from shiftlab.errors import InputError, ShapeError
-from shiftlab.fix.certify import CertifyResult, _roll_per_sample, assert_certified, certify, period_shifts
+from shiftlab.fix.certify import CertifyResult, assert_certified, certify, period_shifts
+from shiftlab.fix.certify_setup import _roll_per_sample
 
 
 def strided_circular_net(stride: int = 2) -> nn.Module:

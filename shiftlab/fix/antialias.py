@@ -88,7 +88,6 @@ A model with such subsampling is not made shift invariant by the conversion.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 from torch import nn
 
@@ -96,6 +95,7 @@ from shiftlab.errors import InputError
 from shiftlab.fix._graph import Flow, Link, trace
 from shiftlab.fix._ops import DensePool2d, RunAfter, RunBefore, SamePaddedConv2d
 from shiftlab.fix.decoders import convert_decoders, decoders_recipe
+from shiftlab.fix.replacement import Replacement, describe_module, replacement_counts, set_submodule
 # the methods and placements are defined by what a fix is, and stay importable from here
 from shiftlab.fix.recipe import METHODS, PLACEMENTS, POLYPHASE_METHODS, conversion_of, is_converted, record_conversion
 from shiftlab.layers import APSPool2d, BlurPool2d, IdealDownsample2d, LearnedPhase, LPSPool2d, SharedPhase, TIPSPool2d
@@ -108,37 +108,6 @@ __all__ = ["antialias", "stem_conv", "Replacement", "replacement_counts", "opaqu
 SHORTCUT_NAMES = ("downsample", "shortcut", "skip", "proj", "projection", "conv_shortcut")
 _UNSUPPORTED = (nn.LPPool2d, nn.FractionalMaxPool2d, nn.PixelUnshuffle)
 _PADDING_LAYERS = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)
-
-
-@dataclass(frozen=True)
-class Replacement:
-    """One change made by :func:`antialias`: module ``name``, what it was and what it became."""
-
-    name: str
-    before: str
-    after: str
-
-    @property
-    def kept(self) -> bool:
-        """Whether the layer was left as it was (a strided stem kept on purpose), not replaced."""
-        return self.after.startswith("kept")
-
-    @property
-    def unreplaced(self) -> bool:
-        """Whether this is subsampling the conversion found but cannot replace (a function in a forward, a
-        leaf module of unknown type): the converted model still aliases there."""
-        return self.after.startswith("not replaced")
-
-
-def replacement_counts(report) -> dict:
-    """``{"replaced": N, "kept": M}`` for the report of :func:`antialias`, with ``"not_replaced": K`` when it
-    lists subsampling it could not replace."""
-    kept = sum(r.kept for r in report)
-    unreplaced = sum(r.unreplaced for r in report)
-    counts = {"replaced": len(report) - kept - unreplaced, "kept": kept}
-    if unreplaced:
-        counts["not_replaced"] = unreplaced
-    return counts
 
 
 _FUNCTION_NOT_REPLACED = "not replaced: a function called in the forward, not a layer antialias can convert"
@@ -211,16 +180,6 @@ def _refuse_unsupported(modules: dict[str, nn.Module], method: str, circular: bo
                                                                                     nn.AvgPool2d.forward):
             if _is_strided(m) or circular:
                 raise InputError(f"antialias does not support the pool {kind} ({name}), which has its own forward")
-
-
-def _describe(module: nn.Module) -> str:
-    text = repr(module)
-    return text if "\n" not in text else type(module).__name__
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def _find_blocks(model: nn.Module, strided: dict[str, nn.Module], flow: Flow | None) -> dict[str, list[str]]:
@@ -297,7 +256,7 @@ class _Converter:
 
     def blur_first(self, name: str, conv: nn.Conv2d) -> None:
         """``placement="before"``: a stride-1 blur of the conv's input; the conv keeps its stride."""
-        before = _describe(conv)
+        before = describe_module(conv)
         if _is_same_conv(conv):  # the same 'SAME' conv, as a module whose padding the circular pass leaves alone
             new = SamePaddedConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                                    padding=0, dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
@@ -305,16 +264,16 @@ class _Converter:
                                    device=conv.weight.device, dtype=conv.weight.dtype)
             new.weight, new.bias = conv.weight, conv.bias
             new.train(conv.training)
-            _set(self.model, name, new)
+            set_submodule(self.model, name, new)
             conv = new
         blur = BlurPool2d(filter_size=self.filter_size, stride=1, padding_mode=self.mode)
-        after = f"{_describe(blur)} first, then {_describe(conv)} (placement='before')"
+        after = f"{describe_module(blur)} first, then {describe_module(conv)} (placement='before')"
         RunBefore(blur).attach(conv)
         self.report.append(Replacement(name, before, after))
 
     def conv(self, name: str, conv: nn.Conv2d, link: Link) -> None:
         stride = _stride(conv)
-        before = _describe(conv)
+        before = describe_module(conv)
         pointwise = conv.kernel_size == (1, 1) and conv.padding in ((0, 0), "valid") and not _is_same_conv(conv)
         if self.placement == "before" and not pointwise:
             self.blur_first(name, conv)
@@ -328,13 +287,13 @@ class _Converter:
                                    device=conv.weight.device, dtype=conv.weight.dtype)
             new.weight, new.bias = conv.weight, conv.bias
             new.train(conv.training)
-            _set(self.model, name, new)
+            set_submodule(self.model, name, new)
             conv = new
         else:
             conv.stride = (1, 1)
         sub = self.subsampler(name, stride, conv.in_channels if pointwise else conv.out_channels)
         if pointwise:  # a 1x1 conv commutes with the blur: subsample first, convolve the smaller map
-            after = f"{_describe(sub)} first, then {_describe(conv)}"
+            after = f"{describe_module(sub)} first, then {describe_module(conv)}"
             RunBefore(sub).attach(conv)
         else:
             target = self.model.get_submodule(link.module)
@@ -346,7 +305,7 @@ class _Converter:
                                                "the map)")
             ops = [link.activation, sub] if link.activation is not None else [sub]
             RunAfter(*ops).attach(target)
-            after = f"{_describe(conv)}; {_describe(sub)} {link.position}"
+            after = f"{describe_module(conv)}; {describe_module(sub)} {link.position}"
         self.report.append(Replacement(name, before, after))
 
     def pool(self, name: str, pool: nn.Module) -> None:
@@ -354,8 +313,9 @@ class _Converter:
         sub = self.subsampler(name, stride)
         new = nn.Sequential(DensePool2d(pool, circular=self.circular), sub)
         new.train(pool.training)
-        _set(self.model, name, new)
-        self.report.append(Replacement(name, _describe(pool), f"{_describe(new[0])}; {_describe(sub)}"))
+        set_submodule(self.model, name, new)
+        self.report.append(Replacement(name, describe_module(pool),
+                                       f"{describe_module(new[0])}; {describe_module(sub)}"))
 
     def share(self, block: str, members: list[str]) -> None:
         stride = _stride(self.model.get_submodule(members[0]))
@@ -374,7 +334,7 @@ class _Converter:
 
     def circular_padding(self) -> None:
         for name, m in list(self.model.named_modules()):
-            before = _describe(m)
+            before = describe_module(m)
             if isinstance(m, SamePaddedConv2d) or isinstance(m, DensePool2d):
                 continue
             if _is_same_conv(m):
@@ -383,7 +343,7 @@ class _Converter:
                                        pad_stride=m.stride, pad_mode="circular", device=m.weight.device,
                                        dtype=m.weight.dtype)
                 new.weight, new.bias = m.weight, m.bias
-                _set(self.model, name, new)
+                set_submodule(self.model, name, new)
             elif isinstance(m, nn.Conv2d):
                 if m.padding in ((0, 0), "valid") or m.padding_mode == "circular":
                     continue
@@ -400,10 +360,10 @@ class _Converter:
                 RunBefore(nn.CircularPad2d((pw, pw, ph, ph))).attach(m, "circular_padding")
                 m.padding = 0
             elif isinstance(m, _PADDING_LAYERS):
-                _set(self.model, name, nn.CircularPad2d(tuple(m.padding)))
+                set_submodule(self.model, name, nn.CircularPad2d(tuple(m.padding)))
             else:
                 continue
-            self.report.append(Replacement(name, before, f"{_describe(self.model.get_submodule(name))} "
+            self.report.append(Replacement(name, before, f"{describe_module(self.model.get_submodule(name))} "
                                                          "with circular padding"))
 
 
@@ -575,7 +535,7 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
                                 channels=_input_channels(model), like=_parameter_like(model), sizes=_probe_sizes(model))
     converter.report.extend(decoders.report)
     if stem is not None:
-        converter.report.insert(0, Replacement(stem, _describe(modules[stem]),
+        converter.report.insert(0, Replacement(stem, describe_module(modules[stem]),
                                                "kept strided: the stem (keep_stem=False converts it too)"))
     converter.report.extend(opaque)
     record_conversion(model, {"method": method, "filter_size": int(filter_size), "circular": bool(circular),

@@ -33,7 +33,7 @@ from torch import nn
 
 from shiftlab._progress import track
 from shiftlab.errors import InputError
-from shiftlab.fix.certify import (
+from shiftlab.fix.certify_setup import (
     CertifyResult,
     _as_output,
     _check_arguments,
@@ -43,6 +43,7 @@ from shiftlab.fix.certify import (
     _reference_outputs,
     _roll_per_sample,
     _Setup,
+    _plan_shifts,
     _ShiftPlan,
     period_shifts,
 )
@@ -57,7 +58,8 @@ def is_dense_output(out) -> bool:
 
 
 def output_stride(input_size: tuple[int, int], out: torch.Tensor) -> int:
-    """``H / H'`` (equal to ``W / W'``), or InputError when the output is not the input's size divided by one integer."""
+    """``H / H'`` (equal to ``W / W'``), or InputError when the output is not the input's size divided by one
+    integer."""
     h, w = input_size
     oh, ow = out.shape[-2:]
     if h % oh or w % ow or h // oh != w // ow:
@@ -135,7 +137,6 @@ def certify_dense(model: nn.Module, input_size, shifts="period", *, n_inputs: in
     >>> r = certify_dense(net, (8, 8)); r.passed, r.output_stride
     (True, 1)
     """
-    from shiftlab.fix.certify import _plan_shifts
 
     setup = _check_arguments(model, input_size, dtype=dtype, n_inputs=n_inputs, batch=batch, seed=seed,
                              channels=channels, device=device)

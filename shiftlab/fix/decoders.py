@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from shiftlab.errors import InputError
+from shiftlab.fix.replacement import Replacement, describe_module, set_submodule
 from shiftlab.fix._ops import RunAfter
 from shiftlab.fix.segmentation import (
     apply_segmentation,
@@ -180,18 +181,16 @@ def _pair(events: list[_Event], ups: set[str]) -> tuple[dict[str, _Event], dict[
 
 
 def _blur_after(model: nn.Module, name: str, module: nn.Module, filter_size: int, circular: bool):
-    from shiftlab.fix.antialias import Replacement, _describe
 
     blur = BlurPool2d(filter_size=filter_size if filter_size > 1 else 3, stride=1,
                       padding_mode="circular" if circular else "reflect")
     RunAfter(blur).attach(module, "blur_upsampled")
-    return Replacement(name, _describe(module), f"{_describe(module)}; {_describe(blur)} after it (blur after "
-                                                 "upsampling)")
+    return Replacement(name, describe_module(module),
+                       f"{describe_module(module)}; {describe_module(blur)} after it (blur after upsampling)")
 
 
 def _unpool(model: nn.Module, name: str, module: nn.Module, encoder: _Event, method: str, filter_size: int,
             circular: bool):
-    from shiftlab.fix.antialias import Replacement, _describe, _set
 
     if not isinstance(encoder.module, (APSPool2d, LPSPool2d)):
         raise InputError(f"the decoder layer {name} pairs with {encoder.name}, which is not an adaptive subsampling "
@@ -207,8 +206,8 @@ def _unpool(model: nn.Module, name: str, module: nn.Module, encoder: _Event, met
     else:
         kind = LPSUnpool2d if method == "lps" else APSUnpool2d
         new = kind(link, filter_size if filter_size > 1 else 3, "circular" if circular else "zeros", name)
-    _set(model, name, new)
-    return Replacement(name, _describe(module), f"{_describe(new)}, at the phase of {encoder.name}")
+    set_submodule(model, name, new)
+    return Replacement(name, describe_module(module), f"{describe_module(new)}, at the phase of {encoder.name}")
 
 
 def _functional(name: str, probe_out, last) -> str:
@@ -224,7 +223,6 @@ def convert_decoders(model: nn.Module, method: str, filter_size: int, circular: 
     Raises:
         InputError: an upsampling that cannot be paired (naming it), unless ``keep_unpaired``.
     """
-    from shiftlab.fix.antialias import Replacement, _describe
 
     result = DecoderConversion()
     ups = set(upsampling_layers(model))
@@ -268,7 +266,7 @@ def convert_decoders(model: nn.Module, method: str, filter_size: int, circular: 
             result.pairs.append([name, pairs[name].name])
         else:
             why = unpaired.get(name, f"method {method!r} does not convert decoders")
-            result.report.append(Replacement(name, _describe(module), f"not replaced: {why}"))
+            result.report.append(Replacement(name, describe_module(module), f"not replaced: {why}"))
     if segmentation is not None and not segmentation.problems:
         result.report.extend(apply_segmentation(model, segmentation, circular))
         result.pairs.extend(segmentation.pairs)

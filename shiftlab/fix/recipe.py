@@ -29,7 +29,8 @@ from shiftlab.layers.blur_pool import MAX_FILTER_SIZE
 from shiftlab.models.loading import SelectOutput
 
 __all__ = ["METHODS", "METHOD_GUARANTEES", "POLYPHASE_METHODS", "PLACEMENTS", "FIX_METHODS", "FIX_OPTIONS",
-           "CONVERSION_KEYS", "DECODER_KEYS", "is_converted", "conversion_of", "parse_fix", "recipe_spec", "record_conversion",
+           "CONVERSION_KEYS", "DECODER_KEYS", "is_converted", "conversion_of", "parse_fix", "recipe_spec",
+           "record_conversion",
            "make_recipe", "check_recipe", "conversion_kwargs"]
 
 #: the conversions :func:`shiftlab.antialias` makes

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from shiftlab.fix.replacement import Replacement
 from shiftlab.fix._ops import RunBefore
 from shiftlab.layers import APSPool2d, LPSPool2d, PhaseLink, UnpoolInterpolate2d, WrapPad2d
 
@@ -141,7 +142,6 @@ def _links(model: nn.Module, events: list) -> list[PhaseLink]:
 def wrap_dilated_padding(model: nn.Module) -> list:
     """Every circularly padded dilated convolution of ``model`` pads by WrapPad2d (any amount, the same numbers
     where ``F.pad`` works), in place; the ``Replacement`` entries."""
-    from shiftlab.fix.antialias import Replacement
 
     names = []
     for name, m in model.named_modules():
@@ -157,7 +157,6 @@ def wrap_dilated_padding(model: nn.Module) -> list:
 
 def apply_segmentation(model: nn.Module, plan: SegmentationPlan, circular: bool) -> list:
     """Convert ``model`` in place as ``plan`` says; the ``Replacement`` entries of the conversion."""
-    from shiftlab.fix.antialias import Replacement
 
     pad = "circular" if circular else "zeros"
     report = []

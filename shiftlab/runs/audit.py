@@ -83,8 +83,8 @@ class AuditRun:
     extra: dict = field(default_factory=dict, compare=False)
 
     _FLAG_ORDER = ("model", "weights", "fix", "reference", "data", "limit", "transform", "metrics", "layers", "maps",
-                   "seed", "batch_size", "output_key", "margin", "no_resize", "image_size", "mean", "std", "interpolation",
-                   "crop_pct", "class_map", "threads", "amp")
+                   "seed", "batch_size", "output_key", "margin", "no_resize", "image_size", "mean", "std",
+                   "interpolation", "crop_pct", "class_map", "threads", "amp")
 
     def with_(self, **changes) -> AuditRun:
         return replace(self, **changes)
