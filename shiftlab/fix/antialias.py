@@ -96,6 +96,7 @@ from shiftlab.fix._graph import Flow, Link, trace
 from shiftlab.fix._ops import DensePool2d, RunAfter, RunBefore, SamePaddedConv2d
 from shiftlab.fix.decoders import convert_decoders, decoders_recipe
 from shiftlab.fix.replacement import Replacement, describe_module, replacement_counts, set_submodule
+from shiftlab.fix.transformers import convert_transformer
 # the methods and placements are defined by what a fix is, and stay importable from here
 from shiftlab.fix.recipe import METHODS, PLACEMENTS, POLYPHASE_METHODS, conversion_of, is_converted, record_conversion
 from shiftlab.layers import APSPool2d, BlurPool2d, IdealDownsample2d, LearnedPhase, LPSPool2d, SharedPhase, TIPSPool2d
@@ -500,6 +501,9 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
     ('conv1', True)
     """
     filter_size, keep_stem = _check_arguments(model, method, filter_size, circular, placement, keep_stem)
+    routed = convert_transformer(model, method, circular, inplace)  # timm ViT / Swin: shiftlab.fix.transformers
+    if routed is not None:
+        return routed
     modules = dict(model.named_modules())
     unknown = [name for name in exclude if name not in modules]
     if unknown:

@@ -11,6 +11,7 @@ from torch import nn
 from shiftlab._checks import FLOAT_DTYPES, check_int, tolerance
 from shiftlab._progress import track
 from shiftlab.errors import ArgumentShapeError, InputError
+from shiftlab.fix.recipe import conversion_of
 from shiftlab.layers import band_limit
 from shiftlab.measure.inspect import input_channels, inspect
 from shiftlab.models.preprocessing import check_input_size
@@ -56,6 +57,9 @@ class CertifyResult:
         output_stride: for a dense output (B, K, H', W'), ``H / H'``: the output was compared with the unshifted
             output rolled by ``shift / output_stride`` (equivariance, :mod:`shiftlab.fix.certify_dense`); None for
             an invariance certificate.
+        patch_size: for a transformer converted by :func:`shiftlab.antialias` (polyphase tokenization), its patch
+            size ``p`` from the model's recipe: ``total_stride`` should be ``(p, p)``, and ``shifts="period"`` then
+            checks all ``p x p`` offsets; None for other models.
 
     JSON (:meth:`to_dict`): every field above (pairs as lists, infinite deviations as null), with ``passed``,
     ``reason`` and ``nondeterministic``; the fields ``shift_kind``, ``subpixel``, ``fractional_shifts`` and
@@ -79,6 +83,7 @@ class CertifyResult:
     fractional_shifts: tuple[tuple[float, float], ...] | None = None
     band_limit: float | None = None
     output_stride: int | None = None
+    patch_size: int | None = None
 
     @property
     def nondeterministic(self) -> bool:
@@ -381,4 +386,5 @@ def _verdict(setup: _Setup, found: _Deviations, total_stride, plan: _ShiftPlan) 
         subpixel=plan.subpixel,
         fractional_shifts=plan.listed,
         band_limit=1.0 if plan.kind == "fractional" else None,
+        patch_size=(conversion_of(setup.net) or {}).get("patch_size"),
     )

@@ -17,6 +17,7 @@ from torch import nn
 from shiftlab.fix.antialias import antialias
 from shiftlab.fix.decoders import check_pairs
 from shiftlab.fix.recipe import check_recipe, conversion_kwargs, conversion_of, is_converted
+from shiftlab.fix.transformers import check_transformer_recipe
 from shiftlab.models.fixed_checkpoint import FORMAT, Rebuilder, register_rebuilder
 
 __all__ = ["REBUILDER", "rebuild_converted"]
@@ -26,6 +27,7 @@ def rebuild_converted(architecture: nn.Module, recipe: Mapping) -> nn.Module:
     """``architecture`` (the plain model) converted in place as ``recipe`` records, ready for the saved weights."""
     fixed, _ = antialias(architecture, inplace=True, **conversion_kwargs(recipe))
     check_pairs(recipe.get("decoders"), conversion_of(fixed).get("decoders"))
+    check_transformer_recipe(recipe, conversion_of(fixed))
     return fixed
 
 

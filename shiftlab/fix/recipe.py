@@ -29,7 +29,8 @@ from shiftlab.layers.blur_pool import MAX_FILTER_SIZE
 from shiftlab.models.loading import SelectOutput
 
 __all__ = ["METHODS", "METHOD_GUARANTEES", "POLYPHASE_METHODS", "PLACEMENTS", "FIX_METHODS", "FIX_OPTIONS",
-           "CONVERSION_KEYS", "DECODER_KEYS", "is_converted", "conversion_of", "parse_fix", "recipe_spec",
+           "CONVERSION_KEYS", "DECODER_KEYS", "TRANSFORMER_KEYS", "is_converted", "conversion_of", "parse_fix",
+           "recipe_spec",
            "record_conversion",
            "make_recipe", "check_recipe", "conversion_kwargs"]
 
@@ -62,6 +63,8 @@ FIX_OPTIONS = ("circular", "before")
 CONVERSION_KEYS = ("method", "filter_size", "circular", "keep_stem", "exclude", "placement")
 #: entries only an encoder-decoder's conversion has (:mod:`shiftlab.fix.decoders`): its [decoder, encoder] pairs
 DECODER_KEYS = ("decoders", "keep_unpaired")
+#: entries only a transformer's conversion has (:mod:`shiftlab.fix.transformers`): its family and patch size
+TRANSFORMER_KEYS = ("architecture", "patch_size")
 
 
 def conversion_of(model) -> dict | None:
@@ -154,6 +157,7 @@ def make_recipe(model: nn.Module, spec=None, finetune: Mapping | None = None) ->
     recipe = {k: conversion[k] for k in CONVERSION_KEYS}
     recipe["exclude"] = list(recipe["exclude"])
     recipe.update({k: conversion[k] for k in DECODER_KEYS if k in conversion})
+    recipe.update({k: conversion[k] for k in TRANSFORMER_KEYS if k in conversion})
     recipe["fix"] = recipe_spec(recipe)
     recipe["shiftlab_version"] = __version__
     recipe["model"] = _original(model, spec)

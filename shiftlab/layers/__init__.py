@@ -104,6 +104,24 @@ from shiftlab.layers.group import (
     group_pool,
     lift_conv2d,
 )
+from shiftlab.layers.windows import (
+    PolyphasePatchMerging,
+    PolyphaseWindowBlock,
+    polyphase_patch_merging,
+    polyphase_window_attention,
+    roll_to_offset,
+    window_border_mask,
+    window_offset,
+)
+from shiftlab.layers.tokenize import (
+    ConvPositionEncoding,
+    PolyphasePatchEmbed,
+    PolyphaseTokenize,
+    conv_position_encoding,
+    patch_size_of,
+    polyphase_offset,
+    polyphase_tokenize,
+)
 from shiftlab.layers.harmonic import (
     HarmonicBatchNorm2d,
     HarmonicBlurPool2d,
@@ -133,4 +151,8 @@ __all__ = [
     "group_act", "lift_conv2d", "LiftConv2d", "group_conv2d", "GroupConv2d", "group_pool", "GroupPool",
     "harmonic_basis", "harmonic_conv2d", "HarmonicConv2d", "harmonic_relu", "HarmonicReLU", "HarmonicBatchNorm2d",
     "harmonic_blur_pool2d", "HarmonicBlurPool2d", "harmonic_magnitude", "HarmonicMagnitude",
+    "polyphase_offset", "polyphase_tokenize", "PolyphaseTokenize", "PolyphasePatchEmbed", "conv_position_encoding",
+    "ConvPositionEncoding", "patch_size_of",
+    "window_offset", "roll_to_offset", "window_border_mask", "polyphase_window_attention", "PolyphaseWindowBlock",
+    "polyphase_patch_merging", "PolyphasePatchMerging",
 ]

@@ -25,6 +25,7 @@ from shiftlab.measure.prepare import Prepared
 from shiftlab.measure.protocols import Protocol
 from shiftlab.measure.result import AuditResult
 from shiftlab.measure.rows import RowCollector, classification_rows
+from shiftlab.measure.tokens import token_layouts
 from shiftlab.measure.statistics import combine_states, empty_state, reduce_rows
 
 __all__ = ["Engine", "run", "forward_groups", "group_pairs", "reference_lookup"]
@@ -228,7 +229,8 @@ def run(prepared: Prepared, world, *, checkpoint=None, progress: bool | str = Fa
         workers = loader.default_workers(prepared.images.source, len(mine))
     state, store = resume(prepared, per_batch, batches, mine, world, checkpoint)
     todo = [b for b in mine if b not in state["done"]]
-    engine.ctx = RowCollector(state["chunks"], state["layer_info"], prepared.protocol, prepared.margin)
+    engine.ctx = RowCollector(state["chunks"], state["layer_info"], prepared.protocol, prepared.margin,
+                              token_layouts(prepared.models.model, prepared.layers))
     data_loader = loader.make_loader(prepared.images.source, prepared.sizing, [(b, batches[b]) for b in todo],
                                      workers, prepared.runner.device.type == "cuda")
     label = progress if isinstance(progress, str) else "auditing"

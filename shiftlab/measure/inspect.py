@@ -39,6 +39,7 @@ from torch.overrides import TorchFunctionMode
 
 from shiftlab._checks import check_int
 from shiftlab.errors import ArgumentShapeError, InputError, ShapeError, ShiftlabError
+from shiftlab.measure.tokens import TOKEN_KINDS, token_finding
 from shiftlab.models.preprocessing import check_input_size
 
 __all__ = ["Finding", "InspectResult", "inspect", "KINDS", "SUBSAMPLING_KINDS", "OPAQUE_KINDS", "compiled_kind",
@@ -66,10 +67,11 @@ KINDS = {
     "adaptive-pool": "adaptive pooling to a fixed size larger than 1x1: non-uniform resampling",
     "global-pool": "global pooling: invariant to circular shifts of its input (fine)",
     "flatten-fc": "fully connected layer on a flattened map larger than 1x1: depends on absolute position",
+    **TOKEN_KINDS,  # a Swin's patch merging and window attention
 }
 # kinds that change the sampling grid (they define the cumulative stride)
 SUBSAMPLING_KINDS = frozenset({"strided-conv", "max-pool", "avg-pool", "other-subsampling", "functional-subsampling",
-                               "blur-pool", "aps", "tips", "ideal"})
+                               "blur-pool", "aps", "tips", "ideal", "patch-merging"})
 #: subsampling that is not a layer :func:`shiftlab.antialias` can convert
 OPAQUE_KINDS = frozenset({"other-subsampling", "functional-subsampling"})
 # kinds that do not break exact equivariance to circular shifts on their own
@@ -465,6 +467,9 @@ class _Tracer:
             self.last_map = (int(y.shape[1]), *out_hw)
 
     def classify(self, m: nn.Module, x, y, in_hw, out_hw) -> None:
+        token = token_finding(m, x, y, self.input_size)  # (B, h, w, C) token maps: a Swin's merging, windows
+        if token is not None:
+            return self.add(m, *token)
         if isinstance(m, nn.Linear):
             self.linear(m, x)
             return
@@ -566,6 +571,8 @@ class _Tracer:
             return  # the alias-free activation, norm, low-pass and upsampling keep the grid: nothing to report
         stride = self.subsampling_stride(m, in_hw, out_hw)
         cum = self.record_level(in_hw, out_hw, stride) if out_hw else self.cumulative(in_hw)
+        if out_hw is None:  # a map in, tokens out (PolyphasePatchEmbed): its stride starts the token grid
+            cum = (cum[0] * stride[0], cum[1] * stride[1])
         name = type(m).__name__.lower()
         kind = ("tips" if name.startswith("tips") else "ideal" if name.startswith("ideal") else
                 "aps" if "aps" in name or "lps" in name or "polyphase" in name else "blur-pool")

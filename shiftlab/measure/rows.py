@@ -17,6 +17,7 @@ from shiftlab.errors import ShapeError
 from shiftlab.measure import metrics as M
 from shiftlab.measure.protocols import Protocol
 from shiftlab.measure.statistics import Column
+from shiftlab.measure.tokens import as_token_map
 
 __all__ = ["RowCollector", "rotation_rows", "classification_rows", "worst_case_correct"]
 
@@ -24,8 +25,9 @@ __all__ = ["RowCollector", "rotation_rows", "classification_rows", "worst_case_c
 class RowCollector:
     """What the hooks need to know about the current forward pass; features never leave a hook."""
 
-    def __init__(self, chunks: dict, layer_info: dict, protocol: Protocol, margin: int):
+    def __init__(self, chunks: dict, layer_info: dict, protocol: Protocol, margin: int, tokens: dict | None = None):
         self.chunks = chunks
+        self.tokens = tokens or {}  # layer name -> TokenLayout: token outputs compared as (B, C, h, w) maps
         self.columns: dict = {}
         self.layer_info = layer_info
         self.protocol = protocol
@@ -72,11 +74,13 @@ class RowCollector:
             feat = output
             while isinstance(feat, (tuple, list)) and feat:
                 feat = feat[0]
-            self.features(("layer", key), key, feat)
+            feat, note = as_token_map(feat, self.tokens.get(name), self.input_hw)
+            self.features(("layer", key), key, feat, note)
         return fn
 
-    def features(self, prefix: tuple, name: str, feat):
-        """Accumulate equivariance/invariance rows of ``feat`` (K*B, ...) for this group's pairs."""
+    def features(self, prefix: tuple, name: str, feat, tokens: str | None = None):
+        """Accumulate equivariance/invariance rows of ``feat`` (K*B, ...) for this group's pairs (``tokens``: what
+        :func:`~shiftlab.measure.tokens.as_token_map` reshaped, recorded in the layer's info)."""
         if not isinstance(feat, torch.Tensor) or feat.ndim < 2 or feat.shape[0] != self.K * self.B:
             self.layer_info.setdefault(name, {"stride": None, "shape": None,
                                               "note": "output is not a batched tensor; not compared"})
@@ -96,6 +100,8 @@ class RowCollector:
             if H % h == 0 and W % w == 0:
                 stride = (H // h, W // w)
         info = {"shape": list(feat.shape[1:]), "stride": None if stride is None else list(stride)}
+        if tokens:
+            info["tokens"] = tokens
         if stride is None and feat.ndim == 4 and feat.shape[-2] * feat.shape[-1] > 1:
             info["note"] = "map size does not divide the input size; only pooled invariance is compared"
         self.layer_info.setdefault(name, info)

@@ -188,13 +188,17 @@ def preprocessing(model: nn.Module | None = None) -> Preprocessing:
     std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
     size = tuple(int(v) for v in cfg.get("input_size", (3, 224, 224)))
     input_size = size[-2:] if len(size) >= 2 else (size[0], size[0])
+    source = "timm pretrained_cfg"
+    built = getattr(getattr(_unwrap(model), "patch_embed", None), "img_size", None)  # a transformer's own size
+    if isinstance(built, (tuple, list)) and len(built) == 2 and tuple(built) != tuple(input_size):
+        input_size, source = (int(built[0]), int(built[1])), "timm pretrained_cfg; input size: patch_embed.img_size"
     crop_pct = float(cfg.get("crop_pct") or DEFAULT_CROP_PCT)
     resize_size = max(max(input_size), int(math.floor(max(input_size) / crop_pct)))
     interpolation = cfg.get("interpolation", "bilinear")
     if interpolation not in INTERPOLATIONS:
         interpolation = "bicubic" if "cubic" in str(interpolation) else "bilinear"
     return Preprocessing(mean=mean, std=std, input_size=input_size, resize_size=resize_size,
-                         interpolation=interpolation, fixed_size=True, source="timm pretrained_cfg")
+                         interpolation=interpolation, fixed_size=True, source=source)
 
 
 def torchvision_preprocessing(name: str) -> Preprocessing | None:
