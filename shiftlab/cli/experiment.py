@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 HELP = ("train small CNNs on real handwritten digits to test a claim (architecture, positions, augmentation, rotation, "
-        "subsampling, subpixel; segmentation: U-Nets on digit masks)")
+        "subsampling, subpixel; segmentation: U-Nets on digit masks; transformer: a small ViT, baseline against "
+        "polyphase tokenization)")
 
 EXPERIMENTS = ("architecture", "unseen-positions", "augmentation", "rotation", "subsampling", "subpixel",
-               "segmentation")
+               "segmentation", "transformer")
 
 # the experiments that train named SmallCNN variants (--variants)
 _VARIANT_EXPERIMENTS = ("architecture", "unseen-positions", "subsampling")
@@ -32,12 +33,15 @@ _COLUMNS = {
                  ("worst_case_crop", "worst, crop")],
     "segmentation": [("miou", "mIoU"), ("massc_1px", "mASSC 1 px"), ("massc_circular", "mASSC circular"),
                      ("massc_crop", "mASSC crop")],
+    "transformer": [("accuracy", "accuracy"), ("circular_consistency", "circular cons."),
+                    ("crop_consistency", "crop cons."), ("worst_case_integer", "worst, integer"),
+                    ("worst_case_crop", "worst, crop")],
 }
 
 
 # the figures each experiment writes, by file-name suffix
 _FIGURES = {"architecture": ("", "_sweep"), "rotation": ("", "_cost"), "subsampling": ("",), "subpixel": ("",),
-            "segmentation": ("", "_maps")}
+            "segmentation": ("", "_maps"), "transformer": ("",)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +74,8 @@ def _runner(name: str):
         from shiftlab.experiments.subpixel import run_subpixel as run
     elif name == "segmentation":
         from shiftlab.experiments.segmentation import run_segmentation as run
+    elif name == "transformer":
+        from shiftlab.experiments.transformer import run_transformer as run
     else:
         from shiftlab.experiments.rotation import run_rotation as run
     return run

@@ -24,6 +24,7 @@ _EXPORTS = {
     "run_subsampling": "shiftlab.experiments.subsampling",
     "run_subpixel": "shiftlab.experiments.subpixel",
     "run_segmentation": "shiftlab.experiments.segmentation",
+    "run_transformer": "shiftlab.experiments.transformer",
     "SmallCNN": "shiftlab.experiments.nets",
     "make_canvas_split": "shiftlab.experiments.digits",
     "parse_variant": "shiftlab.experiments._common",

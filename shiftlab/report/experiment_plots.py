@@ -22,6 +22,7 @@ __all__ = [
     "plot_rotation_cost",
     "plot_subsampling",
     "plot_subpixel",
+    "plot_transformer",
     "plot_experiment",
     "experiment_figures",
     "experiment_title",
@@ -39,6 +40,7 @@ TITLES = {
     "subsampling": "Subsampling: strided, max-pool, BlurPool, APS, LPS and TIPS beside the published CIFAR-10 table",
     "subpixel": "Sub-pixel shifts: worst-case accuracy of baseline, BlurPool, APS and alias-free networks",
     "segmentation": SEGMENTATION_TITLE,
+    "transformer": "Vision transformer: baseline against polyphase tokenization",
 }
 
 
@@ -398,9 +400,55 @@ def plot_subpixel(result: dict, axes=None):
     return fig
 
 
+@literal_text
+def plot_transformer(result: dict, axes=None):
+    """A small ViT, baseline against polyphase tokenization: a group of bars per metric (accuracy, circular and
+    crop consistency, worst case on the integer grid and under the crop attack), one bar per network, from 0.
+    Whiskers: +-1 s.d. over seeds with several seeds, else the run's 95% interval over images (never both);
+    hollow diamonds: Ding et al.'s published ImageNet values of the same network kind (percent / 100)."""
+    plt = _pyplot()
+    keys = [("accuracy", "accuracy"), ("circular_consistency", "circular cons."), ("crop_consistency", "crop cons."),
+            ("worst_case_integer", "worst, integer grid"), ("worst_case_crop", "worst, crop attack")]
+    fig, axes = _axes(plt, axes, 1, (10, 4.4))
+    ax = axes[0]
+    names = list(result["variants"])
+    table = (result.get("published") or {}).get("methods", {})
+    several = len(result.get("seeds", [])) > 1
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        entry = result["variants"][name]
+        for j, (key, _) in enumerate(keys):
+            mean, std = _mean_std(entry["summary"], key)
+            if several:
+                err = std
+            else:
+                low, high = entry["runs"][0][key]["ci"]
+                err = [[max(0.0, mean - low)], [max(0.0, high - mean)]]
+            x = j + (i - (len(names) - 1) / 2) * width
+            ax.bar(x, mean, width * 0.9, yerr=err, capsize=3, color=_COLORS[i % len(_COLORS)],
+                   label=name if j == 0 else None)
+            ax.text(x, mean + 0.01, f"{mean:.3f}", ha="center", va="bottom", fontsize=6)
+            value = table.get(name, {}).get(key)
+            if value is not None:
+                ax.plot(x, value / 100.0, marker="D", ms=5, mfc="white", mec="#30343f", mew=1.2, ls="none")
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([label for _, label in keys], fontsize=8)
+    ax.set_ylim(0.0, 1.12)
+    ax.set_ylabel("fraction of test images")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=len(names), loc="upper center", bbox_to_anchor=(0.5, 1.0))
+    source = (result.get("published") or {}).get("source", "")
+    whiskers = (_seeds_note(result) if several
+                else _seeds_note(result, spread=False) + "; whiskers: the run's 95% interval")
+    fig.suptitle(f"{TITLES['transformer']} ({whiskers})"
+                 + (f"\nhollow diamonds: the published values, {source}" if source else ""), fontsize=8.5)
+    fig.tight_layout()
+    return fig
+
+
 _OVERVIEW = {"architecture": plot_architecture, "unseen-positions": plot_position_heatmaps,
              "augmentation": plot_augmentation, "rotation": plot_rotation, "subsampling": plot_subsampling,
-             "subpixel": plot_subpixel, "segmentation": plot_segmentation}
+             "subpixel": plot_subpixel, "segmentation": plot_segmentation, "transformer": plot_transformer}
 
 
 def _name(result) -> str:
@@ -457,6 +505,13 @@ def experiment_caption(result: dict) -> str:
             parts.append(result["statement"])
     elif name == "segmentation":
         parts = segmentation_caption(result)
+    elif name == "transformer":
+        parts = [f"{k}: accuracy {m(e, 'accuracy'):.3f}, circular consistency {m(e, 'circular_consistency'):.3f}, "
+                 f"crop consistency {m(e, 'crop_consistency'):.3f}, "
+                 f"worst case integer {m(e, 'worst_case_integer'):.3f}, crop {m(e, 'worst_case_crop'):.3f}"
+                 for k, e in v.items()]
+        if result.get("statement"):
+            parts.append(result["statement"])
     elif name == "subpixel":
         parts = [f"{k}: accuracy {m(e, 'accuracy'):.3f}, worst case integer {m(e, 'worst_case_integer'):.3f}, "
                  f"half-pixel {m(e, 'worst_case_half_pixel'):.3f}, fractional {m(e, 'worst_case_fractional'):.3f}, "
