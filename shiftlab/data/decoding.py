@@ -17,7 +17,7 @@ import numpy as np
 
 from shiftlab.errors import InputError
 
-__all__ = ["IMAGE_EXTENSIONS", "decode_image", "is_image_file"]
+__all__ = ["IMAGE_EXTENSIONS", "decode_image", "is_image_file", "read_image_file"]
 
 #: file extensions read as images (torchvision's ``IMG_EXTENSIONS``), compared case-insensitively
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -100,9 +100,15 @@ def decode_image(path) -> np.ndarray:
 
     Raises :class:`~shiftlab.errors.InputError` with a one-line reason for anything unusable.
     """
+    return read_image_file(Path(path), lambda im: (im.load(), _pixels(_exif_upright(im)))[1])
+
+
+def read_image_file(path: Path, read):
+    """``read(im)`` on the PIL image of the regular file ``path``, refused from its header when it has more pixels
+    than PIL's decompression-bomb limit; every failure is an :class:`~shiftlab.errors.InputError` with a one-line
+    reason (images and masks are read through it)."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -112,8 +118,7 @@ def decode_image(path) -> np.ndarray:
                 if limit and w * h > limit:
                     raise InputError(f"{w}x{h} pixels is over the {limit / 1e6:.0f}-million-pixel limit for one "
                                      f"image (PIL's decompression-bomb guard)")
-                im.load()
-                return _pixels(_exif_upright(im))
+                return read(im)
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -21,12 +21,11 @@ converted or interpolated here.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from shiftlab.data.decoding import _exif_upright, _open_regular, _pixel_limit
+from shiftlab.data.decoding import _exif_upright, read_image_file
 from shiftlab.errors import InputError
 
 __all__ = ["VOC_CLASSES", "MaskPalette", "decode_mask", "image_size", "voc_colormap"]
@@ -145,34 +144,10 @@ def _upright_size(im) -> tuple[int, int]:
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
-def _opened(path: Path, read):
-    """``read(im)`` on the PIL image of ``path``, with decode_image's guards; InputError with a reason."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _open_regular(path) as file, Image.open(file) as im:
-                w, h = im.size
-                limit = _pixel_limit()
-                if limit and w * h > limit:
-                    raise InputError(f"{w}x{h} pixels is over PIL's decompression-bomb limit")
-                return read(im)
-    except InputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError("over PIL's decompression-bomb pixel limit") from None
-    except UnidentifiedImageError:
-        raise InputError("not an image PIL can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise InputError(f"cannot decode ({detail})") from None
-
-
 def image_size(path) -> tuple[int, int]:
     """(H, W) of an image or mask file as :func:`decode_image` / :func:`decode_mask` return it (EXIF orientation
     applied), from its header alone: no pixel is decoded. InputError with a reason if it cannot be read."""
-    return _opened(Path(path), _upright_size)
+    return read_image_file(Path(path), _upright_size)
 
 
 def decode_mask(path, palette: MaskPalette | None = None) -> np.ndarray:
@@ -202,4 +177,4 @@ def decode_mask(path, palette: MaskPalette | None = None) -> np.ndarray:
             return (palette or MaskPalette()).lookup(rgb, f"mask {path}")
         raise InputError(f"mask mode {mode} is not read; a mask is a palette (P), grey (L, I;16) or RGB PNG")
 
-    return _opened(path, read)
+    return read_image_file(path, read)

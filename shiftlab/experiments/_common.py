@@ -15,7 +15,8 @@ from shiftlab.experiments.nets import DOWNSAMPLING, HEADS, PADDINGS, SmallCNN, c
 from shiftlab.experiments.train import build_model, evaluation_copy, train_model
 
 __all__ = ["parse_variant", "train_variant", "shift_metrics", "shift_protocols", "protocol_specs", "run_audit",
-           "audit_batch", "curve_point", "metric_dict", "summarise", "environment", "Timer", "seed_list"]
+           "audit_batch", "curve_point", "metric_dict", "summarise", "environment", "Timer", "seed_list",
+           "seeded_runs", "published_and_environment"]
 
 
 def parse_variant(name: str) -> dict:
@@ -221,3 +222,27 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
         self.cpu_seconds = time.process_time() - self.cpu_start
         return False
+
+
+def seeded_runs(seeds: list[int], train, measure) -> tuple[list[dict], object]:
+    """One run per seed: ``model, record = train(seed)``, then ``measure(model, seed)`` (timed). Each run holds the
+    seed, the measured metrics, the final training loss, the train and evaluation seconds and the parameter count.
+    Returns the runs and the last model (for what all seeds share, such as its guarantee)."""
+    runs, model = [], None
+    for seed in seeds:
+        model, record = train(seed)
+        with Timer() as t:
+            metrics = measure(model, seed)
+        runs.append({"seed": seed, **metrics, "final_loss": record["losses"][-1],
+                     "train_seconds": record["seconds"], "eval_seconds": t.seconds,
+                     "parameters": sum(x.numel() for x in model.parameters())})
+    return runs, model
+
+
+def published_and_environment(published: dict, conclusions: list[dict], total: Timer) -> dict:
+    """The closing keys of an experiment's result that is set beside a published table: the table, the
+    conclusions checked on the digits and their one-line statement, the environment and the run's times."""
+    return {"published": published, "published_conclusions": conclusions,
+            "statement": "; ".join(f"{c['claim']}: {c['verdict']}" for c in conclusions),
+            "environment": environment(), "run_seconds": total.seconds, "cpu_seconds": total.cpu_seconds}
+

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from shiftlab.errors import InputError
-from shiftlab.experiments._common import Timer, audit_batch, environment, metric_dict, seed_list, summarise
+from shiftlab.experiments._common import (Timer, audit_batch, metric_dict, published_and_environment, seed_list,
+                                          summarise)
 from shiftlab.experiments.train import LPS_TEMPERATURE, TrainConfig, build_model, evaluation_copy, train_segmentation
 
 __all__ = ["VARIANTS", "METRICS", "PUBLISHED", "run_segmentation", "segmentation_network", "dense_metrics",
@@ -252,10 +253,5 @@ def run_segmentation(seeds: int = 3, quick: bool = False, data: str | None = Non
                                      "image-level 95% intervals (mIoU: percentile bootstrap over images)"},
         "metrics": METRICS,
         "variants": results,
-        "published": PUBLISHED,
-        "published_conclusions": conclusions,
-        "statement": "; ".join(f"{c['claim']}: {c['verdict']}" for c in conclusions),
-        "environment": environment(),
-        "run_seconds": total.seconds,
-        "cpu_seconds": total.cpu_seconds,
+        **published_and_environment(PUBLISHED, conclusions, total),
     }

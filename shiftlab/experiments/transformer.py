@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from shiftlab.errors import InputError
-from shiftlab.experiments._common import (Timer, environment, metric_dict, run_audit, seed_list, shift_protocols,
-                                          summarise)
+from shiftlab.experiments._common import (Timer, metric_dict, published_and_environment, run_audit, seed_list,
+                                          seeded_runs, shift_protocols, summarise)
 from shiftlab.experiments.digits import make_canvas_split
 from shiftlab.experiments.train import TrainConfig, build_model, evaluation_copy, train_model
 
@@ -201,7 +201,6 @@ def _train(variant: str, split, p: dict, seed: int, progress: bool):
     model = build_variant(variant, seed, p["vit"], images.shape[1], split.num_classes)
     record = train_model(model, images, split.train.labels, p["train"], seed, progress=progress,
                          description=f"{variant} seed {seed}")
-    record["parameters"] = sum(t.numel() for t in model.parameters())
     return model, record
 
 
@@ -218,14 +217,9 @@ def run_transformer(seeds: int = 3, quick: bool = False, data: str | None = None
                                   seed=data_seed, test_limit=p["test_limit"], train_limit=p.get("train_limit"))
         results = {}
         for variant in variants:
-            runs = []
-            for seed in seeds_:
-                model, record = _train(variant, split, p, seed, progress)
-                with Timer() as t:
-                    metrics = vit_metrics(model, split.test.images, split.test.labels, p, seed)
-                runs.append({"seed": seed, **metrics, "final_loss": record["losses"][-1],
-                             "train_seconds": record["seconds"], "eval_seconds": t.seconds,
-                             "parameters": record["parameters"]})
+            runs, model = seeded_runs(
+                seeds_, lambda seed: _train(variant, split, p, seed, progress),
+                lambda net, seed: vit_metrics(net, split.test.images, split.test.labels, p, seed))
             results[variant] = {"description": VARIANTS[variant], "runs": runs, "summary": summarise(runs, METRICS),
                                 "parameters": runs[0]["parameters"]}
         conclusions = published_conclusions(results)
@@ -242,10 +236,5 @@ def run_transformer(seeds: int = 3, quick: bool = False, data: str | None = None
                                      "copies, the crop protocols on float32 copies"},
         "metrics": METRICS,
         "variants": results,
-        "published": PUBLISHED,
-        "published_conclusions": conclusions,
-        "statement": "; ".join(f"{c['claim']}: {c['verdict']}" for c in conclusions),
-        "environment": environment(),
-        "run_seconds": total.seconds,
-        "cpu_seconds": total.cpu_seconds,
+        **published_and_environment(PUBLISHED, conclusions, total),
     }
