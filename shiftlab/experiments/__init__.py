@@ -6,8 +6,8 @@
 - :mod:`~shiftlab.experiments.protocols`: the experiments' own audit protocols (a diagonal sweep around the
   unshifted view, placements of an object on a canvas); every number comes from ``shiftlab.audit``.
 - ``run_architecture``, ``run_unseen_positions``, ``run_augmentation``, ``run_rotation``, ``run_subsampling``,
-  ``run_subpixel``: the six experiments (``shiftlab experiment NAME``); each returns a JSON-serialisable dict that records its
-  seeds. ``parse_variant`` checks a variant name of ``--variants`` before any work.
+  ``run_subpixel``, ``run_segmentation``, ``run_transformer``: the eight experiments (``shiftlab experiment NAME``);
+  each returns a JSON-serialisable dict that records its seeds. ``parse_variant`` checks a variant name of ``--variants`` before any work.
 
 Names are imported lazily, so importing this package does not load scikit-learn or the layers.
 """

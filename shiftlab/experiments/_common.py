@@ -16,7 +16,7 @@ from shiftlab.experiments.train import build_model, evaluation_copy, train_model
 
 __all__ = ["parse_variant", "train_variant", "shift_metrics", "shift_protocols", "protocol_specs", "run_audit",
            "audit_batch", "curve_point", "metric_dict", "summarise", "environment", "Timer", "seed_list",
-           "seeded_runs", "published_and_environment"]
+           "seeded_runs", "published_and_environment", "check_variant_names"]
 
 
 def parse_variant(name: str) -> dict:
@@ -245,4 +245,14 @@ def published_and_environment(published: dict, conclusions: list[dict], total: T
     return {"published": published, "published_conclusions": conclusions,
             "statement": "; ".join(f"{c['claim']}: {c['verdict']}" for c in conclusions),
             "environment": environment(), "run_seconds": total.seconds, "cpu_seconds": total.cpu_seconds}
+
+
+def check_variant_names(variants, known) -> tuple[str, ...]:
+    """``variants`` (None for all of ``known``, one name, or several) as a tuple, each of ``known`` once; else an
+    InputError naming the choices."""
+    variants = tuple(known) if variants is None else ((variants,) if isinstance(variants, str) else tuple(variants))
+    unknown = [v for v in variants if v not in known]
+    if not variants or unknown or len(set(variants)) != len(variants):
+        raise InputError(f"variants must name some of {', '.join(known)} once each, got {list(variants)!r}")
+    return variants
 

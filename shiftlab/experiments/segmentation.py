@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from shiftlab.errors import InputError
-from shiftlab.experiments._common import (Timer, audit_batch, metric_dict, published_and_environment, seed_list,
-                                          summarise)
+from shiftlab.experiments._common import (Timer, audit_batch, check_variant_names, metric_dict,
+                                          published_and_environment, seed_list, summarise)
 from shiftlab.experiments.train import LPS_TEMPERATURE, TrainConfig, build_model, evaluation_copy, train_segmentation
 
 __all__ = ["VARIANTS", "METRICS", "PUBLISHED", "run_segmentation", "segmentation_network", "dense_metrics",
@@ -83,12 +83,7 @@ def protocol_specs(p: dict) -> dict:
 
 
 def _check_variants(variants) -> tuple[str, ...]:
-    variants = tuple(VARIANTS) if variants is None else ((variants,) if isinstance(variants, str) else
-                                                         tuple(variants))
-    unknown = [v for v in variants if v not in VARIANTS]
-    if not variants or unknown or len(set(variants)) != len(variants):
-        raise InputError(f"variants must name some of {', '.join(VARIANTS)} once each, got {list(variants)!r}")
-    return variants
+    return check_variant_names(variants, VARIANTS)
 
 
 def segmentation_network(variant: str, depth: int, width: int, num_classes: int, in_channels: int = 1):

@@ -26,9 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from shiftlab.errors import InputError
-from shiftlab.experiments._common import (Timer, metric_dict, published_and_environment, run_audit, seed_list,
-                                          seeded_runs, summarise)
+from shiftlab.experiments._common import (Timer, check_variant_names, metric_dict, published_and_environment, run_audit,
+                                          seed_list, seeded_runs, summarise)
 from shiftlab.experiments.digits import make_canvas_split
 from shiftlab.experiments.train import TrainConfig, build_model, evaluation_copy, train_model
 
@@ -83,12 +82,7 @@ def grid_specs(p: dict) -> dict:
 
 
 def _check_variants(variants) -> tuple[str, ...]:
-    variants = tuple(VARIANTS) if variants is None else ((variants,) if isinstance(variants, str) else
-                                                         tuple(variants))
-    unknown = [v for v in variants if v not in VARIANTS]
-    if not variants or unknown or len(set(variants)) != len(variants):
-        raise InputError(f"variants must name some of {', '.join(VARIANTS)} once each, got {list(variants)!r}")
-    return variants
+    return check_variant_names(variants, VARIANTS)
 
 
 def train_config(variant: str, p: dict) -> TrainConfig:
