@@ -164,8 +164,9 @@ CASES = {
     "report out unwritable": (["report", "--out", "/proc/self/report"], "cannot write"),
     "report non-empty folder": (["report", "--out", "{root}/notes_only"], "not empty"),
     "report malformed experiments": (["report", "--out", "{tmp}/r", "--experiments", "{root}/exp"], "architecture"),
-    "report dense model": (["report", "--quick", "--model", "{root}/net.py:dense", "--data", "{root}/photos",
-                            "--out", "{tmp}/r"], "classifier"),
+    "report dense model fine-tuned": (["report", "--quick", "--model", "{root}/net.py:dense", "--data",
+                                       "{root}/photos", "--finetune-steps", "5", "--out", "{tmp}/r"],
+                                      "no fine-tuning"),
     "experiment out is a file": (["experiment", "architecture", "--out", "{root}/a_file.txt"], "is a file"),
     "checkpoint dir is a file": (["audit", "--model", NETSPEC, "--checkpoint", "{root}/a_file.txt"], "is a file"),
 }

@@ -164,13 +164,15 @@ def test_smoke_json_keeps_the_old_fields_and_adds_the_fractional_ones():
            "n_inputs", "dtype", "tolerance", "full_period", "non_finite", "nondeterminism", "passed", "reason",
            "nondeterministic"}
     fractional = json.loads(json.dumps(certify(tiny_net(), 8, shifts=LISTED, n_inputs=1).to_dict(), allow_nan=False))
-    assert set(fractional) == old | {"shift_kind", "subpixel", "fractional_shifts", "band_limit", "output_stride"}
+    assert set(fractional) == old | {"shift_kind", "subpixel", "fractional_shifts", "band_limit", "output_stride",
+                                     "patch_size"}
     assert fractional["shift_kind"] == "fractional" and fractional["band_limit"] == 1.0
     assert fractional["fractional_shifts"] == [list(p) for p in LISTED] and len(fractional["worst_shift"]) == 2
     integer = certify(tiny_net(), 8, shifts=[(1, 0)], n_inputs=1).to_dict()
     assert integer["shift_kind"] == "integer" and integer["tolerance"] == 1e-10
     assert integer["subpixel"] is None and integer["fractional_shifts"] is None and integer["band_limit"] is None
     assert fractional["output_stride"] is None and integer["output_stride"] is None  # classifiers: no output map
+    assert fractional["patch_size"] is None and integer["patch_size"] is None  # not a converted transformer
 
 
 def test_cardinality_subpixel_grid():

@@ -287,10 +287,10 @@ def _dense_setup(model, spec_text, pre, input_size, explicit_size, budget, sourc
     if finetune_steps:
         raise InputError("--finetune-steps fine-tunes a classifier's fix; this model returns a "
                          f"{tuple([1, *output['shape']])} map (a dense report has no fine-tuning)")
-    layers = "stages"
-    if output["output_key"] is not None:  # the stages of the wrapped model, by the names the wrapper gives them
-        from shiftlab.measure.prepare import stage_layers
+    from shiftlab.measure.prepare import stage_layers
 
+    layers = "stages" if stage_layers(model) else None  # a one-layer model has no stages to compare
+    if output["output_key"] is not None:  # the stages of the wrapped model, by the names the wrapper gives them
         layers = ",".join(f"model.{name}" for name in stage_layers(model)) or None
         model = SelectOutput(model, output["output_key"]).eval()
     plan = dense_report_audits(spec_text, settings["data"], input_size[0], budget, seed, weights, explicit_size,
