@@ -136,7 +136,7 @@ def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
     try:
         return _existing_target(path, "the output", force)
     except InputError as exc:
-        message = str(exc).replace("pass --force to", "pass --force (force=True) to")
+        message = str(exc).replace("pass --force to", "pass --force (Python: force=True) to")
         raise InputError(message) from None
 
 

@@ -168,7 +168,7 @@ CASES = {
                                        "{root}/photos", "--finetune-steps", "5", "--out", "{tmp}/r"],
                                       "no fine-tuning"),
     "experiment out is a file": (["experiment", "architecture", "--out", "{root}/a_file.txt"], "is a file"),
-    "checkpoint dir is a file": (["audit", "--model", NETSPEC, "--checkpoint", "{root}/a_file.txt"], "is a file"),
+    "checkpoint dir is a file": (["audit", "--model", NETSPEC, "--checkpoint", "{root}/a_file.txt"], "for a weights file use --weights"),
 }
 
 

@@ -111,9 +111,9 @@ def test_class5_size_from_data_is_the_median_of_a_sample_not_the_first_image(tmp
     measured at the median size, and the rule is stated in the JSON and the note."""
     folder = _folder(tmp_path / "d", [(20, 20), (40, 40), (48, 48)])
     result = shiftlab.audit(_cnn(), str(folder), transform="circular:2", workers=0)
-    assert result.preprocessing["model_input"] == [40, 40]
-    assert "median" in result.preprocessing["input_size_rule"]
-    assert any("median" in note and "40x40" in note for note in result.notes)
+    assert result.preprocessing["model_input"] == [224, 224]  # issue 23: sizes differ -> 224 (stride 2), not 20
+    assert "default 224" in result.preprocessing["input_size_rule"]
+    assert any("median" in note and "224x224" in note for note in result.notes)
 
 
 def test_class5_size_from_data_all_tiny_images_are_refused_with_one_line(tmp_path):
@@ -137,10 +137,10 @@ def test_class5_size_from_data_cli_states_the_rule_on_the_terminal_and_in_the_js
     assert main(["audit", "--model", f"{net_py}:make", "--data", str(folder), "--transform", "circular:2",
                  "--json", str(out), "--no-progress", "--workers", "0"]) == 0
     doc = json.loads(out.read_text())
-    assert doc["preprocessing"]["model_input"] == [32, 32] and "median" in doc["preprocessing"]["input_size_rule"]
+    assert doc["preprocessing"]["model_input"] == [32, 32] and "common size" in doc["preprocessing"]["input_size_rule"]
     assert doc["images"]["skipped"] == 1
     printed = capsys.readouterr().out
-    assert "note: the model declares no input size" in printed and "median" in printed
+    assert "note: the model declares no input size" in printed and "common size" in printed
 
 
 # ------------------------------------------------------------------------------------------------ class 8

@@ -9,7 +9,7 @@ PKG = Path(__file__).resolve().parent.parent / "shiftlab"
 
 # rank of each top-level part of the package; a module may import only parts of equal or lower rank
 RANK = {
-    "errors": 0, "_checks": 0, "_io": 0, "_progress": 0, "_version": 0, "_runtime": 0,
+    "errors": 0, "_checks": 0, "_io": 0, "_progress": 0, "_version": 0, "_runtime": 0, "_sizes": 0,
     "classic": 1, "equivariance": 1, "transforms": 1, "data": 1,
     "layers": 2,
     "models": 3,

@@ -6,7 +6,7 @@ library at top level, so ``shiftlab --help`` is fast; heavy imports happen insid
 The parser is built when ``main`` runs, never at import time.
 
 Bad input (any :class:`~shiftlab.errors.ShiftlabError`) prints ``shiftlab: error: <message>`` on
-stderr and exits with code 2, without a traceback.
+stderr and exits with code 2, without a traceback; so does ``shiftlab`` without a command (after the usage).
 """
 
 from __future__ import annotations
@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a one-line usage error (exit code 2)
         return int(exc.code or 0)
-    if getattr(args, "_run", None) is None:
-        parser.print_help()
-        return 0
+    if getattr(args, "_run", None) is None:  # bare `shiftlab`: a usage error, as argparse's own (exit code 2)
+        parser.print_usage(sys.stderr)
+        print(f"shiftlab: error: name a command: {', '.join(COMMANDS)} (see --help)", file=sys.stderr)
+        return 2
     try:
         return int(args._run(args) or 0)
     except ShiftlabError as exc:

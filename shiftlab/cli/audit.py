@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from shiftlab._sizes import INPUT_SIZE_RULE
+
 HELP = "measure a model's shift consistency (and per-layer equivariance) on a dataset"
 
 _TRANSFORM_HELP = (
@@ -76,7 +78,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --weights, --seed: how every command names a model."""
     parser.add_argument("--model", required=True, metavar="SPEC",
                         help="timm:NAME, torchvision:NAME, pretrained:efficientnet_lite0 or path/to/file.py:factory")
-    parser.add_argument("--weights", metavar="PATH", help="local checkpoint (read with weights_only=True)")
+    parser.add_argument("--weights", metavar="PATH", help="local checkpoint (read with weights_only=True); timm's "
+                        "--checkpoint")
+    from shiftlab.cli.timm_flags import add_build_arguments
+
+    add_build_arguments(parser)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,10 +94,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-map", metavar="FILE",
                         help="JSON {\"data class name or label\": model class index}, for accuracy when the data's "
                              "labels are not the model's classes")
-    parser.add_argument("--image-size", type=_positive_int, metavar="PX",
-                        help="model input size (default: the model's own, from timm's pretrained_cfg or torchvision's "
-                             "weight metadata; the median size of the images for a model that declares none; at "
-                             "most 4096)")
+    parser.add_argument("--image-size", "--img-size", type=_positive_int, metavar="PX",
+                        help=f"model input size (default: the model's own, from timm's pretrained_cfg or "
+                             f"torchvision's weight metadata; {INPUT_SIZE_RULE}; at most 4096)")
     parser.add_argument("--mean", type=float, nargs="+", metavar="M", help="normalisation mean (1 or 3 numbers; "
                         "default: the model's)")
     parser.add_argument("--std", type=float, nargs="+", metavar="S", help="normalisation std (1 or 3 numbers)")
@@ -103,15 +108,18 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="centre-crop images without resizing them (images too small are skipped)")
     parser.add_argument("--seed", type=seed_argument, default=0,
                         help="seed of the random offsets and of a random initialisation (default 0)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32,
+    parser.add_argument("-b", "--batch-size", type=_positive_int, default=32,
                         help="model inputs per forward pass, copies included (default 32)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--amp", action="store_true", help="mixed precision on CUDA (metrics stay float64)")
-    parser.add_argument("--workers", type=_non_negative_int, metavar="N",
+    parser.add_argument("-j", "--workers", type=_non_negative_int, metavar="N",
                         help="DataLoader worker processes (default: one per spare core, up to 4; 0 for data in memory)")
     parser.add_argument("--threads", type=_positive_int, metavar="N",
                         help="intra-op threads of torch (default: torch's; 1 per process under torchrun)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    from shiftlab.cli.timm_flags import add_execution_arguments
+
+    add_execution_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     parser.add_argument("--checkpoint", metavar="DIR",
                         help="write partial results to DIR every --checkpoint-every batches; rerun the same command "
-                             "to resume after a kill")
+                             "to resume after a kill (not timm's --checkpoint: a weights file is --weights)")
     parser.add_argument("--checkpoint-every", type=_positive_int, default=20, metavar="N",
                         help="batches between checkpoints (default 20)")
     parser.add_argument("--json", metavar="PATH",
@@ -171,16 +179,20 @@ def run_from_args(args: argparse.Namespace):
     import shlex
     import sys
 
+    from shiftlab.cli.timm_flags import input_size
     from shiftlab.runs import AuditRun
 
+    in_chans, image_size = input_size(args)
     run = AuditRun(
         model=args.model, data=args.data, transform=args.transform, weights=args.weights, fix=args.fix,
         reference=args.reference, metrics=_metrics_arg(args.metrics), layers=args.layers, seed=args.seed,
         limit=args.limit, batch_size=args.batch_size, output_key=args.output_key, margin=args.margin,
-        no_resize=args.no_resize, image_size=args.image_size, mean=tuple(args.mean) if args.mean else None,
+        no_resize=args.no_resize, image_size=image_size, mean=tuple(args.mean) if args.mean else None,
         std=tuple(args.std) if args.std else None, interpolation=args.interpolation, crop_pct=args.crop_pct,
         class_map=args.class_map, predictions=args.predictions, maps=args.maps, threads=args.threads, device=args.device,
-        workers=args.workers, amp=args.amp, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+        workers=args.workers, amp=args.amp, checkpoint=args.checkpoint, num_classes=args.num_classes, in_chans=in_chans,
+        amp_dtype=args.amp_dtype, channels_last=args.channels_last, torchcompile=args.torchcompile,
+        checkpoint_every=args.checkpoint_every,
         extra={"command": shlex.join(["shiftlab", *sys.argv[1:]]) if sys.argv[1:2] == ["audit"] else None})
     run.check()
     return run

@@ -18,6 +18,7 @@ DEMOS = ("pixel", "edges", "pooling", "tandem")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "The --json format is described in docs/demo-json.md."
     parser.add_argument("which", choices=(*DEMOS, "all"), help="which experiment to run")
     parser.add_argument("--out", default="shiftlab-demo", metavar="DIR",
                         help="folder for the PNG figures (default: shiftlab-demo/)")

@@ -45,6 +45,7 @@ _FIGURES = {"architecture": ("", "_sweep"), "rotation": ("", "_cost"), "subsampl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "The format of NAME.json is described in docs/experiment-json.md."
     parser.add_argument("name", choices=EXPERIMENTS, help="which experiment to run")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for NAME.json and NAME*.png")
     parser.add_argument("--seeds", type=int, default=None, metavar="N",

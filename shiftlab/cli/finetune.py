@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  shiftlab finetune --model pretrained:efficientnet_lite0 --fix aps --data ./photos --steps 300 --out ft.pt\n"
         "  shiftlab finetune --model eff_blur.pt --data ./photos --steps 300 --out ft.pt   (a fixed checkpoint)\n"
         "  torchrun --nproc_per_node 4 -m shiftlab finetune ... --checkpoint ft.ckpt --resume\n\n"
-        "Measure the result with: shiftlab audit --model ft.pt --reference TEACHER --data HELD_OUT ...")
+        "Measure the result with: shiftlab audit --model ft.pt --reference TEACHER --data HELD_OUT ...\n"
+        "The --log format is described in docs/finetune-log.md.")
     model = parser.add_argument_group("models")
     model.add_argument("--model", required=True, metavar="SPEC",
                        help="the model: with --fix, the original (the teacher, converted into the student); without, a "
@@ -137,11 +138,22 @@ def print_outcome(outcome) -> None:
     """What the run did, on the terminal: its warnings, the last loss and agreement, where the files are."""
     import sys
 
+    from shiftlab.errors import printable
+
     log = outcome.result.log
     final = log.get("final") or {}
     for warning in log.get("warnings") or []:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"fine-tuned {log['student']} for {log['config']['steps']} steps on {log['images']} images "
+    skipped = log.get("skipped") or {"count": 0, "files": []}
+    for entry in skipped["files"][:10]:  # named, as audit does
+        print(f"skipped {printable(entry['path'])}: {entry['reason']}", file=sys.stderr)
+    if skipped["count"] > 10:
+        print(f"... and {skipped['count'] - 10} more skipped files (all listed in {outcome.log})", file=sys.stderr)
+    readable = f"{log['images']} images" + (f" ({skipped['count']} unreadable files skipped)"
+                                            if skipped["count"] else "")
+    if skipped.get("read", 0) < log.get("files", 0):  # a short run: the files it never reached were never opened
+        readable += f" (its steps reached {skipped['read']} of the {log['files']} files: the others were not opened)"
+    print(f"fine-tuned {log['student']} for {log['config']['steps']} steps on {readable} "
           f"({log['views']} views) in {log['seconds']:.0f} s: last loss "
           f"{final.get('loss', float('nan')):.4f}, running agreement with the teacher "
           f"{final.get('agreement', float('nan')):.1%} (training views)")

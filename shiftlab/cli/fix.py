@@ -72,6 +72,19 @@ def _listed(unreplaced) -> str:
     return "; ".join(f"{r.before} [{r.name}]" for r in unreplaced)
 
 
+def _replaced_text(report, counts) -> str:
+    """``N layer(s) replaced``: distinct layers; the blocks around them that the table lists too are named apart."""
+    from shiftlab.fix.replacement import replaced_layers
+
+    layers = set(replaced_layers(report))
+    around = list(dict.fromkeys(r.name for r in report if not (r.kept or r.unreplaced or r.name in layers)))
+    text = f"{counts['replaced']} layer(s) replaced"
+    if around:
+        text += (f" ({counts.get('changes', len(layers) + len(around))} changes: also the block(s) "
+                 f"{', '.join(around)} around them)")
+    return text
+
+
 def _nothing_replaced(report, args) -> str:
     """The one-line refusal of a conversion that replaced nothing (no file is written)."""
     unreplaced = [r for r in report if r.unreplaced]
@@ -120,7 +133,7 @@ def run(args) -> int:
     rows = [[i, r.name, r.before, r.after] for i, r in enumerate(report, 1)]
     print(render_table(["#", "layer", "before", "after"], rows))
     unreplaced = [r for r in report if r.unreplaced]
-    print(f"\n{counts['replaced']} layer(s) replaced, {counts['kept']} kept"
+    print(f"\n{_replaced_text(report, counts)}, {counts['kept']} kept"
           f"{f', {len(unreplaced)} NOT replaced' if unreplaced else ''} "
           f"({args.method}{', circular padding' if args.circular else ''})")
     if unreplaced:  # saved, since something was fixed, but said plainly: the model still aliases there

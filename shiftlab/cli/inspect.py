@@ -6,11 +6,13 @@ HELP = "list every layer of a model that subsamples or breaks shift equivariance
 
 
 def add_arguments(parser) -> None:
+    parser.epilog = "The --json format is described in docs/inspect-json.md."
     parser.add_argument("--model", required=True, metavar="SPEC",
                         help="timm:NAME, torchvision:NAME, pretrained:NAME, path/to/file.py:factory, or a file "
                              "written by shiftlab fix / finetune")
     parser.add_argument("--input-size", required=True, nargs=2, type=int, metavar=("H", "W"),
-                        help="input height and width (use multiples of the total stride for exact strides)")
+                        help="input height and width (use multiples of the total stride for exact strides: "
+                             "another size is warned about, naming the nearest multiples)")
     parser.add_argument("--weights", metavar="PATH", help="optional local checkpoint (read with weights_only=True)")
     parser.add_argument("--json", metavar="PATH", help="also write the findings as JSON")
     parser.add_argument("--force", action="store_true", help="overwrite the --json file if it exists")
@@ -28,6 +30,19 @@ def render_table(headers, rows) -> str:
 
 def _hw(hw) -> str:
     return "-" if hw is None else f"{hw[0]}x{hw[1]}"
+
+
+def _conversion_lines(conversion) -> list[str]:
+    """The layers a conversion (``shiftlab fix`` / ``finetune``) put in, with their kinds; none for a plain model."""
+    if not conversion:
+        return []
+    where = f" in {conversion['file']}" if conversion.get("file") else ""
+    layers = conversion["layers"]
+    lines = ["", f"converted layers (fix {conversion['fix']}{where}): {len(layers)}"]
+    if layers:
+        width = max(len(layer["name"]) for layer in layers)
+        lines += [f"  {layer['name'].ljust(width)}  {layer['kind']} ({layer['module_type']})" for layer in layers]
+    return lines
 
 
 def render_inspection(result) -> str:
@@ -53,7 +68,13 @@ def render_inspection(result) -> str:
     lines = [f"aliasing map of {result.model_type} at {h}x{w} (layers in data-flow order)", ""]
     lines.append(render_table(headers, rows) if rows else "no layer subsamples or breaks shift equivariance")
     sy, sx = result.total_stride
-    lines += ["", f"total stride {sy}x{sx}: circular shifts by multiples of it commute with every subsampling layer"]
+    if result.stride_multiple:
+        lines += ["", f"total stride {sy}x{sx}: circular shifts by multiples of it commute with every subsampling "
+                      f"layer"]
+    else:  # the guarantee holds only at sizes that are multiples of the total stride: said, never stated wrongly
+        lines += ["", f"total stride {sy}x{sx}"]
+    lines += [f"warning: {warning}" for warning in result.warnings]
+    lines += _conversion_lines(result.conversion)
     counts = {}
     for f in result:
         counts[f.kind] = counts.get(f.kind, 0) + 1

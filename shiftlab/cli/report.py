@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from shiftlab._sizes import INPUT_SIZE_RULE
 from shiftlab.cli.audit import seed_argument
 
 HELP = "measure the pretrained network on the bundled photos (or yours) and write an HTML report"
@@ -24,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images: a folder, a .txt list, a .npz, a CIFAR-10 folder, images with masks (a VOC folder, "
                              "images/ + masks/, digit-masks) (default: the bundled photos); a model whose output is a "
                              "(B, K, H, W) map gets a dense report (mASSC, equivariance, mIoU with masks, maps)")
-    parser.add_argument("--image-size", type=int, metavar="PX",
-                        help="model input size (default: the model's own; 224 for a model that declares none)")
+    parser.add_argument("--image-size", "--img-size", type=int, metavar="PX",
+                        help=f"model input size (default: the model's own; {INPUT_SIZE_RULE})")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"report folder (default {DEFAULT_OUT}/)")
     parser.add_argument("--quick", action="store_true", help="two photos and fewer views: a preview in seconds")
     parser.add_argument("--seed", type=seed_argument, default=0, help="seed of the random crops and shifts (default 0)")

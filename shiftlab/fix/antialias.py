@@ -252,7 +252,8 @@ class _Converter:
             channels = self.channels.get(name)
         if channels is None:
             raise InputError(f"antialias({self.method!r}) needs the channels of the map {name} subsamples, and the "
-                             f"model did not run on a probe input to find them; convert with method='aps' instead")
+                             f"model did not run on a probe input to find them; convert with --method aps (Python: "
+                             f"method='aps') instead")
         return channels
 
     def blur_first(self, name: str, conv: nn.Conv2d) -> None:
@@ -448,7 +449,8 @@ def _check_arguments(model, method, filter_size, circular, placement, keep_stem)
     if not isinstance(placement, str) or placement not in PLACEMENTS:
         raise InputError(f"placement must be one of {', '.join(PLACEMENTS)}; got {placement!r}")
     if placement == "before" and method != "blur":
-        raise InputError(f"placement='before' is for method='blur', not {method!r}: {method} needs every stride moved "
+        raise InputError(f"placement='before' is for method='blur' (CLI: --placement before with --method blur), not "
+                         f"{method!r}: {method} needs every stride moved "
                          "into its own layer")
     if is_converted(model):
         raise InputError(f"the model is already converted (antialias {conversion_of(model).get('method')!r}); convert "
@@ -540,7 +542,8 @@ def antialias(model: nn.Module, method: str = "blur", filter_size: int = 3, circ
     converter.report.extend(decoders.report)
     if stem is not None:
         converter.report.insert(0, Replacement(stem, describe_module(modules[stem]),
-                                               "kept strided: the stem (keep_stem=False converts it too)"))
+                                               "kept strided: the stem (--stem convert, Python keep_stem=False, "
+                                               "converts it too)"))
     converter.report.extend(opaque)
     record_conversion(model, {"method": method, "filter_size": int(filter_size), "circular": bool(circular),
                               "keep_stem": bool(keep_stem), "exclude": [str(e) for e in exclude if e != stem],

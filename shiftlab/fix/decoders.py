@@ -195,7 +195,7 @@ def _unpool(model: nn.Module, name: str, module: nn.Module, encoder: _Event, met
     if not isinstance(encoder.module, (APSPool2d, LPSPool2d)):
         raise InputError(f"the decoder layer {name} pairs with {encoder.name}, which is not an adaptive subsampling "
                          f"layer ({type(encoder.module).__name__}); exclude nothing from the encoder, or pass "
-                         "keep_unpaired=True to keep the decoder as it is")
+                         "keep_unpaired=True to keep the decoder as it is (Python only: shiftlab fix has no such flag)")
     stride = encoder.size_in[0] // encoder.size_out[0]
     link = PhaseLink(stride=stride, name=encoder.name)
     link.attach(encoder.module)
@@ -255,7 +255,8 @@ def convert_decoders(model: nn.Module, method: str, filter_size: int, circular: 
     if unpaired and not keep_unpaired and method in ("aps", "lps"):
         name, why = next(iter(unpaired.items()))
         raise InputError(f"antialias cannot pair the decoder layer {name} with an encoder layer: {why}; pass "
-                         "keep_unpaired=True to keep it unconverted (the model is then not equivariant there)")
+                         "keep_unpaired=True (Python only: shiftlab fix has no such flag) to keep it unconverted "
+                         "(the model is then not equivariant there)")
     modules = dict(model.named_modules())
     for name in sorted(ups, key=list(modules).index):
         module = modules[name]

@@ -305,10 +305,12 @@ def _prepare_data_and_views(models: _Models, data, config: FinetuneConfig, norma
     from shiftlab.measure import loader
     from shiftlab.measure.inputs import first_conv_channels, look_at_images
     from shiftlab.measure.prepare import model_dtype
+    from shiftlab.measure.inspect_notes import with_model_stride
     from shiftlab.models import preprocessing as model_preprocessing
 
     images = look_at_images(data, model_preprocessing(models.teacher), first_conv_channels(models.student),
                             image_size=image_size, sample_sizes=image_size is None, purpose="fine-tune on")
+    images = with_model_stride(images, models.teacher)  # a model that declares no size: the size rule's stride
     prep = images.preprocessing
     if images.wanted_size is not None:  # the size asked for is fixed, even where it is the model's default
         prep = prep.with_overrides(input_size=images.wanted_size)

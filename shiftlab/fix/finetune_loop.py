@@ -162,6 +162,10 @@ def _micro_batches(run: _Training, batches) -> None:
     for micro in range(accumulate):
         loaded = next(batches)
         run.log["skipped_images"] += len(loaded.failures)
+        for position, reason in loaded.failures:  # each unreadable file once, by name (every epoch reads it again)
+            index, src = run.stream.index(position), run.stream.source
+            run.log.setdefault("unreadable", {}).setdefault(src.path(index) if hasattr(src, "path") else
+                                                            f"image {index}", reason)
         if loaded.images is None:
             if run.world.size > 1:  # the other processes would wait for this one's gradients forever
                 raise InputError(f"no image of a batch could be read (e.g. {loaded.failures[0][1]})")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["Replacement", "replacement_counts", "describe_module", "set_submodule"]
+__all__ = ["Replacement", "replacement_counts", "replaced_layers", "describe_module", "set_submodule"]
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,25 @@ class Replacement:
 
 def replacement_counts(report) -> dict:
     """``{"replaced": N, "kept": M}`` for the report of :func:`antialias`, with ``"not_replaced": K`` when it
-    lists subsampling it could not replace."""
+    lists subsampling it could not replace. ``N`` counts distinct layers: an entry for a block around replaced
+    layers (APS's one phase shared by a residual block's branches) is a change, not another layer; ``"changes": C``
+    (all entries that changed something) is added when it differs from ``N``."""
     kept = sum(r.kept for r in report)
     unreplaced = sum(r.unreplaced for r in report)
-    counts = {"replaced": len(report) - kept - unreplaced, "kept": kept}
+    changes = len(report) - kept - unreplaced
+    counts = {"replaced": len(replaced_layers(report)), "kept": kept}
+    if counts["replaced"] != changes:
+        counts["changes"] = changes
     if unreplaced:
         counts["not_replaced"] = unreplaced
     return counts
+
+
+def replaced_layers(report) -> list[str]:
+    """The distinct names of the layers a conversion replaced, in report order: not the entries kept or not
+    replaced, and not a block whose own replaced layers are listed too (its entry is a change around them)."""
+    names = list(dict.fromkeys(r.name for r in report if not r.kept and not r.unreplaced))
+    return [n for n in names if not any(o != n and (not n or o.startswith(n + ".")) for o in names)]
 
 
 def describe_module(module: nn.Module) -> str:

@@ -95,8 +95,8 @@ def convert_swin(model: nn.Module, method: str = "aps", circular: bool = True, *
         given the state dict is the same model.
     """
     if method != "aps":
-        raise InputError(f"convert_swin converts a Swin with method='aps' (adaptive polyphase patches, windows "
-                         f"and merging); method={method!r} is not available for windowed transformers")
+        raise InputError(f"a Swin is converted with method='aps' only (CLI: --method aps; adaptive polyphase patches, "
+                         f"windows and merging); {method!r} is not available for windowed transformers")
     if not is_timm_swin(model):
         raise InputError(f"convert_swin converts timm's SwinTransformer, got {type(model).__name__}")
     _refuse_unknown(model)

@@ -113,8 +113,8 @@ def _refuse_vit(model: nn.Module, method: str) -> None:
     """Everything :func:`convert_vit` cannot convert, refused with the module's name."""
     name = type(model).__name__
     if method != "aps":
-        raise InputError(f"a vision transformer ({name}) is converted by method='aps' (polyphase tokenization) only, "
-                         f"not {method!r}")
+        raise InputError(f"a vision transformer ({name}) is converted by method='aps' (CLI: --method aps; polyphase "
+                         f"tokenization) only, not {method!r}")
     if hasattr(model, "dist_token") or hasattr(model, "head_dist"):
         raise InputError(f"{name} (dist_token, head_dist) is a distilled DeiT, whose forward adds pos_embed itself: "
                          "not supported; convert the non-distilled model (deit_tiny_patch16_224, ...)")

@@ -124,7 +124,8 @@ class Engine:
             low, high = float(images.min()), float(images.max())
             if low < -1e-6 or high > 1 + 1e-6:
                 raise ShapeError(f"images must be in pixel space [0, 1] (got values in [{low:.3g}, {high:.3g}]); "
-                                 f"shiftlab normalises with the model's preprocessing (or pass normalize=False)")
+                                 f"shiftlab normalises with the model's preprocessing (Python: pass normalize=False for images "
+                                 f"normalised already)")
         index_tensor = torch.as_tensor(idx)
         if self.mode == "groups":
             logits, ref_top1 = self._grouped(number, idx, images, index_tensor, loaded.masks)

@@ -142,7 +142,7 @@ def call_model(model, x, output_key, amp: bool, dev) -> torch.Tensor:
     """``model(x)`` with one output selected; a failing forward pass becomes one line naming the input's shape."""
     try:
         if amp:
-            with torch.autocast(device_type=dev.type, dtype=torch.float16):
+            with torch.autocast(device_type=dev.type, dtype=amp if isinstance(amp, torch.dtype) else torch.float16):
                 out = select_output(model(x), output_key)
         else:
             out = select_output(model(x), output_key)

@@ -17,7 +17,7 @@ import torch
 from shiftlab.errors import InputError, ShapeError, ShiftlabError
 from shiftlab.measure import loader
 from shiftlab.measure.protocols import Protocol
-from shiftlab.models.preprocessing import MAX_INPUT_SIDE, Preprocessing, check_input_size
+from shiftlab.models.preprocessing import MAX_INPUT_SIDE, Preprocessing, check_input_size, undeclared_input_side
 
 __all__ = ["IMAGE_SIZE_ARG", "MIN_IMAGE_SIDE", "SIZE_SAMPLE", "Images", "look_at_images", "select_indices", "as_source",
            "first_conv_channels", "parse_preprocessing", "InputSizes", "input_sizes", "image_hw", "typical_size"]
@@ -25,7 +25,8 @@ __all__ = ["IMAGE_SIZE_ARG", "MIN_IMAGE_SIDE", "SIZE_SAMPLE", "Images", "look_at
 #: how ``image_size`` is named in its errors
 IMAGE_SIZE_ARG = "image_size (CLI: --image-size)"
 MIN_IMAGE_SIDE = 8  # image files with a shorter side under this are skipped (and counted), never measured or sized from
-SIZE_SAMPLE = 64  # images whose median size sets the input of a model that declares none
+SIZE_SAMPLE = 64  # images whose common size (if they share one) sets the input of a model that declares none
+_COMMON = "the common size"  # how typical_size names a sample whose images all have one size
 
 
 @dataclass
@@ -173,9 +174,11 @@ def input_sizes(protocol: Protocol, prep: Preprocessing, own: tuple[int, int], i
     """The model input, source size and resize of an audit.
 
     The input size follows one stated rule: the protocol's crop size (``crop:S:M``); else ``image_size``; else
-    the size the model declares (its configuration); else, for data read from files, ``own``: the median size
-    of a sample of the images (``basis`` says which; images under :data:`MIN_IMAGE_SIDE` left out), never the
-    first image alone; for tensors, their common size (the model's default when their sizes differ).
+    the size the model declares (its configuration); else, for data read from files,
+    :data:`~shiftlab.models.preprocessing.INPUT_SIZE_RULE`: the images' common size when a sample of them shares
+    one (``own``, ``basis`` says so; images under :data:`MIN_IMAGE_SIDE` left out), else 224, rounded up to a
+    multiple of the model's total stride (``prep.stride``); for tensors, their common size (the model's default
+    when their sizes differ).
     """
     ey, ex = protocol.extent
     wanted = None if image_size is None else (
@@ -190,12 +193,14 @@ def input_sizes(protocol: Protocol, prep: Preprocessing, own: tuple[int, int], i
     elif from_files:
         if prep.fixed_size:
             model_in, rule = default_in, f"the model's own ({prep.source})"
-        else:  # no input size declared: measure the images at their typical size
-            side = min(own[0] - ey, own[1] - ex) if min(own[0] - ey, own[1] - ex) >= 8 else min(own)
-            model_in, own_based = (side, side), True
-            rule = f"{basis} ({own[0]}x{own[1]}) less the protocol's extent; the model declares none"
-            note = (f"the model declares no input size: images measured at {side}x{side}, from {basis} "
-                    f"({own[0]}x{own[1]}); --image-size to choose")
+        else:  # no input size declared: INPUT_SIZE_RULE (the images' common size, else 224; a stride multiple)
+            common = basis.startswith(_COMMON)
+            fit = min(own[0] - ey, own[1] - ex) if min(own[0] - ey, own[1] - ex) >= 8 else min(own)
+            side, words = undeclared_input_side(fit if common else None, prep.stride)
+            model_in, own_based = (side, side), common
+            rule = f"{words}; the model declares none ({basis}: {own[0]}x{own[1]})"
+            note = (f"the model declares no input size: images measured at {side}x{side} ({words}; {basis}: "
+                    f"{own[0]}x{own[1]}); --image-size to choose")
     elif bool(resize) or not uniform or (own[0] >= default_in[0] + ey and own[1] >= default_in[1] + ex):
         model_in = default_in  # the standard evaluation: e.g. 224 centre crop of a 256 image
         rule = f"the model's own ({prep.source})"
@@ -280,6 +285,7 @@ def typical_size(src, indices: np.ndarray, data_desc: str, probe: torch.Tensor, 
     if min(probe.shape[-2:]) < MIN_IMAGE_SIDE:
         item = src.load(index) if isinstance(src, ImageSource) else src[index]
         probe = item[0] if isinstance(item, (tuple, list)) else item
-    basis = (f"the median size of {len(sizes)} sampled images" + (f" ({len(tiny)} under {MIN_IMAGE_SIDE} px left out)"
-                                                                  if tiny else ""))
+    kind = _COMMON if len({s[2] for s in sizes}) == 1 else "the median size"
+    basis = (f"{kind} of {len(sizes)} sampled images" + (f" ({len(tiny)} under {MIN_IMAGE_SIDE} px left out)"
+                                                         if tiny else ""))
     return probe, hw, basis

@@ -30,15 +30,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import os
-import sys
-
 import torch
 from torch import fx, nn
-from torch.overrides import TorchFunctionMode
 
 from shiftlab._checks import check_int
 from shiftlab.errors import ArgumentShapeError, InputError, ShapeError, ShiftlabError
+from shiftlab.measure.inspect_functions import FunctionWatch as _FunctionWatch
+from shiftlab.measure.inspect_functions import caller as _caller
+from shiftlab.measure.inspect_functions import function_label as _function_label
+from shiftlab.measure.inspect_functions import functional_stride as _functional_stride
+from shiftlab.measure.inspect_functions import pair as _pair
+from shiftlab.measure.inspect_functions import permuted as _permuted
+from shiftlab.measure.inspect_notes import converted_layers, nearest_valid_sizes, size_warnings
 from shiftlab.measure.tokens import TOKEN_KINDS, token_finding
 from shiftlab.models.preprocessing import check_input_size
 
@@ -122,7 +125,13 @@ class InspectResult:
         findings: the :class:`Finding` list in the order the layers execute.
         input_size: the ``(H, W)`` of the dummy input.
         total_stride: the product of all subsampling strides ``(sy, sx)`` (``(1, 1)`` if none): circular
-            shifts that are multiples of it commute with every subsampling layer.
+            shifts that are multiples of it commute with every subsampling layer, when ``input_size`` is a
+            multiple of it (:attr:`stride_multiple`).
+        warnings: what keeps the map from meaning what it seems to (an input size that is not a multiple of the
+            total stride, naming the nearest sizes that are: :func:`~shiftlab.measure.inspect_notes.size_warnings`).
+        conversion: for a model converted by ``shiftlab fix`` / ``finetune`` (:func:`shiftlab.antialias`), the
+            fix, the file and the layers it put in with their kinds
+            (:func:`~shiftlab.measure.inspect_notes.converted_layers`); None otherwise.
     """
 
     findings: list[Finding]
@@ -130,6 +139,13 @@ class InspectResult:
     total_stride: tuple[int, int]
     channels: int = 3
     model_type: str = ""
+    warnings: tuple[str, ...] = ()
+    conversion: dict | None = None
+
+    @property
+    def stride_multiple(self) -> bool:
+        """Whether the input size is a multiple of the total stride (the stride-multiple guarantee holds)."""
+        return not nearest_valid_sizes(self.input_size, self.total_stride)
 
     def __iter__(self):
         return iter(self.findings)
@@ -160,14 +176,12 @@ class InspectResult:
             "channels": self.channels,
             "total_stride": list(self.total_stride),
             "breaks_equivariance": self.breaks_equivariance,
+            "stride_multiple": self.stride_multiple,
+            "nearest_valid_sizes": [list(hw) for hw in nearest_valid_sizes(self.input_size, self.total_stride)],
+            "warnings": list(self.warnings),
+            "conversion": self.conversion,
             "findings": [f.to_dict() for f in self.findings],
         }
-
-
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        return (int(v[0]), int(v[-1]))
-    return (int(v), int(v))
 
 
 def _hw(t) -> tuple[int, int] | None:
@@ -238,105 +252,6 @@ def _fmt2(p: tuple[int, int]) -> str:
 _TYPED_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.ZeroPad2d,
                  nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.Linear)
 # functions that subsample by a stride argument (default: the kernel size, for pools)
-_POOLS = ("max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "lp_pool2d")
-_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-# shiftlab's anti-aliasing layers and the hooks of its conversion subsample on purpose (APS phases, blurs)
-_SHIFTLAB_OWN = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), part) + os.sep
-                      for part in ("layers", "fix"))
-
-
-def _arg(args, kwargs, index: int, key: str, default=None):
-    if key in kwargs:
-        return kwargs[key]
-    return args[index] if len(args) > index else default
-
-
-def _functional_stride(name: str, args, kwargs, in_hw, out_hw, x, out) -> tuple[int, int] | None:
-    """The stride of a function's subsampling, or None when the call does not subsample (a stride-1 'valid'
-    conv or pool, a crop, a reshape that moves pixels into channels of another count)."""
-    ratio = (max(1, round(in_hw[0] / out_hw[0])), max(1, round(in_hw[1] / out_hw[1])))
-    if name == "conv2d":
-        stride = _pair(_arg(args, kwargs, 3, "stride", 1))
-        return stride if stride != (1, 1) else None
-    if name in _POOLS:
-        stride = _arg(args, kwargs, 2, "stride", None)
-        stride = _pair(stride if stride not in (None, [], ()) else _arg(args, kwargs, 1, "kernel_size", 1))
-        return stride if stride != (1, 1) else None
-    if name == "__getitem__":
-        steps = _slice_steps(args[1] if len(args) > 1 else None, x.ndim)
-        return steps if steps is not None and steps != (1, 1) else (None if steps is not None else _ratio(ratio))
-    if name in ("interpolate", "upsample", "pixel_unshuffle", "fractional_max_pool2d", "adaptive_avg_pool2d",
-                "adaptive_max_pool2d"):
-        return ratio
-    # any other function of one tensor (not a matmul of two): a subsampling only if it keeps the channels, is no
-    # permutation of the axes, and shrinks the map by a third or more
-    tensors = sum(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values()))
-    if (tensors == 1 and out.shape[1] == x.shape[1] and not _permuted(x, out)
-            and (out_hw[0] * 3 <= in_hw[0] * 2 or out_hw[1] * 3 <= in_hw[1] * 2)):
-        return ratio
-    return None
-
-
-def _permuted(x, y) -> bool:
-    """Whether ``y``'s shape is a reordering of ``x``'s axes (a transpose or permute), not a resampling."""
-    return tuple(x.shape) != tuple(y.shape) and sorted(x.shape) == sorted(y.shape)
-
-
-def _ratio(ratio: tuple[int, int]) -> tuple[int, int] | None:
-    return ratio if ratio != (1, 1) else None
-
-
-def _slice_steps(index, ndim: int) -> tuple[int, int] | None:
-    """The steps of an index's slices along the last two axes of an ``ndim`` tensor; None if not plain slicing."""
-    items = list(index) if isinstance(index, tuple) else [index]
-    if any(i is None or not isinstance(i, (slice, int, type(Ellipsis))) for i in items):
-        return None
-    if Ellipsis in items:
-        at = items.index(Ellipsis)
-        items[at:at + 1] = [slice(None)] * (ndim - (len(items) - 1))
-    items += [slice(None)] * (ndim - len(items))
-    steps = []
-    for item in items[-2:]:
-        if not isinstance(item, slice):
-            return None
-        steps.append(int(item.step or 1))
-    return steps[0], steps[1]
-
-
-def _function_label(name: str, args) -> str:
-    if name == "__getitem__":
-        return "slicing"
-    module = "torch" if name.startswith("_") else "F"
-    return f"{module}.{name.lstrip('_')}"
-
-
-def _caller() -> str | None:
-    """``file:line`` of the code that called the torch function under way: the first frame outside torch and
-    this module; None when that code is shiftlab's layers or conversion hooks (they subsample on purpose)."""
-    frame = sys._getframe(1)
-    here = os.path.abspath(__file__)
-    while frame is not None:
-        path = os.path.abspath(frame.f_code.co_filename)
-        if not path.startswith(_TORCH_DIR) and path != here:
-            if path.startswith(_SHIFTLAB_OWN):
-                return None
-            return f"{os.path.basename(path)}:{frame.f_lineno}"
-        frame = frame.f_back
-    return "unknown place"
-
-
-class _FunctionWatch(TorchFunctionMode):
-    """Shows the tracer every torch function called during the pass, with its result."""
-
-    def __init__(self, tracer) -> None:
-        super().__init__()
-        self.tracer = tracer
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        self.tracer.function_call(func, args, kwargs, out)
-        return out
 
 
 def compiled_kind(model) -> str | None:
@@ -651,7 +566,8 @@ def inspect(model: nn.Module, input_size, channels: int | None = None, device=No
             must already be there: it is not moved).
 
     Returns:
-        :class:`InspectResult`: the :class:`Finding` list in execution order, and the total stride.
+        :class:`InspectResult`: the :class:`Finding` list in execution order, the total stride, a warning when
+        ``input_size`` is not a multiple of it, and the layers a conversion put in (a converted model).
 
     Shape:
         - Dummy input: (1, C, H, W).
@@ -693,4 +609,5 @@ def inspect(model: nn.Module, input_size, channels: int | None = None, device=No
     subsampling = [f.cumulative_stride for f in tracer.findings if f.kind in SUBSAMPLING_KINDS]
     total = (max((c[0] for c in subsampling), default=1), max((c[1] for c in subsampling), default=1))
     return InspectResult(findings=tracer.findings, input_size=size, total_stride=total, channels=channels,
-                         model_type=type(model).__name__)
+                         model_type=type(model).__name__, warnings=tuple(size_warnings(size, total)),
+                         conversion=converted_layers(model, tracer.findings))

@@ -18,6 +18,7 @@ from shiftlab.errors import InputError
 from shiftlab.measure import loader
 from shiftlab.measure.dense import DENSE_METRICS, MAX_MAPS, check_dense_requests, choose_dense_metrics
 from shiftlab.measure.forward import ModelRunner, Probe, check_reference_output, first_copy
+from shiftlab.measure.inspect_notes import with_model_stride
 from shiftlab.measure.inputs import (
     IMAGE_SIZE_ARG,
     Images,
@@ -359,6 +360,7 @@ def prepare(model, data, options: AuditOptions, world, *, transform=None, metric
                          amp=options.amp, world=world)
     prep = parse_preprocessing(model_preprocessing(models.model), preprocessing)
     images = look_at_images(data, prep, first_conv_channels(models.model), indices=indices, image_size=image_size)
+    images = with_model_stride(images, models.model)  # a model that declares no size: the input-size rule's stride
     protocol, sizes, margin = choose_protocol(images, transform, resize, options.margin, layers is not None)
     norm_fn = loader.normalizer(normalize, images.preprocessing, images.channels)
     names = check_requests(metrics, protocol, images, models, options.seed)

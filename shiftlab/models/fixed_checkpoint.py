@@ -220,7 +220,7 @@ def _as_checkpoint(spec) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_any_model(spec, weights=None, device=None, output_key=None, seed: int | None = 0) -> nn.Module:
+def load_any_model(spec, weights=None, device=None, output_key=None, seed: int | None = 0, **build) -> nn.Module:
     """Any model spec, fixed checkpoints included: :func:`shiftlab.models.load_model` plus fixed checkpoints, what
     ``shiftlab.load_model`` is.
 
@@ -242,7 +242,7 @@ def load_any_model(spec, weights=None, device=None, output_key=None, seed: int |
         contents = read_fixed(wpath) if wpath.is_file() else None
         if contents is not None:
             return _with_key(load_fixed(wpath, spec, device, seed, contents=contents), output_key, contents)
-    return load_model(spec, weights=weights, device=device, output_key=output_key, seed=seed)
+    return load_model(spec, weights=weights, device=device, output_key=output_key, seed=seed, **build)
 
 
 def _with_key(model: nn.Module, output_key, contents: dict) -> nn.Module:

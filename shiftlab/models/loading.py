@@ -21,6 +21,7 @@ refused with a message that says how to load it, and loaded by
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import importlib.util
@@ -39,8 +40,9 @@ from shiftlab.errors import InputError, ShapeError
 from shiftlab.models._device import to_device
 from shiftlab.models.pretrained import pretrained
 
-__all__ = ["REGISTRY_KINDS", "SelectOutput", "check_materialized", "file_sha256", "is_registry_spec", "load_model",
-           "load_state_strictly", "load_weights", "output_kind", "read_checkpoint", "select_output", "shown_arg"]
+__all__ = ["REGISTRY_KINDS", "SelectOutput", "check_build_options", "check_materialized", "file_sha256",
+           "is_registry_spec", "load_model", "load_state_strictly", "load_weights", "output_kind", "read_checkpoint",
+           "select_output", "shown_arg"]
 
 _SPEC_FORMS = "timm:NAME, torchvision:NAME, pretrained:NAME or path/to/file.py:factory"
 _DEFAULT_DICT_KEYS = ("logits", "out")
@@ -74,16 +76,58 @@ def _suggest(name: str, names) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-def _timm_model(name: str) -> nn.Module:
+def check_build_options(spec, num_classes: int | None = None, in_chans: int | None = None) -> None:
+    """Whether a model spec can be built with ``num_classes`` classes and ``in_chans`` input channels (timm's
+    ``--num-classes`` / ``--in-chans``), decided from the arguments alone, before anything is built.
+
+    timm architectures take both; torchvision's take ``num_classes`` and 3 input channels only (their first
+    convolution is not built for others); the bundled ``pretrained:`` networks, ``file.py:factory`` models and
+    fixed checkpoints are built as they are, so either option is refused there with one line naming the flag.
+
+    >>> check_build_options("timm:resnet10t", num_classes=5, in_chans=1)
+    >>> check_build_options("torchvision:resnet18", in_chans=1)
+    Traceback (most recent call last):
+    ...
+    shiftlab.errors.InputError: --in-chans 1: torchvision models take 3-channel images only; use a timm model (timm:NAME --in-chans 1) or drop --in-chans
+    """
+    for flag, value, least in (("--num-classes", num_classes, 1), ("--in-chans", in_chans, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise InputError(f"{flag} must be an integer >= {least}, got {value!r}")
+    if num_classes is None and in_chans is None:
+        return
+    kind = os.fspath(spec).partition(":")[0] if isinstance(spec, (str, os.PathLike)) else None
+    if kind == "timm" and is_registry_spec(spec):
+        return
+    if kind == "torchvision" and is_registry_spec(spec):
+        if in_chans is not None and in_chans != 3:
+            raise InputError(f"--in-chans {in_chans}: torchvision models take 3-channel images only; use a timm model "
+                             f"(timm:NAME --in-chans {in_chans}) or drop --in-chans")
+        return
+    flag = "--num-classes" if num_classes is not None else "--in-chans"
+    what = f"the model {shown_arg(os.fspath(spec))}" if kind is not None else "a model passed as a module"
+    raise InputError(f"{flag} builds timm:NAME and torchvision:NAME models; {what} is built as it is: drop {flag}")
+
+
+def _timm_model(name: str, **build) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
         raise InputError(f"unknown timm model {name!r}{_suggest(name, timm.list_models())}; "
                          f"list names with: python -c \"import timm; print(timm.list_models('*{name[:6]}*'))\"")
-    return timm.create_model(name, pretrained=False)
+    model = timm.create_model(name, pretrained=False, **build)
+    chans = build.get("in_chans")
+    if chans is not None and chans != 3:  # the pretrained_cfg's mean and std are of 3 (RGB) channels
+        from shiftlab.models.preprocessing import preprocessing
+
+        prep = preprocessing(model)
+        mean, std = sum(prep.mean) / len(prep.mean), sum(prep.std) / len(prep.std)  # grey: the mean of R, G, B
+        model.shiftlab_preprocessing = dataclasses.replace(
+            prep, mean=(mean,) * chans, std=(std,) * chans,
+            source=f"{prep.source}; mean and std averaged over R, G, B for in_chans {chans}")
+    return model
 
 
-def _torchvision_model(name: str) -> nn.Module:
+def _torchvision_model(name: str, **build) -> nn.Module:
     import torchvision
 
     names = torchvision.models.list_models()
@@ -91,7 +135,7 @@ def _torchvision_model(name: str) -> nn.Module:
         raise InputError(f"unknown torchvision model {name!r}{_suggest(name, names)}; list names with: "
                          f"python -c \"import torchvision; print(torchvision.models.list_models())\"")
     builder = torchvision.models.get_model_builder(name)
-    kwargs = {"weights": None}
+    kwargs = {"weights": None, **build}  # num_classes only (check_build_options)
     # detection/segmentation builders would otherwise fetch ImageNet weights for their backbone
     if "weights_backbone" in inspect.signature(builder).parameters:
         kwargs["weights_backbone"] = None
@@ -158,7 +202,11 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else "(no message)"
 
 
-def _build(spec) -> nn.Module:
+def _build(spec, **build) -> nn.Module:
+    """The model ``spec`` names; ``build`` (``num_classes``, ``in_chans``; None entries dropped) goes to the
+    timm or torchvision builder (:func:`check_build_options` says where it may)."""
+    build = {k: v for k, v in build.items() if v is not None}
+    check_build_options(spec, **build)
     if isinstance(spec, nn.Module):
         return spec
     if not isinstance(spec, (str, os.PathLike)):
@@ -172,9 +220,9 @@ def _build(spec) -> nn.Module:
     kind, sep, name = spec.partition(":")
     if sep and name:
         if kind == "timm":
-            return _timm_model(name)
+            return _timm_model(name, **build)
         if kind == "torchvision":
-            return _torchvision_model(name)
+            return _torchvision_model(name, **build)
         if kind == "pretrained":
             return pretrained(name)
     if os.path.isfile(spec):
@@ -442,7 +490,8 @@ class SelectOutput(nn.Module):
         return f"key={self.key!r}"
 
 
-def load_model(spec, weights=None, device=None, output_key=None, seed: int | None = 0) -> nn.Module:
+def load_model(spec, weights=None, device=None, output_key=None, seed: int | None = 0, *,
+               num_classes: int | None = None, in_chans: int | None = None) -> nn.Module:
     """A model in eval mode on ``device``, from a module or a name.
 
     Args:
@@ -456,6 +505,9 @@ def load_model(spec, weights=None, device=None, output_key=None, seed: int | Non
             :func:`select_output` (the only element, or the ``"logits"``/``"out"`` entry) when needed.
         seed: the random initialisation of a name-built model is drawn with this seed (without touching
             the caller's random state); ``None`` leaves torch's global generator as it is.
+        num_classes, in_chans: build a timm model with this many classes / input channels (timm's
+            ``--num-classes`` / ``--in-chans``; torchvision: classes only), e.g. so that a 5-class checkpoint
+            fits (:func:`check_build_options`).
 
     Unknown names, missing files and checkpoints that do not fit raise :class:`~shiftlab.errors.InputError`.
 
@@ -464,12 +516,13 @@ def load_model(spec, weights=None, device=None, output_key=None, seed: int | Non
     """
     if isinstance(seed, bool) or (seed is not None and not isinstance(seed, int)):
         raise InputError(f"seed must be an int or None, got {seed!r}")
+    build = {"num_classes": num_classes, "in_chans": in_chans}
     if isinstance(spec, nn.Module) or seed is None:
-        model = _build(spec)
+        model = _build(spec, **build)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = _build(spec)
+            model = _build(spec, **build)
     what = f"the model {shown_arg(os.fspath(spec))}" if isinstance(spec, (str, os.PathLike)) else \
         f"the model ({type(spec).__name__})"
     check_materialized(model, what)  # before the weights: a strict load into a meta tensor is a silent no-op
@@ -477,6 +530,8 @@ def load_model(spec, weights=None, device=None, output_key=None, seed: int | Non
         load_weights(model, weights)
         check_materialized(model, f"{what} with weights {weights}")
     source = _provenance(spec, weights, seed)
+    if source is not None:
+        source.update({k: v for k, v in build.items() if v is not None})
     if output_key is not None:
         model = SelectOutput(model, output_key)
     if source is not None:

@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from shiftlab._checks import check_bchw, check_finite, check_float
+from shiftlab._sizes import DEFAULT_INPUT_SIDE, INPUT_SIZE_RULE
 from shiftlab.data.images import INTERPOLATIONS, resize_and_crop
 from shiftlab.errors import InputError, ShapeError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MAX_INPUT_SIDE", "Preprocessing", "check_input_size", "prepare",
-           "preprocessing"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MAX_INPUT_SIDE", "DEFAULT_INPUT_SIDE", "INPUT_SIZE_RULE", "Preprocessing",
+           "check_input_size", "prepare", "preprocessing", "undeclared_input_side"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,6 +53,23 @@ def check_input_size(size, what: str = "input size", *, error: type[InputError] 
     return int(pair[0]), int(pair[1])
 
 
+def undeclared_input_side(common: int | None, stride: int = 1) -> tuple[int, str]:
+    """The input side of a model that declares no input size (:data:`INPUT_SIZE_RULE`) and the words that say how
+    it was chosen: ``common`` (the images' common side, None when they differ) or :data:`DEFAULT_INPUT_SIDE`,
+    rounded up to a multiple of the model's total ``stride``.
+
+    >>> undeclared_input_side(None, 32), undeclared_input_side(None, 5)[0], undeclared_input_side(30, 8)[0]
+    ((224, 'default 224, a multiple of total stride 32'), 225, 32)
+    """
+    base = DEFAULT_INPUT_SIDE if common is None else int(common)
+    stride = max(1, int(stride))
+    side = -(-base // stride) * stride
+    what = f"default {DEFAULT_INPUT_SIDE}" if common is None else f"the images' common size {base}"
+    if side == base:
+        return side, f"{what}, a multiple of total stride {stride}"
+    return side, f"{what} rounded up to {side}, a multiple of total stride {stride}"
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Input size and normalisation a model expects.
@@ -64,6 +82,9 @@ class Preprocessing:
         fixed_size: the model was made for ``input_size`` (it says so in its configuration); ``False`` when
             the numbers are defaults, so images may be measured at their own size.
         source: where the numbers come from (for the record).
+        stride: the model's total stride when a probe found it (``shiftlab.measure.inspect_notes``), else 1: the
+            input-size rule of a model that declares no size rounds up to a multiple of it
+            (:func:`undeclared_input_side`).
 
     >>> p = Preprocessing()
     >>> p.input_size, p.resize_size
@@ -77,6 +98,7 @@ class Preprocessing:
     interpolation: str = "bilinear"
     fixed_size: bool = True
     source: str = "ImageNet defaults"
+    stride: int = 1
 
     def __post_init__(self):
         if len(self.mean) != len(self.std):
@@ -119,7 +141,7 @@ class Preprocessing:
             fields["input_size"], fields["fixed_size"] = check_input_size(input_size, "input_size"), True
         resize = max(max(fields["input_size"]), int(math.floor(max(fields["input_size"]) / pct + 1e-9)))
         source = self.source if not changed else f"{self.source}; given: {', '.join(changed)}"
-        return Preprocessing(resize_size=resize, source=source, **fields)
+        return Preprocessing(resize_size=resize, source=source, stride=self.stride, **fields)
 
     def to_dict(self) -> dict:
         """The values, as written in an audit's JSON."""

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field, fields, replace
 
 from shiftlab.errors import InputError
 
-__all__ = ["AuditRun", "parse_fix", "check_maps"]
+__all__ = ["AuditRun", "parse_fix", "check_maps", "check_layers_syntax", "check_output_key", "check_data_spec",
+           "AMP_DTYPES"]
+
+#: torch.compile backends every torch 2 has (others are looked up in torch.compiler.list_backends)
+_COMMON_BACKENDS = ("inductor", "eager", "aot_eager", "cudagraphs")
+
+#: the dtypes of --amp-dtype (timm's validate.py meaning: the autocast dtype of --amp)
+AMP_DTYPES = ("float16", "bfloat16")
 
 
 def check_maps(value, flag: str = "--maps") -> int:
@@ -24,6 +31,49 @@ def check_maps(value, flag: str = "--maps") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MAPS:
         raise InputError(f"{flag} must be an integer from 0 to {MAX_MAPS}, got {value!r}")
     return value
+
+
+def check_layers_syntax(text: str | None) -> None:
+    """``--layers``: ``all``, ``stages`` or comma-separated layer names / torch.nn type names (letters, digits, ``_``
+    and ``.``), checked from the text alone; whether the names exist is known once the model is built."""
+    import re
+
+    if text is None or text.strip() in ("all", "stages"):
+        return
+    names = [n.strip() for n in text.split(",")]
+    if not any(names):
+        raise InputError("--layers names no layer; use all, stages, layer names or a module type such as Conv2d")
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_.]+", n)]
+    if bad:
+        raise InputError(f"--layers {bad[0]!r} is not a layer name (letters, digits, _ and . only, comma-separated); "
+                         f"use all, stages, layer names such as layer1.0.conv1, or a module type such as Conv2d")
+
+
+def check_output_key(text: str | None) -> None:
+    """``--output-key``: an integer (a tuple output's element) or a name (a dict output's key), not blank."""
+    if text is not None and (not str(text).strip() or str(text) != str(text).strip()):
+        raise InputError(f"--output-key must be an integer (element of a tuple output) or a key of a dict output, "
+                         f"got {text!r}")
+
+
+def check_data_spec(spec, flag: str = "--data") -> None:
+    """A data spec that names a path must exist (``photos`` and ``digit-masks[...]`` name none): refused before
+    any work, naming ``flag``."""
+    import os
+    from pathlib import Path
+
+    from shiftlab.data.sources import DIGIT_MASKS_SPEC
+
+    if spec is None or not isinstance(spec, (str, os.PathLike)):
+        return
+    text = os.fspath(spec)
+    if text == "photos" or text.split(":")[0] == DIGIT_MASKS_SPEC:
+        return
+    if not text.strip():
+        raise InputError(f"{flag} is empty; use photos, a folder, a .txt list, a .npz or a CIFAR-10 folder")
+    if not Path(text).expanduser().exists():
+        raise InputError(f"{flag} {text}: not found (use photos, a folder of images, a .txt list of paths, a .npz or "
+                         f"a CIFAR-10 folder)")
 
 
 def parse_fix(spec: str | None) -> dict | None:
@@ -65,7 +115,7 @@ class AuditRun:
     output_key: str | None = None
     margin: int | None = None
     no_resize: bool = False
-    image_size: int | None = None
+    image_size: int | tuple[int, int] | None = None  # (H, W): --input-size C H W with H != W
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     interpolation: str | None = None
@@ -74,17 +124,23 @@ class AuditRun:
     predictions: bool = False
     maps: int = 0  # dense outputs: keep the disagreement and prediction maps of the first N images (0..16)
     threads: int | None = None
+    num_classes: int | None = None  # timm's --num-classes / --in-chans: they build another model, so they are "what"
+    in_chans: int | None = None
     # how, not what
     device: str | None = None
     workers: int | None = None
     amp: bool = False
+    amp_dtype: str | None = None  # float16 (the default of --amp) or bfloat16
+    channels_last: bool | None = None  # True: model and inputs in channels_last memory format; None: the engine's choice
+    torchcompile: str | None = None  # a torch.compile backend (inductor, eager, ...)
     checkpoint: str | None = None
     checkpoint_every: int = 20
     extra: dict = field(default_factory=dict, compare=False)
 
-    _FLAG_ORDER = ("model", "weights", "fix", "reference", "data", "limit", "transform", "metrics", "layers", "maps",
+    _FLAG_ORDER = ("model", "weights", "num_classes", "in_chans", "fix", "reference", "data", "limit", "transform",
+                   "metrics", "layers", "maps",
                    "seed", "batch_size", "output_key", "margin", "no_resize", "image_size", "mean", "std",
-                   "interpolation", "crop_pct", "class_map", "threads", "amp")
+                   "interpolation", "crop_pct", "class_map", "threads", "amp", "amp_dtype")
 
     def with_(self, **changes) -> AuditRun:
         return replace(self, **changes)
@@ -102,6 +158,11 @@ class AuditRun:
                 if value:
                     parts.append(flag)
                 continue
+            if name == "image_size" and isinstance(value, tuple):  # H != W: timm's --input-size C H W
+                parts += ["--input-size", str(self.in_chans or 3), *map(str, value)]
+                continue
+            if name == "in_chans" and isinstance(self.image_size, tuple):
+                continue  # said by --input-size
             if isinstance(value, tuple):
                 if name == "metrics":
                     parts += [flag, ",".join(value)]
@@ -118,8 +179,8 @@ class AuditRun:
         if self.transform is not None:
             parse_protocol(self.transform)
         parse_fix(self.fix)
-        for name, minimum in (("batch_size", 1), ("limit", 1), ("margin", 0), ("image_size", 1), ("threads", 1),
-                              ("workers", 0), ("checkpoint_every", 1)):
+        for name, minimum in (("batch_size", 1), ("limit", 1), ("margin", 0), ("threads", 1), ("workers", 0),
+                              ("checkpoint_every", 1)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
                 raise InputError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
@@ -127,7 +188,7 @@ class AuditRun:
         if self.image_size is not None:
             from shiftlab.models.preprocessing import check_input_size
 
-            check_input_size(self.image_size, "--image-size")
+            check_input_size(self.image_size, "--input-size" if isinstance(self.image_size, tuple) else "--image-size")
         if self.fix is not None and self.reference is not None:
             # --fix makes the unconverted model the reference; a second one would silently change what
             # reference_agreement means
@@ -150,6 +211,68 @@ class AuditRun:
                                  f"{self.interpolation!r}")
         if self.amp and self.device is not None and not str(self.device).startswith("cuda"):
             raise InputError("--amp needs a CUDA device")
+        self._check_model_options()
+        self._check_requests()
+        self._check_files()
+
+    def _check_model_options(self) -> None:
+        """--num-classes, --in-chans, --amp-dtype, --torchcompile: from the arguments alone."""
+        from shiftlab.models.loading import check_build_options
+
+        check_build_options(self.model, self.num_classes, self.in_chans)
+        if self.amp_dtype is not None:
+            if self.amp_dtype not in AMP_DTYPES:
+                raise InputError(f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}")
+            if not self.amp:
+                raise InputError(f"--amp-dtype {self.amp_dtype} is the dtype of mixed precision: add --amp")
+        if self.torchcompile is not None and self.torchcompile not in _COMMON_BACKENDS:
+            import torch
+
+            backends = torch.compiler.list_backends(exclude_tags=())  # imports torch._dynamo: seconds
+            if self.torchcompile not in backends:
+                raise InputError(f"--torchcompile {self.torchcompile!r} is not a torch.compile backend; choose from "
+                                 f"{', '.join(sorted(backends))}")
+
+    def _check_requests(self) -> None:
+        """--metrics against the protocol (the engine's own rule, :func:`shiftlab.measure.prepare.check_metric_names`),
+        massc and --maps against the protocol, --layers and --output-key syntax: before any model or image is
+        loaded. What needs the model's output (massc or miou on a classifier) or the data's labels and masks is
+        checked after the probe."""
+        from shiftlab.measure.dense import check_dense_requests
+        from shiftlab.measure.prepare import check_metric_names
+        from shiftlab.measure.protocols import CircularShiftPair, parse_protocol
+
+        # without --transform the protocol is circular:32 (circular:3 under 64 px): the same metrics either way
+        protocol = parse_protocol(self.transform) if self.transform is not None else CircularShiftPair(32)
+        names = None
+        try:
+            names = check_metric_names(list(self.metrics), protocol) if self.metrics else None
+            check_dense_requests([n for n in names or () if n != "miou"], protocol, None, 0)
+        except InputError as exc:
+            raise InputError(f"--metrics {','.join(self.metrics)}: {exc}") from None
+        try:
+            check_dense_requests([], protocol, None, self.maps)
+        except InputError as exc:
+            raise InputError(f"--maps {self.maps}: {exc}") from None
+        check_layers_syntax(self.layers)
+        check_output_key(self.output_key)
+
+    def _check_files(self) -> None:
+        """The files and folders the flags name exist (and are what the flag takes)."""
+        from pathlib import Path
+
+        from shiftlab.models.loading import shown_arg
+
+        if self.checkpoint is not None and Path(self.checkpoint).expanduser().is_file():
+            raise InputError(f"--checkpoint is shiftlab's resume folder; for a weights file use --weights "
+                             f"{shown_arg(self.checkpoint)}")
+        if self.weights is not None and not Path(self.weights).expanduser().is_file():
+            raise InputError(f"--weights {self.weights}: file not found")
+        if self.class_map is not None:
+            from shiftlab.measure.labels import read_class_map
+
+            read_class_map(self.class_map)
+        check_data_spec(self.data)
 
     def load(self, device=None):
         """The model to audit and its reference (the unconverted model with ``fix``), as modules.
@@ -161,8 +284,9 @@ class AuditRun:
 
         from shiftlab.models.fixed_checkpoint import load_any_model as load_model
 
+        build = {k: v for k, v in (("num_classes", self.num_classes), ("in_chans", self.in_chans)) if v is not None}
         model = load_model(self.model, weights=self.weights, device=device, output_key=_key(self.output_key),
-                           seed=self.seed)
+                           seed=self.seed, **build)
         reference = None
         fix = parse_fix(self.fix)
         if fix is not None:
@@ -205,13 +329,24 @@ class AuditRun:
             model, loaded_reference = self.load(device)
             reference = loaded_reference if reference is None else reference
         layers = _layers(self.layers, model)
+        if self.torchcompile is not None:
+            model = _compiled(model, self.torchcompile)
         return audit(model, source, transform=self.transform, metrics=list(self.metrics) if self.metrics else None,
                      batch_size=self.batch_size, device=device, layers=layers, seed=self.seed, margin=self.margin,
                      image_size=self.image_size, preprocessing=self.preprocessing_overrides(),
                      resize=False if self.no_resize else None, progress=progress, workers=self.workers,
                      class_map=class_map, reference=reference, predictions=self.predictions, maps=self.maps,
-                     checkpoint=self.checkpoint, checkpoint_every=self.checkpoint_every, amp=self.amp,
-                     channels_last=None, command=self.extra.get("command") or self.command())
+                     checkpoint=self.checkpoint, checkpoint_every=self.checkpoint_every,
+                     amp=getattr(torch, self.amp_dtype) if self.amp and self.amp_dtype else self.amp,
+                     channels_last=self.channels_last,
+                     command=self.extra.get("command") or self.command())
+
+
+def _compiled(model, backend: str):
+    """``model`` with its forward compiled by ``torch.compile(backend=...)`` in place (``nn.Module.compile``): the
+    same module, so its names, hooks, provenance and preprocessing stay as they were."""
+    model.compile(backend=backend)
+    return model
 
 
 def _key(text):

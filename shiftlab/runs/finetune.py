@@ -13,7 +13,29 @@ from pathlib import Path
 
 from shiftlab.errors import InputError
 
-__all__ = ["FinetuneRun", "FinetuneOutcome"]
+__all__ = ["FinetuneRun", "FinetuneOutcome", "count_readable"]
+
+
+def count_readable(log: dict, source) -> None:
+    """Count only the readable images in ``log`` and name the files skipped, as an audit's JSON does.
+
+    ``images`` becomes the files of ``source`` less those the run could not read (``unreadable``: path -> reason,
+    recorded by the training loop); ``files`` is the number of files; ``skipped`` is ``{"count", "files": [{"path",
+    "reason"}], "read"}`` with the files the listing left out too (broken links, ...); ``read`` is how many files the
+    run's steps reached at most (under ``files``: an unreadable file among the others is not known). The loop's
+    ``unreadable`` record is taken into ``skipped``.
+    """
+    unreadable = log.pop("unreadable", None) or {}
+    listed = [{"path": str(p), "reason": str(r)} for p, r in getattr(source, "skipped", None) or []]
+    files = len(source)
+    config = log.get("config") or {}
+    read = (int(config.get("steps") or 0) * int(config.get("accumulate") or 1) * int(config.get("batch_size") or 0)
+            * int(log.get("world_size") or 1))
+    log["files"] = files
+    log["images"] = files - len(unreadable)
+    log["skipped"] = {"count": len(listed) + len(unreadable),
+                      "files": listed + [{"path": p, "reason": r} for p, r in unreadable.items()],
+                      "read": min(read, files)}
 
 
 @dataclass(frozen=True)
@@ -191,6 +213,7 @@ class FinetuneRun:
                           checkpoint=self.checkpoint, checkpoint_every=self.checkpoint_every, resume=self.resume,
                           log_every=self.log_every, progress=progress and world.is_main,
                           command=self.extra.get("command"), **student)
+        count_readable(result.log, source)
         teacher_source = getattr(teacher, "shiftlab_source", None) or {}
         if not world.is_main:
             return FinetuneOutcome(result, out, log_path, teacher_source, None, written=False)
