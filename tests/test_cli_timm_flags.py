@@ -109,3 +109,47 @@ def test_channels_last_and_torchcompile_keep_the_numbers(images):
         assert set(other.metrics) == set(results[0].metrics)
         for name in results[0].metrics:
             assert other.metrics[name].value == pytest.approx(results[0].metrics[name].value, rel=1e-9, abs=1e-12)
+
+
+def test_fix_and_inspect_build_a_5_class_grey_checkpoint_and_the_fixed_file_remembers(tmp_path, capsys):
+    """--num-classes / --in-chans on fix and inspect; the fixed checkpoint records them, so --model FILE rebuilds
+    the 5-class grey model, and a contradicting flag beside it is refused naming the flag."""
+    weights, fixed = tmp_path / "five.pth", tmp_path / "five_aps.pt"
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=5, in_chans=1).state_dict(), weights)
+    assert main(["inspect", "--model", "timm:test_resnet", "--weights", str(weights), "--input-size", "1", "32",
+                 "32", "--num-classes", "5"]) == 0  # timm's C H W sets the input channels
+    assert main(["fix", "--model", "timm:test_resnet", "--weights", str(weights), "--num-classes", "5", "--in-chans",
+                 "1", "--method", "aps", "--out", str(fixed)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", "--model", str(fixed), "--img-size", "64", "--json", str(tmp_path / "i.json")]) == 0
+    assert json.loads((tmp_path / "i.json").read_text())["conversion"]["fix"].startswith("aps")
+    from shiftlab import load_model
+
+    model = load_model(str(fixed))
+    assert model(torch.rand(2, 1, 64, 64)).shape == (2, 5)
+    assert main(["inspect", "--model", "timm:test_resnet", "--weights", str(fixed), "--num-classes", "6",
+                 "--img-size", "32"]) == 2
+    assert "--num-classes 6" in capsys.readouterr().err
+
+
+def test_weights_for_other_classes_and_channels_name_the_flags(tmp_path, capsys):
+    weights = tmp_path / "five.pth"
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=5, in_chans=1).state_dict(), weights)
+    assert main(["inspect", "--model", "timm:test_resnet", "--weights", str(weights), "--img-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "--in-chans 1 --num-classes 5" in err and len(err.strip().splitlines()) == 1
+
+
+def test_finetune_builds_the_model_and_teacher_with_num_classes(tmp_path):
+    from shiftlab.runs.finetune import FinetuneRun
+
+    weights = tmp_path / "five.pth"
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=5).state_dict(), weights)
+    run = FinetuneRun(model="timm:test_resnet", weights=str(weights), num_classes=5, data="photos",
+                      out=str(tmp_path / "o.pt"), fix="aps")
+    run.check()
+    teacher, student = run.load()
+    assert teacher(torch.rand(1, 3, 32, 32)).shape == (1, 5) and student == {"fix": "aps"}
+    with pytest.raises(Exception, match="--num-classes"):
+        FinetuneRun(model="pretrained:efficientnet_lite0", num_classes=5, data="photos",
+                    out=str(tmp_path / "o.pt"), fix="aps").check()

@@ -31,6 +31,8 @@ def _number(kind, minimum):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from shiftlab.cli.timm_flags import add_build_arguments
+
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "examples:\n"
@@ -44,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="the model: with --fix, the original (the teacher, converted into the student); without, a "
                             "fixed checkpoint (the student; teacher: --teacher, or the original its recipe names)")
     model.add_argument("--weights", metavar="PATH", help="local checkpoint for --model (weights_only=True)")
+    add_build_arguments(model)
     model.add_argument("--fix", metavar="METHOD", help="the conversion: blur, aps, lps, tips (each optionally "
                                                        ":circular), blur:before")
     model.add_argument("--teacher", metavar="SPEC", help="the teacher (default: --model with --fix; else the original "
@@ -59,13 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "crop:S:S/7 for a model that declares its input size S, e.g. crop:224:32; else "
                            "circular:S/8 at the images' own size S, never enlarged; so too for images under 2/3 of the "
                            "declared size)")
-    data.add_argument("--image-size", type=_number(int, 1), metavar="PX",
+    data.add_argument("--image-size", "--img-size", type=_number(int, 1), metavar="PX",
                       help="model input size (default: the model's own)")
     data.add_argument("--class-map", metavar="FILE", help="JSON {data class: model class}, for --label-weight")
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=_number(int, 1), metavar="N",
                        help="optimizer steps (default: about 10 passes over the data, 100 to 1000)")
-    train.add_argument("--batch-size", type=_number(int, 1), default=32, metavar="N",
+    train.add_argument("-b", "--batch-size", type=_number(int, 1), default=32, metavar="N",
                        help="images per micro-batch and process (default 32)")
     train.add_argument("--accumulate", type=_number(int, 1), default=1, metavar="N",
                        help="micro-batches per optimizer step (gradient accumulation; default 1)")
@@ -109,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="steps per log entry (10)")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     run.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
-    run.add_argument("--workers", type=_number(int, 0), metavar="N", help="DataLoader worker processes")
+    run.add_argument("-j", "--workers", type=_number(int, 0), metavar="N", help="DataLoader worker processes")
     run.add_argument("--threads", type=_number(int, 1), metavar="N", help="intra-op threads of torch")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -122,7 +125,8 @@ def run_from_args(args: argparse.Namespace):
     from shiftlab.runs.finetune import FinetuneRun
 
     return FinetuneRun(
-        model=args.model, data=args.data, out=args.out, weights=args.weights, fix=args.fix, teacher=args.teacher,
+        model=args.model, data=args.data, out=args.out, weights=args.weights, num_classes=args.num_classes,
+        in_chans=args.in_chans, fix=args.fix, teacher=args.teacher,
         teacher_weights=args.teacher_weights, limit=args.limit, views=args.views, image_size=args.image_size,
         class_map=args.class_map, steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate,
         lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, temperature=args.temperature, kl=args.kl,

@@ -15,9 +15,12 @@ HELP = "convert a model's subsampling to BlurPool or APS, save the converted wei
 
 
 def add_arguments(parser) -> None:
+    from shiftlab.cli.timm_flags import add_build_arguments
+
     parser.add_argument("--model", required=True, metavar="SPEC",
                         help="timm:NAME, torchvision:NAME, pretrained:NAME or path/to/file.py:factory")
     parser.add_argument("--weights", metavar="PATH", help="optional local checkpoint to convert (weights_only=True)")
+    add_build_arguments(parser)
     parser.add_argument("--method", required=True, choices=("aps", "blur", "lps", "tips", "ideal"),
                         help="blur: low-pass before subsampling (Zhang 2019); aps: adaptive polyphase (Chaman 2021); "
                              "lps: learnable polyphase (Rojas-Gomez 2022; chooses as aps until fine-tuned); tips: "
@@ -107,6 +110,7 @@ def run(args) -> int:
     from shiftlab.fix.antialias import antialias, replacement_counts
     from shiftlab.fix.checkpoint import save_fixed
     from shiftlab.fix.recipe import conversion_of, is_converted, recipe_spec
+    from shiftlab.cli.timm_flags import build_kwargs
     from shiftlab.models.fixed_checkpoint import load_any_model
 
     if args.filter_size is not None and args.filter_size < 1:
@@ -121,7 +125,7 @@ def run(args) -> int:
 
         check_input_size(tuple(args.certify), "--certify H W")
     out = check_output_path(args.out, args.force, "--out", claim=True)  # refuse before the (slow) conversion
-    model = load_any_model(args.model, weights=args.weights)
+    model = load_any_model(args.model, weights=args.weights, **build_kwargs(args))
     if is_converted(model):
         raise InputError(f"{args.weights or args.model} is a fixed checkpoint already "
                          f"({recipe_spec(conversion_of(model))}); convert the original model")

@@ -6,14 +6,18 @@ HELP = "list every layer of a model that subsamples or breaks shift equivariance
 
 
 def add_arguments(parser) -> None:
+    from shiftlab.cli.timm_flags import add_build_arguments
+
     parser.epilog = "The --json format is described in docs/inspect-json.md."
     parser.add_argument("--model", required=True, metavar="SPEC",
                         help="timm:NAME, torchvision:NAME, pretrained:NAME, path/to/file.py:factory, or a file "
                              "written by shiftlab fix / finetune")
-    parser.add_argument("--input-size", required=True, nargs=2, type=int, metavar=("H", "W"),
-                        help="input height and width (use multiples of the total stride for exact strides: "
-                             "another size is warned about, naming the nearest multiples)")
+    parser.add_argument("--input-size", nargs="+", type=int, metavar="N",
+                        help="[C] H W: input height and width (timm's C H W also taken; use multiples of the total "
+                             "stride for exact strides: another size is warned about, naming the nearest multiples)")
+    parser.add_argument("--img-size", type=int, metavar="PX", help="a square input: --input-size PX PX")
     parser.add_argument("--weights", metavar="PATH", help="optional local checkpoint (read with weights_only=True)")
+    add_build_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help="also write the findings as JSON")
     parser.add_argument("--force", action="store_true", help="overwrite the --json file if it exists")
 
@@ -87,15 +91,36 @@ def render_inspection(result) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _input_size(args) -> tuple[int, int]:
+    """(H, W) from --input-size [C] H W or --img-size PX (one of them), checked before any work."""
+    from shiftlab.errors import InputError
+    from shiftlab.models.preprocessing import check_input_size
+
+    if (args.input_size is None) == (args.img_size is None):
+        raise InputError("give the input size once: --input-size H W (or timm's C H W), or --img-size PX")
+    if args.img_size is not None:
+        return check_input_size(args.img_size, "--img-size")
+    if len(args.input_size) not in (2, 3):
+        raise InputError(f"--input-size takes H W (or timm's C H W), got {len(args.input_size)} numbers")
+    if len(args.input_size) == 3 and args.in_chans is not None and args.in_chans != args.input_size[0]:
+        raise InputError(f"--input-size {' '.join(map(str, args.input_size))} and --in-chans {args.in_chans} "
+                         f"disagree; give one of them")
+    if len(args.input_size) == 3 and args.input_size[0] != 3 and args.in_chans is None:
+        args.in_chans = args.input_size[0]  # timm's meaning: C is the input channels the model is built with
+    return check_input_size(tuple(args.input_size[-2:]), "--input-size")
+
+
 def run(args) -> int:
     from shiftlab._io import check_output_path, write_json
     from shiftlab.measure.inspect import inspect
+    from shiftlab.cli.timm_flags import build_kwargs
     from shiftlab.models.fixed_checkpoint import load_any_model  # fixed checkpoints: the converted model
 
+    size = _input_size(args)
     if args.json is not None:
         check_output_path(args.json, args.force, "--json", claim=True)
-    model = load_any_model(args.model, weights=args.weights)
-    result = inspect(model, tuple(args.input_size))
+    model = load_any_model(args.model, weights=args.weights, **build_kwargs(args))
+    result = inspect(model, size)
     print(render_inspection(result), end="")
     if args.json is not None:
         write_json(args.json, {"model": args.model, **result.to_dict()}, force=args.force)

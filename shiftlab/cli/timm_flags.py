@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_build_arguments", "add_execution_arguments", "input_size", "AMP_DTYPE_CHOICES"]
+__all__ = ["add_build_arguments", "add_execution_arguments", "build_kwargs", "input_size", "AMP_DTYPE_CHOICES"]
 
 #: --amp-dtype's choices (timm's validate.py)
 AMP_DTYPE_CHOICES = ("float16", "bfloat16")
@@ -45,6 +45,11 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in-chans", type=_positive_int, metavar="C",
                         help="build the timm model with C input channels (torchvision: 3 only); images are "
                              "converted to C channels (1: grey, 3: RGB)")
+
+
+def build_kwargs(args: argparse.Namespace) -> dict:
+    """--num-classes / --in-chans as keyword arguments of the model loader (only those given)."""
+    return {k: v for k in ("num_classes", "in_chans") if (v := getattr(args, k, None)) is not None}
 
 
 def add_execution_arguments(parser: argparse.ArgumentParser) -> None:

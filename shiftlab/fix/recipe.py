@@ -26,7 +26,7 @@ from torch import nn
 
 from shiftlab.errors import InputError
 from shiftlab.layers.blur_pool import MAX_FILTER_SIZE
-from shiftlab.models.loading import SelectOutput
+from shiftlab.models.loading import BUILD_KEYS, SelectOutput
 
 __all__ = ["METHODS", "METHOD_GUARANTEES", "POLYPHASE_METHODS", "PLACEMENTS", "FIX_METHODS", "FIX_OPTIONS",
            "CONVERSION_KEYS", "DECODER_KEYS", "TRANSFORMER_KEYS", "is_converted", "conversion_of", "parse_fix",
@@ -137,9 +137,10 @@ def _original(model: nn.Module, spec) -> dict:
         return {"spec": os.fspath(spec), "weights": None, "weights_sha256": None, "output_key": key,
                 "random_init": None}
     original = source.get("original") if isinstance(source.get("original"), Mapping) else source
+    build = {k: original[k] for k in BUILD_KEYS if original.get(k) is not None}  # timm's --num-classes / --in-chans
     return {"spec": original.get("spec"), "weights": original.get("weights"),
             "weights_sha256": original.get("weights_sha256"), "output_key": key,
-            "random_init": original.get("random_init")}
+            "random_init": original.get("random_init"), **build}
 
 
 def make_recipe(model: nn.Module, spec=None, finetune: Mapping | None = None) -> dict:
@@ -201,6 +202,10 @@ def check_recipe(recipe, path) -> dict:
     key = model.get("output_key")
     if key is not None and (isinstance(key, bool) or not isinstance(key, (int, str))):
         bad(f"output_key {key!r}")
+    for name in BUILD_KEYS:
+        value = model.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 20):
+            bad(f"{name} {value!r}")
     return dict(recipe)
 
 

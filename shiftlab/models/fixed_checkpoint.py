@@ -45,8 +45,8 @@ from torch import nn
 
 from shiftlab.errors import InputError
 from shiftlab.models._device import to_device
-from shiftlab.models.loading import (FIXED_CHECKPOINT_FORMAT, SelectOutput, file_sha256, is_registry_spec,
-                                     load_model, load_state_strictly, read_checkpoint, shown_arg)
+from shiftlab.models.loading import (FIXED_CHECKPOINT_FORMAT, SelectOutput, build_options, file_sha256,
+                                     is_registry_spec, load_model, load_state_strictly, read_checkpoint, shown_arg)
 
 __all__ = ["FORMAT", "VERSION", "ENTRY_POINTS", "Rebuilder", "register_rebuilder", "rebuilder_for", "is_fixed",
            "read_fixed", "load_fixed", "load_any_model", "load_arguments"]
@@ -183,7 +183,8 @@ def load_fixed(path, model=None, device=None, seed: int | None = 0, *, contents:
     rebuilder = rebuilder_for(FORMAT)
     if rebuilder.is_converted(model):
         raise InputError("the architecture given for a fixed checkpoint is already converted; pass the original")
-    plain = load_model(model, device=None, output_key=original.get("output_key"), seed=seed)
+    plain = load_model(model, device=None, output_key=original.get("output_key"), seed=seed,
+                       **build_options(model, original))  # e.g. the 5 classes it was built with
     fixed = rebuilder.rebuild(plain, recipe)
     _load_converted_weights(fixed, contents, path, model)
     fixed.shiftlab_source = {
@@ -236,13 +237,28 @@ def load_any_model(spec, weights=None, device=None, output_key=None, seed: int |
             raise InputError(f"{path} is a weights file, not a model: name the architecture as the model (timm:NAME, "
                              f"torchvision:NAME, pretrained:NAME or file.py:factory) and pass this file as weights "
                              f"(CLI: --weights)")
+        _check_build(contents, build, path)
         return _with_key(load_fixed(path, None, device, seed, contents=contents), output_key, contents)
     if weights is not None:
         wpath = Path(weights).expanduser()
         contents = read_fixed(wpath) if wpath.is_file() else None
         if contents is not None:
+            _check_build(contents, build, wpath)
             return _with_key(load_fixed(wpath, spec, device, seed, contents=contents), output_key, contents)
     return load_model(spec, weights=weights, device=device, output_key=output_key, seed=seed, **build)
+
+
+def _check_build(contents: dict, build: dict, path: Path) -> None:
+    """A fixed checkpoint is rebuilt as it was built (its recipe records --num-classes / --in-chans): options given
+    beside it must say the same, else one line naming the flag."""
+    recorded = contents["recipe"]["model"]
+    for name, value in build.items():
+        if value is not None and value != recorded.get(name):
+            flag = "--" + name.replace("_", "-")
+            was = recorded.get(name)
+            raise InputError(f"{flag} {value}: {path} was built with "
+                             f"{'the architecture default' if was is None else f'{flag} {was}'} and is rebuilt as it "
+                             f"was; drop {flag}")
 
 
 def _with_key(model: nn.Module, output_key, contents: dict) -> nn.Module:

@@ -40,9 +40,13 @@ from shiftlab.errors import InputError, ShapeError
 from shiftlab.models._device import to_device
 from shiftlab.models.pretrained import pretrained
 
-__all__ = ["REGISTRY_KINDS", "SelectOutput", "check_build_options", "check_materialized", "file_sha256",
+__all__ = ["REGISTRY_KINDS", "BUILD_KEYS", "SelectOutput", "check_build_options", "build_options", "check_materialized", "file_sha256",
            "is_registry_spec", "load_model", "load_state_strictly", "load_weights", "output_kind", "read_checkpoint",
            "select_output", "shown_arg"]
+
+#: the options a timm / torchvision model is built with (timm's --num-classes / --in-chans); a model loaded with
+#: them records them in ``shiftlab_source``, and a fixed checkpoint's recipe carries them to its rebuild
+BUILD_KEYS = ("num_classes", "in_chans")
 
 _SPEC_FORMS = "timm:NAME, torchvision:NAME, pretrained:NAME or path/to/file.py:factory"
 _DEFAULT_DICT_KEYS = ("logits", "out")
@@ -74,6 +78,16 @@ def is_registry_spec(spec) -> bool:
 def _suggest(name: str, names) -> str:
     close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
     return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def build_options(spec, recorded) -> dict:
+    """The build options (:data:`BUILD_KEYS`) that ``recorded`` (a model's provenance or a recipe's ``model``
+    entry) holds, for rebuilding ``spec``; none for a spec that is not a timm / torchvision name (a module or a
+    factory is built as it is)."""
+    kind = os.fspath(spec).partition(":")[0] if isinstance(spec, (str, os.PathLike)) else None
+    if kind not in ("timm", "torchvision") or not is_registry_spec(spec) or not isinstance(recorded, Mapping):
+        return {}
+    return {k: recorded[k] for k in BUILD_KEYS if recorded.get(k) is not None}
 
 
 def check_build_options(spec, num_classes: int | None = None, in_chans: int | None = None) -> None:
@@ -330,9 +344,23 @@ def _fit_state(model: nn.Module, state: Mapping, name: str) -> nn.Module:
         parts = [f"{len(missing)} missing ({_examples(missing)})" if missing else "",
                  f"{len(unexpected)} unexpected ({_examples(unexpected)})" if unexpected else "",
                  f"{len(mismatched)} of other shape ({_examples(mismatched, 2)})" if mismatched else ""]
-        raise InputError(f"weights {name} do not fit the model: " + "; ".join(p for p in parts if p))
+        raise InputError(f"weights {name} do not fit the model: " + "; ".join(p for p in parts if p)
+                         + _build_hint(expected, state))
     model.load_state_dict(state, strict=True)
     return model
+
+
+def _build_hint(expected: Mapping, state: Mapping) -> str:
+    """What a timm user would change when the weights were trained for other classes or input channels: the last
+    weight's rows are the classes, the first convolution's columns the input channels."""
+    weights = [k for k, v in expected.items() if k.endswith("weight") and k in state and v.dim() >= 2]
+    hints = []
+    if weights and weights[0] in state and expected[weights[0]].dim() == 4 and state[weights[0]].dim() == 4 \
+            and state[weights[0]].shape[1] != expected[weights[0]].shape[1]:
+        hints.append(f"--in-chans {state[weights[0]].shape[1]}")
+    if weights and state[weights[-1]].dim() >= 1 and state[weights[-1]].shape[0] != expected[weights[-1]].shape[0]:
+        hints.append(f"--num-classes {state[weights[-1]].shape[0]}")
+    return f" (trained for other classes or input channels? build the model with {' '.join(hints)})" if hints else ""
 
 
 def load_weights(model: nn.Module, path) -> nn.Module:

@@ -63,6 +63,8 @@ class FinetuneRun:
     data: str
     out: str
     weights: str | None = None
+    num_classes: int | None = None  # timm's --num-classes / --in-chans: how --model (and a registry teacher) is built
+    in_chans: int | None = None
     fix: str | None = None
     teacher: str | None = None
     teacher_weights: str | None = None
@@ -122,8 +124,11 @@ class FinetuneRun:
         """Every option is valid (one-line errors naming the flag), before anything is loaded."""
         from shiftlab.fix.recipe import parse_fix
 
+        from shiftlab.models.loading import check_build_options
+
         if self.teacher_weights is not None and self.teacher is None:
             raise InputError("--teacher-weights needs --teacher")
+        check_build_options(self.model, self.num_classes, self.in_chans)
         if self.fix is not None:
             parse_fix(self.fix)
         if self.amp and self.device is not None and not str(self.device).startswith("cuda"):
@@ -133,6 +138,10 @@ class FinetuneRun:
             from shiftlab.measure.protocols import parse_protocol
 
             parse_protocol(self.views)
+
+    def build(self) -> dict:
+        """--num-classes / --in-chans, as keyword arguments of the model loader (only those given)."""
+        return {k: v for k, v in (("num_classes", self.num_classes), ("in_chans", self.in_chans)) if v is not None}
 
     def check_checkpoint(self) -> None:
         """``checkpoint`` is a fine-tuning checkpoint of this kind (or not there yet); ``resume`` needs one."""
@@ -148,7 +157,7 @@ class FinetuneRun:
         from shiftlab.fix.recipe import conversion_of, is_converted, recipe_spec
         from shiftlab.models.fixed_checkpoint import load_any_model as load_model
 
-        model = load_model(self.model, weights=self.weights, seed=self.seed)
+        model = load_model(self.model, weights=self.weights, seed=self.seed, **self.build())
         fixed = is_converted(model)
         if self.fix is not None:
             if fixed:
@@ -166,8 +175,11 @@ class FinetuneRun:
         from shiftlab.models.fixed_checkpoint import load_any_model as load_model
         from shiftlab.models.loading import file_sha256, is_registry_spec, shown_arg
 
+        from shiftlab.models.loading import build_options
+
         if self.teacher is not None:
-            return load_model(self.teacher, weights=self.teacher_weights)
+            return load_model(self.teacher, weights=self.teacher_weights,
+                              **build_options(self.teacher, self.build()))
         original = (getattr(student, "shiftlab_source", None) or {}).get("original") or {}
         spec, weights = original.get("spec"), original.get("weights")
         if spec is None:
@@ -185,7 +197,7 @@ class FinetuneRun:
                                     or file_sha256(weights) != original.get("weights_sha256")):
             raise InputError(f"the original weights {weights} that {self.weights or self.model} was made from are "
                              f"not there (or changed); name the teacher with --teacher SPEC --teacher-weights FILE")
-        return load_model(spec, weights=weights)
+        return load_model(spec, weights=weights, **build_options(spec, original))
 
     def execute(self, progress: bool = False) -> FinetuneOutcome:
         """Check, load, fine-tune and (rank 0) write ``out`` and the log; ``progress`` shows a bar on rank 0."""
@@ -230,3 +242,4 @@ class FinetuneRun:
         result.log["out"] = str(out)
         write_json(log_path, result.log, force=self.force)
         return shlex.join(load_arguments(out, read_fixed(out)["recipe"]["model"].get("spec")))
+
