@@ -153,3 +153,20 @@ def test_finetune_builds_the_model_and_teacher_with_num_classes(tmp_path):
     with pytest.raises(Exception, match="--num-classes"):
         FinetuneRun(model="pretrained:efficientnet_lite0", num_classes=5, data="photos",
                     out=str(tmp_path / "o.pt"), fix="aps").check()
+
+
+def test_report_plans_its_audits_with_the_build_flags(tmp_path, capsys):
+    """report --num-classes / --in-chans: the model is built with them and every printed command repeats them."""
+    from shiftlab.runs.report_plan import QUICK_BUDGET, plan_report
+
+    weights = tmp_path / "five.pth"
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=5, in_chans=1).state_dict(), weights)
+    setup = plan_report("timm:test_resnet", "photos", QUICK_BUDGET, quick=True, weights=str(weights),
+                        image_size=64, build={"num_classes": 5, "in_chans": 1})
+    assert setup.model(torch.rand(1, 1, 64, 64)).shape == (1, 5)
+    commands = [audit.run.command() for audit in setup.plan]
+    assert commands and all("--num-classes 5 --in-chans 1" in c for c in commands)
+    assert setup.settings["num_classes"] == 5
+    rc = main(["report", "--model", "pretrained:efficientnet_lite0", "--num-classes", "5", "--out",
+               str(tmp_path / "r")])
+    assert rc == 2 and "--num-classes" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -98,3 +98,70 @@ def test_page_makes_no_network_request(opened):
     urls = driver.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href])")
     assert urls and all(u.startswith("file://") for u in urls), urls
+
+
+# ------------------------------------------------------------------ the page read by a person (issue 23, point 7)
+
+
+def test_no_sideways_scroll_at_700px(opened, report_dir):
+    """At 700 px the page never scrolls sideways: tables scroll inside their box, images and commands fit."""
+    driver, _ = opened
+    try:
+        driver.set_window_size(700, 900)
+        driver.get((report_dir / "index.html").resolve().as_uri())
+        inner, scroll = driver.execute_script(
+            "return [window.innerWidth, document.documentElement.scrollWidth]")
+        assert inner <= 700
+        wide = driver.execute_script(
+            "return Array.from(document.querySelectorAll('main > *, section > *'))"
+            ".filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5)"
+            ".map(e => e.tagName + '.' + e.className)")
+        assert scroll <= inner, (scroll, inner, wide)
+    finally:
+        driver.set_window_size(1200, 900)
+        driver.get((report_dir / "index.html").resolve().as_uri())
+
+
+def test_jaggedness_legend_has_one_entry_per_photo(opened):
+    """The figure is a PNG: its legend is checked on the figure object drawn from the page's own results."""
+    from shiftlab.report.plots import plot_jaggedness
+
+    _, results = opened
+    fig = plot_jaggedness(results)
+    (legend,) = fig.legends
+    assert len(legend.get_texts()) == len(results["data"]["names"]) == results["data"]["n_images"]
+
+
+def _section_text(driver, anchor):
+    return driver.find_element("css selector", f"section#{anchor}").text
+
+
+def test_labels_name_the_grid_and_the_sweep(opened):
+    driver, results = opened
+    budget = results["settings"]["budget"]
+    fixes, summary = _section_text(driver, "fixes"), _section_text(driver, "summary")
+    g, fg, fs = budget["grid"], budget["fix_grid"], budget["fix_sweep"]
+    assert f"stable over a {fg}x{fg} grid of 1-px shifts" in fixes
+    assert f"top-1 kept over a {fs}-step diagonal sweep" in fixes
+    assert f"every shift of a {g}x{g} grid of 1-px shifts" in summary
+    assert f"over a {budget['sweep']}-step diagonal sweep" in summary
+    assert "stable over grid" not in fixes and "over a 1-px step\n" not in fixes
+
+
+def test_reproduce_commands_match_their_sections_protocol(opened):
+    driver, _ = opened
+
+    def commands(css):
+        return [e.text for e in driver.find_elements("css selector", f"{css} code.cmd")]
+
+    table = commands("section#summary .reproduce")
+    assert len(table) == 1 and "--transform rotate:0," in table[0] and "--predictions" in table[0]
+    jagged = commands("section#jaggedness .reproduce")
+    assert jagged and all("--transform diagonal:" in c for c in jagged)
+    inv = commands("section#invariances .reproduce")
+    assert len(inv) == 3 and all(any(f"--transform {k}:" in c for k in ("rotate", "scale", "brightness"))
+                                 for c in inv)
+    fixes = commands("section#fixes .reproduce")
+    assert fixes and all("--fix " in c or "shiftlab fix " in c or "--transform diagonal:" in c
+                         or "--transform grid:" in c or "--transform crop:" in c or "--transform circular:" in c
+                         for c in fixes)

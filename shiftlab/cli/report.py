@@ -15,12 +15,14 @@ HELP = "measure the pretrained network on the bundled photos (or yours) and writ
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from shiftlab.cli.timm_flags import add_build_arguments
     from shiftlab.report.job import DEFAULT_MODEL, DEFAULT_OUT
 
     parser.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
                         help=f"model to measure (default {DEFAULT_MODEL}; also timm:NAME, torchvision:NAME, "
                              "file.py:factory)")
     parser.add_argument("--weights", metavar="PATH", help="local checkpoint for --model (read with weights_only=True)")
+    add_build_arguments(parser)
     parser.add_argument("--data", default=None, metavar="SPEC",
                         help="images: a folder, a .txt list, a .npz, a CIFAR-10 folder, images with masks (a VOC folder, "
                              "images/ + masks/, digit-masks) (default: the bundled photos); a model whose output is a "
@@ -52,7 +54,8 @@ def job_from_args(args: argparse.Namespace):
     """The :class:`~shiftlab.report.job.ReportJob` the flags describe."""
     from shiftlab.report.job import ReportJob
 
-    return ReportJob(model=args.model, weights=args.weights, data=args.data, image_size=args.image_size, out=args.out,
+    return ReportJob(model=args.model, weights=args.weights, num_classes=args.num_classes, in_chans=args.in_chans,
+                     data=args.data, image_size=args.image_size, out=args.out,
                      quick=args.quick, seed=args.seed, experiments=args.experiments, device=args.device,
                      force=args.force, finetune_steps=args.finetune_steps, finetune_fix=args.finetune_fix,
                      finetune_data=args.finetune_data)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from shiftlab.report.page import (_CSP, _CSS, GENERATOR, _banner, _classic, _e, _figure, _format_number, _reproduce,
-                                  _section, _training, format_metric)
+                                  _section, _training, format_metric, scrolling_tables)
 
 __all__ = ["DENSE_AUDITS", "dense_metric_rows", "render_dense_html"]
 
@@ -161,7 +161,7 @@ def render_dense_html(results: Mapping, figures: Mapping[str, str]) -> str:
     title = f"shiftlab report: {s.get('model', 'model')} on {s.get('data', 'data')}"
     sections = [_summary(results), _maps(results, figures), _table(results), _layers(results, figures),
                 _classic(results, figures), _training(results, figures), _method(results)]
-    sections = [sec for sec in sections if sec]
+    sections = [scrolling_tables(sec) for sec in sections if sec]
     toc = "".join(f'<li><a href="#{a}">{t}</a></li>'
                   for a, t in re.findall(r'<section id="([^"]*)"><h2>(.*?)</h2>', "".join(sections)))
     meta = (f"{_e(s.get('model'))} on {_e(d.get('n_images', '?'))} images ({_e(s.get('data'))}), seed "

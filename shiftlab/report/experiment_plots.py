@@ -3,7 +3,9 @@ augmentation, rotation, subsampling, subpixel.
 
 Each function takes the saved result dict of one experiment (as written to ``NAME.json``) and an optional
 matplotlib ``ax`` (or ``axes``), imports matplotlib inside (Agg backend) and returns the figure. Nothing here
-recomputes a measurement. Spread across seeds is drawn as error bars or bands of +-1 standard deviation.
+recomputes a measurement. Whiskers and bands follow one rule (:mod:`shiftlab.report.whiskers`): +-1 standard
+deviation over two seeds or more, the single run's 95% interval over images with one seed, and the figure says which.
+Bars start at 0.
 :func:`plot_experiment` draws the overview figure of any of them; :func:`experiment_figures` all of them.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 from shiftlab.report.plots import literal_text
 from shiftlab.report.segmentation_plots import (SEGMENTATION_TITLE, plot_segmentation, plot_segmentation_maps,
                                                 segmentation_caption)
+from shiftlab.report.whiskers import band, seed_count, whisker, whisker_note
 
 __all__ = [
     "plot_architecture",
@@ -61,16 +64,16 @@ def _axes(plt, axes, n, figsize, **kw):
     return axes[0].figure, axes
 
 
-def _mean_std(summary: dict, key: str) -> tuple[float, float]:
-    entry = summary[key]
-    return entry["mean"], entry["std"]
-
-
-def _seeds_note(result: dict, spread: bool = True) -> str:
-    n = len(result.get("seeds", []))
+def _seeds_note(result: dict, spread: bool = True, what: str = "whiskers") -> str:
+    """'3 seeds (quick); whiskers: +-1 s.d. over 3 seeds', or with one seed the run's 95% interval."""
+    n = seed_count(result)
     quick = " (quick)" if result.get("quick") else ""
-    what = "bars/bands: +-1 s.d. over seeds" if spread else "mean over seeds"
-    return f"{n} seed{'s' if n != 1 else ''}{quick}; {what}"
+    return f"{n} seed{'s' if n != 1 else ''}{quick}; " + (whisker_note(n, what) if spread else "mean over seeds")
+
+
+def _top(value: float, err) -> float:
+    """The top of a bar's whisker (where its value label goes)."""
+    return value + (err[1][0] if err is not None else 0.0)
 
 
 @literal_text
@@ -82,33 +85,30 @@ def plot_architecture(result: dict, ax=None):
     metrics = [("accuracy", "accuracy", False), ("circular_consistency", "circular consistency", False),
                ("crop_consistency", "crop consistency", False), ("top1_change", "1 - P(top-1 change)", True)]
     width = 0.8 / len(metrics)
+    seeds = seed_count(result)
     for m, (key, label, flip) in enumerate(metrics):
-        means, stds = [], []
-        for v in variants:
-            mean, std = _mean_std(result["variants"][v]["summary"], key)
-            means.append(1.0 - mean if flip else mean)
-            stds.append(std)
-        xs = [i + (m - (len(metrics) - 1) / 2) * width for i in range(len(variants))]
-        ax.bar(xs, means, width, yerr=stds, capsize=2, label=label, color=_COLORS[m])
+        for i, v in enumerate(variants):
+            value, err = whisker(result["variants"][v], key, seeds, complement=flip)
+            x = i + (m - (len(metrics) - 1) / 2) * width
+            ax.bar(x, value, width, yerr=err, capsize=2 if err is not None else 0, label=label if i == 0 else None,
+                   color=_COLORS[m])
     ax.set_xticks(range(len(variants)))
     ax.set_xticklabels(variants, rotation=20, ha="right")
-    low = min(min(1 - result["variants"][v]["summary"]["top1_change"]["mean"],
-                  result["variants"][v]["summary"]["accuracy"]["mean"]) for v in variants)
-    ax.set_ylim(max(0.0, low - 0.15), 1.01)
+    ax.set_ylim(0.0, 1.08)  # bars start at 0: their lengths compare
     ax.set_ylabel("fraction of test digits")
-    ax.set_title(f"{TITLES['architecture']} ({_seeds_note(result)})", fontsize=9)
-    ax.legend(fontsize=8, ncol=4, loc="lower left")
+    ax.set_title(f"{TITLES['architecture']}\n({_seeds_note(result)})", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside: covers no bar
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def _split_at_zero(shifts, mean, std):
-    """``(shifts, mean, std)`` with a gap (nan) where the shifts jump over 0, so that no line is drawn across
+def _split_at_zero(shifts, *columns):
+    """``(shifts, *columns)`` with a gap (nan) where the shifts jump over 0, so that no line is drawn across
     a shift that was not measured."""
     nan = float("nan")
-    out = ([], [], [])
-    for k, point in enumerate(zip(shifts, mean, std)):
+    out = tuple([] for _ in range(1 + len(columns)))
+    for k, point in enumerate(zip(shifts, *columns)):
         if k and shifts[k - 1] < 0 < point[0]:
             for column in out:
                 column.append(nan)
@@ -127,16 +127,21 @@ def plot_shift_sweep(result: dict, ax=None):
     plt = _pyplot()
     fig, (ax,) = _axes(plt, ax, 1, (6, 4))
     ax.axvline(0, color="#999999", lw=0.8, ls=":", label="_reference")
+    seeds = seed_count(result)
     for i, (name, entry) in enumerate(result["variants"].items()):
-        shifts, mean, std = _split_at_zero(entry.get("sweep_agreement_shift", entry["sweep_shift"]),
-                                           entry["sweep_agreement"]["mean"], entry["sweep_agreement"]["std"])
+        runs = entry.get("runs") or [{}]
+        spread = band(entry["sweep_agreement"], (runs[0].get("sweep") or {}).get("agreement_ci"), seeds)
+        mean = entry["sweep_agreement"]["mean"]
+        low, high = spread if spread is not None else (mean, mean)
+        shifts, mean, low, high = _split_at_zero(entry.get("sweep_agreement_shift", entry["sweep_shift"]), mean,
+                                                 low, high)
         color = _COLORS[i % len(_COLORS)]
         ax.plot(shifts, mean, marker="o", ms=3, color=color, label=name)
-        ax.fill_between(shifts, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        color=color, alpha=0.15)
+        if spread is not None:
+            ax.fill_between(shifts, low, high, color=color, alpha=0.15)
     ax.set_xlabel("diagonal shift (px; black enters at the border; dotted: the unshifted reference)")
     ax.set_ylabel("P(top-1 = unshifted top-1)")
-    ax.set_title(f"Local or global invariance? ({_seeds_note(result)})", fontsize=9)
+    ax.set_title(f"Local or global invariance? ({_seeds_note(result, what='bands')})", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -185,16 +190,15 @@ def plot_augmentation(result: dict, axes=None):
         [("circular_consistency", "circular consistency"), ("crop_consistency", "crop consistency"),
          ("top1_change", "1 - P(top-1 change)")],
     ]
+    seeds = seed_count(result)
     for ax, metrics, first_color in zip(axes, panels, (0, 2)):
         width = 0.8 / len(metrics)
         for m, (key, label) in enumerate(metrics):
-            means, stds = [], []
-            for n in names:
-                mean, std = _mean_std(result["variants"][n]["summary"], key)
-                means.append(1.0 - mean if key == "top1_change" else mean)
-                stds.append(std)
-            xs = [i + (m - (len(metrics) - 1) / 2) * width for i in range(len(names))]
-            ax.bar(xs, means, width, yerr=stds, capsize=2, label=label, color=_COLORS[m + first_color])
+            for i, n in enumerate(names):
+                value, err = whisker(result["variants"][n], key, seeds, complement=key == "top1_change")
+                x = i + (m - (len(metrics) - 1) / 2) * width
+                ax.bar(x, value, width, yerr=err, capsize=2 if err is not None else 0,
+                       label=label if i == 0 else None, color=_COLORS[m + first_color])
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=25, ha="right", fontsize=7)
         ax.set_ylim(0.0, 1.05)
@@ -226,7 +230,8 @@ def _rotation_style(name: str, entry: dict) -> dict:
 def plot_rotation(result: dict, axes=None):
     """Accuracy against rotation angle for every network and training condition, under both rotation
     protocols (the canvas resampled by ``rotate``; the digits rendered rotated), and against zoom and
-    brightness factor (the conditions that measured them); mean over seeds with +-1 s.d. bands.
+    brightness factor (the conditions that measured them); mean over seeds, bands as
+    :func:`shiftlab.report.whiskers.band` (+-1 s.d. over seeds, or one run's 95% interval).
 
     ``axes``: four axes (canvas rotation, rendered rotation, zoom, brightness); results without a rendered
     sweep leave the second empty.
@@ -241,6 +246,7 @@ def plot_rotation(result: dict, axes=None):
     labels = {"angles": "rotation of the canvas (degrees, counter-clockwise; bilinear)",
               "rendered": "rotation of the digit, rendered from its source (degrees)",
               "scales": "zoom factor", "brightness": "brightness factor"}
+    seeds = seed_count(result)
     for ax, sweep in zip(axes, sweeps):
         if sweep not in result["sweeps"]:
             ax.set_visible(False)
@@ -250,10 +256,11 @@ def plot_rotation(result: dict, axes=None):
             if sweep not in entry["curves"]:
                 continue
             style = _rotation_style(name, entry)
-            mean, std = entry["curves"][sweep]["mean"], entry["curves"][sweep]["std"]
-            ax.plot(xs, mean, marker="o", ms=2.5, lw=1.3, **style)
-            ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=style["color"], alpha=0.12)
+            runs = entry.get("runs") or [{}]
+            spread = band(entry["curves"][sweep], (runs[0].get("intervals") or {}).get(sweep), seeds)
+            ax.plot(xs, entry["curves"][sweep]["mean"], marker="o", ms=2.5, lw=1.3, **style)
+            if spread is not None:
+                ax.fill_between(xs, *spread, color=style["color"], alpha=0.12)
         ax.set_xlabel(labels[sweep], fontsize=8)
         ax.grid(alpha=0.3)
         ax.set_ylim(0.0, 1.02)
@@ -264,7 +271,8 @@ def plot_rotation(result: dict, axes=None):
             ax.set_xticks(list(range(0, 361, 45)))
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=7, ncol=4, loc="lower center", frameon=False)
-    fig.suptitle(f"{TITLES['rotation']} ({_seeds_note(result)}; dashed: trained with rotations)", fontsize=9)
+    fig.suptitle(f"{TITLES['rotation']} ({_seeds_note(result, what='bands')}; dashed: trained with rotations)",
+                 fontsize=9)
     fig.tight_layout(rect=(0, 0.07, 1, 0.97))
     return fig
 
@@ -272,12 +280,13 @@ def plot_rotation(result: dict, axes=None):
 @literal_text
 def plot_rotation_cost(result: dict, ax=None):
     """What rotation invariance costs: accuracy averaged over all angles against inference time per image,
-    one point per condition (filled: canvas rotation; hollow: digits rendered rotated; error bars +-1 s.d.
-    over seeds), labelled with the parameter count."""
+    one point per condition (filled: canvas rotation; hollow: digits rendered rotated; whiskers as
+    :func:`shiftlab.report.whiskers.whisker`), labelled with the parameter count."""
     plt = _pyplot()
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     fig, (ax,) = _axes(plt, ax, 1, (8, 4.8))
+    seeds = seed_count(result)
     xs = []
     rows = [(name, entry) for name, entry in result["variants"].items()
             if {"mean_accuracy_over_angles", "inference_ms_per_image"} <= set(entry["summary"])]
@@ -285,14 +294,14 @@ def plot_rotation_cost(result: dict, ax=None):
         s = entry["summary"]
         style = _rotation_style(name, entry)
         marker = "s" if style["ls"] == "--" else "o"
-        x, y = s["inference_ms_per_image"]["mean"], s["mean_accuracy_over_angles"]["mean"]
+        x = s["inference_ms_per_image"]["mean"]
+        y, err = whisker(entry, "mean_accuracy_over_angles", seeds)
         xs.append(x)
-        ax.errorbar(x, y, yerr=s["mean_accuracy_over_angles"]["std"], marker=marker, color=style["color"],
-                    capsize=2, ms=6, ls="none")
+        ax.errorbar(x, y, yerr=err, marker=marker, color=style["color"], capsize=2, ms=6, ls="none")
         if "rendered_mean_accuracy_over_angles" in s:
-            y2 = s["rendered_mean_accuracy_over_angles"]["mean"]
-            ax.errorbar(x, y2, yerr=s["rendered_mean_accuracy_over_angles"]["std"], marker=marker, mfc="white",
-                        color=style["color"], capsize=2, ms=6, ls="none")
+            y2, err2 = whisker(entry, "rendered_mean_accuracy_over_angles", seeds)
+            ax.errorbar(x, y2, yerr=err2, marker=marker, mfc="white", color=style["color"], capsize=2, ms=6,
+                        ls="none")
             ax.plot([x, x], [y, y2], color=style["color"], lw=0.6, alpha=0.6)
     ax.set_xscale("log")
     if xs:
@@ -326,7 +335,7 @@ def plot_rotation_cost(result: dict, ax=None):
 @literal_text
 def plot_subsampling(result: dict, axes=None):
     """One panel per metric (accuracy, crop consistency, circular consistency): a bar per variant (mean over
-    seeds, error bars +-1 s.d. when there is more than one seed, the mean written above), and beside it, as a
+    seeds, whiskers as :func:`shiftlab.report.whiskers.whisker`, the mean written above), and beside it, as a
     hollow diamond, the published CIFAR-10 ResNet-18 value of the method it stands for (``result["published"]``,
     percent / 100). Bar axes start at 0."""
     plt = _pyplot()
@@ -336,15 +345,14 @@ def plot_subsampling(result: dict, axes=None):
     names = list(result["variants"])
     published = result.get("published") or {}
     table = published.get("methods", {})
-    several = len(result.get("seeds", [])) > 1
+    seeds = seed_count(result)
     for ax, (key, label) in zip(axes, panels):
         for i, name in enumerate(names):
             entry = result["variants"][name]
-            mean, std = _mean_std(entry["summary"], key)
-            ax.bar(i - 0.12, mean, 0.5, yerr=std if several else None, capsize=3 if several else 0,
+            mean, err = whisker(entry, key, seeds)
+            ax.bar(i - 0.12, mean, 0.5, yerr=err, capsize=3 if err is not None else 0,
                    color=_COLORS[i % len(_COLORS)])
-            ax.text(i - 0.12, mean + (std if several else 0.0) + 0.01, f"{mean:.3f}", ha="center", va="bottom",
-                    fontsize=6.5)
+            ax.text(i - 0.12, _top(mean, err) + 0.01, f"{mean:.3f}", ha="center", va="bottom", fontsize=6.5)
             value = table.get(entry.get("published_method") or "", {}).get(key)
             if value is not None:
                 ax.plot(i + 0.28, value / 100.0, marker="D", ms=6, mfc="white", mec="#30343f", mew=1.3, ls="none")
@@ -355,7 +363,7 @@ def plot_subsampling(result: dict, axes=None):
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("fraction of test images")
     source = published.get("source", "")
-    fig.suptitle(f"{TITLES['subsampling']} ({_seeds_note(result) if several else _seeds_note(result, spread=False)})"
+    fig.suptitle(f"{TITLES['subsampling']} ({_seeds_note(result)})"
                  + (f"\nhollow diamonds: the published values, {source}" if source else ""), fontsize=8.5)
     fig.tight_layout()
     return fig
@@ -364,8 +372,9 @@ def plot_subsampling(result: dict, axes=None):
 @literal_text
 def plot_subpixel(result: dict, axes=None):
     """Accuracy and worst-case accuracy on each grid (integer, half-pixel, fractional, crop), a group of bars per
-    network (mean over seeds, +-1 s.d. with several seeds); hollow diamonds: the published ImageNet ConvNeXt-T
-    values of the same network kind (``result["published"]``, percent / 100). Axes start at 0."""
+    network (mean over seeds, whiskers as :func:`shiftlab.report.whiskers.whisker`); hollow diamonds: the
+    published ImageNet ConvNeXt-T values of the same network kind (``result["published"]``, percent / 100). Axes
+    start at 0."""
     plt = _pyplot()
     keys = [("accuracy", "accuracy"), ("worst_case_integer", "integer grid"),
             ("worst_case_half_pixel", "half-pixel grid"), ("worst_case_fractional", "fractional grid"),
@@ -374,16 +383,16 @@ def plot_subpixel(result: dict, axes=None):
     ax = axes[0]
     names = list(result["variants"])
     table = (result.get("published") or {}).get("methods", {})
-    several = len(result.get("seeds", [])) > 1
+    seeds = seed_count(result)
     width = 0.8 / len(keys)
     for i, name in enumerate(names):
         entry = result["variants"][name]
         for j, (key, label) in enumerate(keys):
-            mean, std = _mean_std(entry["summary"], key)
+            mean, err = whisker(entry, key, seeds)
             x = i + (j - (len(keys) - 1) / 2) * width
-            ax.bar(x, mean, width * 0.9, yerr=std if several else None, capsize=2 if several else 0,
+            ax.bar(x, mean, width * 0.9, yerr=err, capsize=2 if err is not None else 0,
                    color=_COLORS[j % len(_COLORS)], label=label if i == 0 else None)
-            ax.text(x, mean + (std if several else 0.0) + 0.01, f"{mean:.2f}", ha="center", va="bottom", fontsize=6)
+            ax.text(x, _top(mean, err) + 0.01, f"{mean:.2f}", ha="center", va="bottom", fontsize=6)
             value = table.get(name, {}).get(key)
             if value is not None:
                 ax.plot(x, value / 100.0, marker="D", ms=5, mfc="white", mec="#30343f", mew=1.2, ls="none")
@@ -394,7 +403,7 @@ def plot_subpixel(result: dict, axes=None):
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=len(keys), loc="upper center", bbox_to_anchor=(0.5, 1.0))
     source = (result.get("published") or {}).get("source", "")
-    fig.suptitle(f"{TITLES['subpixel']} ({_seeds_note(result) if several else _seeds_note(result, spread=False)})"
+    fig.suptitle(f"{TITLES['subpixel']} ({_seeds_note(result)})"
                  + (f"\nhollow diamonds: the published values, {source}" if source else ""), fontsize=8.5)
     fig.tight_layout()
     return fig
@@ -404,7 +413,7 @@ def plot_subpixel(result: dict, axes=None):
 def plot_transformer(result: dict, axes=None):
     """A small ViT, baseline against polyphase tokenization: a group of bars per metric (accuracy, circular and
     crop consistency, worst case on the integer grid and under the crop attack), one bar per network, from 0.
-    Whiskers: +-1 s.d. over seeds with several seeds, else the run's 95% interval over images (never both);
+    Whiskers as :func:`shiftlab.report.whiskers.whisker` (+-1 s.d. over seeds, or the run's 95% interval);
     hollow diamonds: Ding et al.'s published ImageNet values of the same network kind (percent / 100)."""
     plt = _pyplot()
     keys = [("accuracy", "accuracy"), ("circular_consistency", "circular cons."), ("crop_consistency", "crop cons."),
@@ -413,20 +422,15 @@ def plot_transformer(result: dict, axes=None):
     ax = axes[0]
     names = list(result["variants"])
     table = (result.get("published") or {}).get("methods", {})
-    several = len(result.get("seeds", [])) > 1
+    seeds = seed_count(result)
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         entry = result["variants"][name]
         for j, (key, _) in enumerate(keys):
-            mean, std = _mean_std(entry["summary"], key)
-            if several:
-                err = std
-            else:
-                low, high = entry["runs"][0][key]["ci"]
-                err = [[max(0.0, mean - low)], [max(0.0, high - mean)]]
+            mean, err = whisker(entry, key, seeds)
             x = j + (i - (len(names) - 1) / 2) * width
-            ax.bar(x, mean, width * 0.9, yerr=err, capsize=3, color=_COLORS[i % len(_COLORS)],
-                   label=name if j == 0 else None)
+            ax.bar(x, mean, width * 0.9, yerr=err, capsize=3 if err is not None else 0,
+                   color=_COLORS[i % len(_COLORS)], label=name if j == 0 else None)
             ax.text(x, mean + 0.01, f"{mean:.3f}", ha="center", va="bottom", fontsize=6)
             value = table.get(name, {}).get(key)
             if value is not None:
@@ -438,9 +442,7 @@ def plot_transformer(result: dict, axes=None):
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=len(names), loc="upper center", bbox_to_anchor=(0.5, 1.0))
     source = (result.get("published") or {}).get("source", "")
-    whiskers = (_seeds_note(result) if several
-                else _seeds_note(result, spread=False) + "; whiskers: the run's 95% interval")
-    fig.suptitle(f"{TITLES['transformer']} ({whiskers})"
+    fig.suptitle(f"{TITLES['transformer']} ({_seeds_note(result)})"
                  + (f"\nhollow diamonds: the published values, {source}" if source else ""), fontsize=8.5)
     fig.tight_layout()
     return fig

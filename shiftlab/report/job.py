@@ -32,6 +32,8 @@ class ReportJob:
 
     model: str = DEFAULT_MODEL
     weights: str | None = None
+    num_classes: int | None = None  # timm's --num-classes / --in-chans: how a timm / torchvision --model is built
+    in_chans: int | None = None
     data: str | None = None
     image_size: int | None = None
     out: str = DEFAULT_OUT
@@ -43,6 +45,10 @@ class ReportJob:
     finetune_steps: int = 0
     finetune_fix: str = "aps"
     finetune_data: str | None = None
+
+    def build(self) -> dict:
+        """--num-classes / --in-chans as keyword arguments of the model loader (only those given)."""
+        return {k: v for k, v in (("num_classes", self.num_classes), ("in_chans", self.in_chans)) if v is not None}
 
     @property
     def finetune_name(self) -> str:
@@ -60,6 +66,13 @@ class ReportJob:
                   ("--experiments", self.experiments), ("--finetune-data", self.finetune_data)]
         out = check_output_folder(self.out, force=self.force, inputs=inputs)
         claim_output(out, "--out")
+        from shiftlab.models.loading import check_build_options
+
+        check_build_options(self.model, self.num_classes, self.in_chans)
+        if self.finetune_steps and self.build():
+            flag = "--num-classes" if self.num_classes is not None else "--in-chans"
+            raise InputError(f"--finetune-steps with {flag}: the report fine-tunes only models built as they are; "
+                             f"fine-tune with shiftlab finetune --model {self.model} {flag} ... and report on its file")
         if self.image_size is not None:
             from shiftlab.models.preprocessing import check_input_size
 
@@ -88,7 +101,8 @@ class ReportJob:
                                       device=self.device, weights=self.weights, image_size=self.image_size,
                                       finetune_steps=self.finetune_steps, finetune_fix=self.finetune_fix,
                                       finetune_data=self.finetune_data,
-                                      finetune_file=str(checked.out / self.finetune_name), files=files)
+                                      finetune_file=str(checked.out / self.finetune_name), files=files,
+                                      build=self.build())
 
     def write(self, checked: CheckedReport, results: dict, progress: bool = False, files: dict | None = None) -> Path:
         """Add the demonstrations, the training experiments and the thumbnails; write the folder; return the page."""

@@ -13,7 +13,8 @@ import html
 import math
 from collections.abc import Mapping
 
-__all__ = ["GENERATOR", "render_classifier_html", "headline_metrics", "format_percent", "format_metric"]
+__all__ = ["GENERATOR", "render_classifier_html", "headline_metrics", "format_percent", "format_metric",
+           "table_command", "scrolling_tables"]
 
 GENERATOR = "shiftlab report"
 
@@ -36,7 +37,8 @@ p { margin: 8px 0; }
 figure { margin: 14px 0 22px; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
 figcaption { color: var(--ink); font-size: 0.95rem; margin-top: 6px; }
-table { border-collapse: collapse; width: 100%; font-size: 0.92rem; margin: 10px 0; }
+.scroll { overflow-x: auto; max-width: 100%; margin: 10px 0; }
+table { border-collapse: collapse; width: 100%; font-size: 0.92rem; margin: 0; }
 th, td { border-bottom: 1px solid var(--line); padding: 6px 8px; text-align: left; vertical-align: top; }
 th { background: #f0f2f5; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
@@ -44,7 +46,10 @@ td.num .small { white-space: normal; display: inline-block; min-width: 7em; }
 table.wide { font-size: 0.85rem; }
 .small { font-size: 0.85rem; color: var(--muted); }
 a { color: var(--accent); }
-code { background: #f0f2f5; padding: 1px 4px; border-radius: 3px; font-size: 0.9em; }
+code { background: #f0f2f5; padding: 1px 4px; border-radius: 3px; font-size: 0.9em; overflow-wrap: anywhere; }
+pre { white-space: pre-wrap; overflow-wrap: anywhere; max-width: 100%; overflow-x: auto; }
+img { max-width: 100%; }
+@media (max-width: 760px) { main { padding: 20px 12px 40px; } nav ul { columns: 1; } }
 .ok { color: var(--good); font-weight: 600; }
 .banner { border: 2px solid var(--bad); background: #fdf1f0; border-radius: 8px; padding: 10px 16px; margin: 14px 0; }
 .banner ul { margin: 6px 0 0; padding-left: 20px; }
@@ -121,11 +126,14 @@ def headline_metrics(results: Mapping) -> list[tuple[str, Mapping, bool, str]]:
             out.append((what, m, True, key))
     tc = _m(results, "sweep.crop", "top1_change")
     if tc:
-        out.append(("P(top-1 change) when the crop moves by one pixel diagonally", tc, True, "sweep.crop"))
+        steps = ((_audit(results, "sweep.crop").get("result") or {}).get("protocol") or {}).get("n", "?")
+        out.append((f"P(top-1 change) per 1-px diagonal step of the crop, over a {steps}-step diagonal sweep", tc,
+                    True, "sweep.crop"))
     wc = _m(results, "worst_case", "worst_case_stability")
     if wc:
         g = ((_audit(results, "worst_case").get("result") or {}).get("protocol") or {}).get("n", "?")
-        out.append((f"photos whose top-1 survives every shift of a {g}×{g} px grid", wc, True, "worst_case"))
+        out.append((f"photos whose top-1 survives every shift of {_article(g)} {g}x{g} grid of 1-px shifts", wc, True,
+                    "worst_case"))
     sub = _m(results, "subpixel", "worst_case_stability")
     if sub:
         out.append((f"photos whose top-1 survives every half-pixel shift ({_half_pixel_grid(results)})", sub, True,
@@ -160,6 +168,12 @@ def _reproduce(results: Mapping, keys, extra: list[str] | None = None) -> str:
         return ""
     lines = "".join(f"<code class='cmd'>{_e(c)}</code>" for c in dict.fromkeys(commands))
     return f"<div class='reproduce'><span class='small'>Reproduce these numbers:</span>{lines}</div>"
+
+
+def scrolling_tables(page: str) -> str:
+    """Every table of ``page`` inside a box that scrolls sideways on a narrow screen (the page itself never
+    does)."""
+    return page.replace("<table", "<div class='scroll'><table").replace("</table>", "</table></div>")
 
 
 def _section(anchor: str, title: str, body: str) -> str:
@@ -209,8 +223,28 @@ def _summary(results: Mapping, figures: Mapping[str, str]) -> str:
                  f"<th>top-1 on the centre crop ({_e(size)}), then the next classes</th><th>label</th></tr></thead>"
                  "<tbody>" + "".join(rows) + "</tbody></table>"
                  "<p class='small'>The experiments below track the label's class where the photo has one, "
-                 "else the class of each audit's reference view.</p>" + _reproduce(results, ["rotation"]))
+                 "else the class of each audit's reference view.</p>" + _table_reproduce(results))
     return _section("summary", "Summary", '<div class="cards">' + "".join(cards) + "</div>" + table)
+
+
+def table_command(results: Mapping) -> str | None:
+    """The command that reproduces the per-photo table: the audit whose first view of each photo is the table's
+    (the centre crop, unchanged: angle 0 of the ``rotation`` audit), with ``--predictions`` (its JSON's
+    ``predictions.top5``, copy 0). None where the report has no such audit."""
+    command = _command(results, "rotation")
+    transform = (((_audit(results, "rotation").get("result") or {}).get("protocol") or {}).get("spec") or "")
+    if not command or not transform.startswith("rotate:0,"):
+        return None
+    return command if "--predictions" in command.split() else f"{command} --predictions"
+
+
+def _table_reproduce(results: Mapping) -> str:
+    command = table_command(results)
+    if command is None:
+        return ""
+    return ("<div class='reproduce'><span class='small'>Reproduce this table: the first view of each photo "
+            "(angle 0: the centre crop, unrotated) in the <code>predictions</code> (<code>top5</code>, copy 0) of "
+            f"</span><code class='cmd'>{_e(command)}</code></div>")
 
 
 def _banner(results: Mapping) -> str:
@@ -241,7 +275,10 @@ def _jaggedness(results: Mapping, figures: Mapping[str, str]) -> str:
                 "lines without crosses. In the canvas protocols the whole photo, shrunk, moves on a canvas: no "
                 "content enters or leaves the view.")
     body = _figure(figures, "jaggedness", "probability of the tracked class against diagonal shift", _e(sentence))
-    body += ("<table><thead><tr><th>protocol</th><th>P(top-1 change), 1-px step</th>"
+    steps = sorted({str(((_audit(results, k).get("result") or {}).get("protocol") or {}).get("n", "?"))
+                    for k in keys})
+    body += ("<table><thead><tr><th>protocol</th>"
+             f"<th>P(top-1 change) per 1-px step, over a {_e('/'.join(steps))}-step diagonal sweep</th>"
              "<th>mean |Δ p(top-1)|</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
     body += _reproduce(results, keys)
     return _section("jaggedness", "1. Jaggedness: the photo moves one pixel at a time", body)
@@ -338,8 +375,11 @@ def _fixes(results: Mapping, figures: Mapping[str, str]) -> str:
     fx = results.get("fixes")
     if not fx:
         return ""
+    budget = (results.get("settings") or {}).get("budget") or {}
+    sweep, grid = budget.get("fix_sweep", 16), budget.get("fix_grid", 4)
     head = ("<tr><th>model</th><th>crop consistency</th><th>circular consistency</th>"
-            "<th>top-1 kept over a 1-px step</th><th>stable over grid</th><th>same top-1 as original</th>"
+            f"<th>top-1 kept over a {_e(sweep)}-step diagonal sweep</th>"
+            f"<th>stable over a {_e(grid)}x{_e(grid)} grid of 1-px shifts</th><th>same top-1 as original</th>"
             "<th>top-1 accuracy</th></tr>")
     rows, keys = [], []
     for row in fix_rows(results):
@@ -555,7 +595,7 @@ def render_classifier_html(results: Mapping, figures: Mapping[str, str]) -> str:
         _training(results, figures),
         _method(results),
     ]
-    sections = [sec for sec in sections if sec]
+    sections = [scrolling_tables(sec) for sec in sections if sec]
     toc = "".join(
         f'<li><a href="#{a}">{t}</a></li>'
         for a, t in re.findall(r'<section id="([^"]*)"><h2>(.*?)</h2>', "".join(sections))
@@ -575,3 +615,9 @@ def render_classifier_html(results: Mapping, figures: Mapping[str, str]) -> str:
         f'<p class="meta">{meta}</p>\n{_banner(results)}\n'
         f"<nav><ul>{toc}</ul></nav>\n" + "\n".join(sections) + "\n</main>\n</body>\n</html>\n"
     )
+
+
+def _article(number: int) -> str:
+    """"a" or "an" before a number read aloud ("an 8x8 grid", "an 11x11 grid", "a 4x4 grid")."""
+    text = str(number)
+    return "an" if text.startswith("8") or text in ("11", "18") else "a"

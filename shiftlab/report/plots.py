@@ -16,6 +16,11 @@ __all__ = [
     "plot_fix_comparison",
     "plot_invariances",
     "SWEEPS",
+    "photo_style",
+    "jaggedness_entries",
+    "sweep_steps",
+    "grid_size",
+    "fix_columns",
 ]
 
 SWEEPS = {"sweep.crop": "crop (window moves)", "sweep.canvas_black": "canvas, black fill",
@@ -23,6 +28,16 @@ SWEEPS = {"sweep.crop": "crop (window moves)", "sweep.canvas_black": "canvas, bl
 _COLORS = ["#2458a6", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d5a97", "#30343f", "#e07a5f", "#3d405b",
            "#81b29a"]
 FLIP_COLOR = "#b3261e"
+# one colour per photo, the same in every panel: matplotlib's tab10 without its red (the red crosses mark flips),
+# nine hues far apart; a tenth photo and beyond repeat them with another line style
+PHOTO_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+_PHOTO_STYLES = ["-", "--", ":"]
+
+
+def photo_style(i: int) -> dict:
+    """The line colour and style of the ``i``-th photo, the same in every figure and panel."""
+    return {"color": PHOTO_COLORS[i % len(PHOTO_COLORS)],
+            "linestyle": _PHOTO_STYLES[(i // len(PHOTO_COLORS)) % len(_PHOTO_STYLES)]}
 
 
 def _pyplot():
@@ -120,11 +135,39 @@ def _class_name(results: dict, c: int) -> str:
     return (results.get("class_names") or {}).get(str(c), f"class {c}")
 
 
+def jaggedness_entries(results: dict) -> list[tuple[int, str]]:
+    """The legend of :func:`plot_jaggedness`: one (image index, text) per photo, in the audits' image order.
+
+    A photo's tracked class is named once: the label's class where the photo has one (the same in every panel);
+    otherwise each sweep tracks the top-1 of its own first view, which may differ between panels, and the entry
+    says so (naming the class where all panels agree)."""
+    keys = [k for k in SWEEPS if _predictions(results, k)]
+    tracked: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for key in keys:
+        preds = _predictions(results, key)
+        for index, name, c in zip(preds["index"], _names(results, preds), preds["tracked_class"]):
+            names[index] = name
+            tracked.setdefault(index, []).append(int(c))
+    labelled = {int(p["index"]) for p in results.get("predictions") or [] if p.get("label_name") is not None}
+    out = []
+    for index, classes in tracked.items():
+        if len(set(classes)) == 1:
+            how = "label" if index in labelled else "top-1 of the first view"
+            out.append((index, f"{names[index]}: {_class_name(results, classes[0])} ({how})"))
+        else:
+            out.append((index, f"{names[index]}: top-1 of each panel's first view"))
+    return out
+
+
 @literal_text
 def plot_jaggedness(results: dict, axes=None):
-    """The tracked class's probability against the diagonal shift, one panel per sweep, one line per photo;
-    red crosses mark the steps where the top-1 class changed."""
+    """The tracked class's probability against the diagonal shift, one panel per sweep, one line per photo
+    (one colour per photo across panels, one legend entry per photo naming its tracked class); red crosses mark
+    the steps where the top-1 class changed (said in the figure's note, not in the legend)."""
     plt = _pyplot()
+    from matplotlib.lines import Line2D
+
     keys = [k for k in SWEEPS if _predictions(results, k)]
     if axes is None:
         fig, grid = _new(plt, 1, len(keys), figsize=(4.2 * len(keys), 3.8), sharey=True)
@@ -132,41 +175,45 @@ def plot_jaggedness(results: dict, axes=None):
     else:
         axes = list(axes)
         fig = axes[0].figure
+    entries = jaggedness_entries(results)
+    order = {index: i for i, (index, _) in enumerate(entries)}
     for ax, key in zip(axes, keys):
         preds = _predictions(results, key)
-        names = _names(results, preds)
-        params = results["audits"][key]["result"]["protocol"]
-        n = params["n"]
-        offsets = list(range(n + 1))
-        flip_label = "top-1 changed"
-        for i, (probs, top1) in enumerate(zip(preds["tracked_probability"], preds["top1"])):
-            label = f"{names[i]}: {_class_name(results, preds['tracked_class'][i])}"
-            ax.plot(offsets, probs, marker=".", markersize=3, linewidth=1.1, color=_COLORS[i % len(_COLORS)],
-                    label=label)
+        offsets = list(range(results["audits"][key]["result"]["protocol"]["n"] + 1))
+        for index, probs, top1 in zip(preds["index"], preds["tracked_probability"], preds["top1"]):
+            ax.plot(offsets, probs, marker=".", markersize=3, linewidth=1.1, **photo_style(order[index]))
             flips = [k for k in range(1, len(top1)) if top1[k] != top1[k - 1]]
             if flips:
                 ax.scatter(flips, [probs[k] for k in flips], marker="x", s=22, color=FLIP_COLOR, zorder=3,
-                           linewidths=1.2, label=flip_label)
-                flip_label = None
+                           linewidths=1.2)
         ax.set_title(SWEEPS[key], fontsize=10)
         ax.set_xlabel("diagonal shift (pixels)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("probability of the tracked class")
-    handles, labels = [], []
-    for ax in axes:
-        for h, lbl in zip(*ax.get_legend_handles_labels()):
-            if lbl not in labels:
-                handles.append(h)
-                labels.append(lbl)
+    handles = [Line2D([], [], marker=".", markersize=6, linewidth=1.6, **photo_style(i)) for i in range(len(entries))]
     if handles:
         rows = (len(handles) + 2) // 3
-        leg = fig.legend(handles, labels, loc="lower center", ncol=min(3, len(handles)), fontsize=8,
-                         bbox_to_anchor=(0.5, 0.0), frameon=False)
+        leg = fig.legend(handles, [text for _, text in entries], loc="lower center", ncol=min(3, len(handles)),
+                         fontsize=8, bbox_to_anchor=(0.5, 0.0), frameon=False)
         for text in leg.get_texts():
             text.set_parse_math(False)
-        fig.tight_layout(rect=(0, 0.05 + 0.045 * rows, 1, 1))
+        fig.text(0.99, 0.99, "red x: the top-1 class changed at this step", ha="right", va="top", fontsize=8,
+                 color=FLIP_COLOR, **_text_kw())
+        fig.tight_layout(rect=(0, 0.05 + 0.045 * rows, 1, 0.95))
     return fig
+
+
+def sweep_steps(results: dict, key: str) -> int | None:
+    """The number of 1-px steps of the diagonal sweep audit ``key`` (``diagonal:N``: N), or None."""
+    audit = (results.get("audits") or {}).get(key) or {}
+    n = ((audit.get("result") or {}).get("protocol") or {}).get("n")
+    return None if n is None else int(n)
+
+
+def grid_size(results: dict, key: str) -> int | None:
+    """The side of the grid of 1-px shifts of the worst-case audit ``key`` (``grid:G``: G), or None."""
+    return sweep_steps(results, key)
 
 
 def shift_bars(results: dict) -> list[tuple[str, dict, str]]:
@@ -180,11 +227,12 @@ def shift_bars(results: dict) -> list[tuple[str, dict, str]]:
     for key, title in SWEEPS.items():
         m = metric(results, key, "top1_change")
         if m:
-            rows.append((f"top-1 kept over a 1-px step, {title}", _complement(m), key))
+            rows.append((f"top-1 kept per 1-px step over a {sweep_steps(results, key)}-step diagonal sweep, {title}",
+                         _complement(m), key))
     m = metric(results, "worst_case", "worst_case_stability")
     if m:
         g = results["audits"]["worst_case"]["result"]["protocol"]["n"]
-        rows.append((f"photos keeping their top-1 over all {g}x{g} 1-px shifts", m, "worst_case"))
+        rows.append((f"photos keeping their top-1 over a {g}x{g} grid of 1-px shifts", m, "worst_case"))
     m = metric(results, "subpixel", "worst_case_stability")
     if m:
         rows.append(("photos keeping their top-1 over every half-pixel shift", m, "subpixel"))
@@ -348,8 +396,16 @@ def fix_rows(results: dict) -> list[dict]:
 
 
 FIX_COLUMNS = (("crop_consistency", "crop\nconsistency"), ("circular_consistency", "circular\nconsistency"),
-               ("top1_kept", "top-1 kept\nover a 1-px step"), ("worst_case", "stable over\nthe grid"),
+               ("top1_kept", "top-1 kept over a\n{sweep}-step diagonal sweep"),
+               ("worst_case", "stable over a {grid}x{grid}\ngrid of 1-px shifts"),
                ("agreement", "same top-1 as\nthe original"))
+
+
+def fix_columns(results: dict) -> list[tuple[str, str]]:
+    """The columns of the fix comparison (key, label), each label naming its sweep or grid as measured."""
+    budget = (results.get("settings") or {}).get("budget") or {}
+    sweep, grid = budget.get("fix_sweep", 16), budget.get("fix_grid", 4)
+    return [(key, label.format(sweep=sweep, grid=grid)) for key, label in FIX_COLUMNS]
 
 
 @literal_text
@@ -363,8 +419,9 @@ def plot_fix_comparison(results: dict, ax=None):
     else:
         fig = ax.figure
     width = 0.8 / max(len(rows), 1)
+    columns = fix_columns(results)
     for j, row in enumerate(rows):
-        for i, (key, _) in enumerate(FIX_COLUMNS):
+        for i, (key, _) in enumerate(columns):
             m = row[key][0]
             if not m or m.get("value") is None:
                 continue
@@ -372,14 +429,15 @@ def plot_fix_comparison(results: dict, ax=None):
             x = i + (j - (len(rows) - 1) / 2) * width
             ax.bar(x, v, width * 0.92, color=_COLORS[j % len(_COLORS)], label=row["name"] if i == 0 else None)
             ax.errorbar(x, v, yerr=[[lo], [hi]], color="black", capsize=3, linewidth=1)
-    ax.set_xticks(range(len(FIX_COLUMNS)))
-    ax.set_xticklabels([m[1] for m in FIX_COLUMNS], fontsize=9)
+    ax.set_xticks(range(len(columns)))
+    ax.set_xticklabels([m[1] for m in columns], fontsize=8)
     ax.set_ylim(0, 1.08)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_yticklabels(["0%", "25%", "50%", "75%", "100%"])
     ax.set_ylabel("fraction (95% interval over photos)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
+    # outside the axes, right of them: a legend inside would cover bars
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -421,8 +479,8 @@ def plot_invariances(results: dict, axes=None):
         if preds:
             order = sorted(range(len(values)), key=lambda i: values[i])
             for i, probs in enumerate(preds["tracked_probability"]):
-                ax2.plot([values[k] for k in order], [probs[k] for k in order], color=_COLORS[i % len(_COLORS)],
-                         linewidth=1, alpha=0.8)
+                ax2.plot([values[k] for k in order], [probs[k] for k in order], linewidth=1, alpha=0.8,
+                         **photo_style(i))
         ax2.set_ylim(-0.02, 1.02)
         ax2.grid(alpha=0.3)
         ax2.set_xlabel(audit.get("unit", ""))

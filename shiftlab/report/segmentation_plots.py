@@ -10,6 +10,7 @@ Nothing here recomputes a measurement; matplotlib is imported inside.
 from __future__ import annotations
 
 from shiftlab.report.plots import literal_text
+from shiftlab.report.whiskers import whisker, whisker_note
 
 __all__ = ["SEGMENTATION_TITLE", "plot_segmentation", "plot_segmentation_maps", "segmentation_caption"]
 
@@ -29,17 +30,6 @@ def _pyplot():
     return plt
 
 
-def _whisker(entry: dict, key: str, several: bool) -> tuple[float, list[float] | float | None]:
-    """The bar height and its whisker: +-1 s.d. over seeds, or (one seed) the run's own 95% interval."""
-    mean = entry["summary"][key]["mean"]
-    if several:
-        return mean, entry["summary"][key]["std"]
-    ci = entry["runs"][0][key].get("ci") if isinstance(entry["runs"][0][key], dict) else None
-    if not ci or any(c is None or c != c for c in ci):
-        return mean, None
-    return mean, [[max(mean - ci[0], 0.0)], [max(ci[1] - mean, 0.0)]]
-
-
 @literal_text
 def plot_segmentation(result: dict, axes=None):
     """One panel per metric (mIoU, mASSC 1 px, circular, crop), a bar per network; axes from 0. Whiskers:
@@ -53,10 +43,9 @@ def plot_segmentation(result: dict, axes=None):
         fig = axes[0].figure
     names = list(result["variants"])
     n = len(result.get("seeds", []))
-    several = n > 1
     for ax, (key, label) in zip(axes, _PANELS):
         for i, name in enumerate(names):
-            mean, err = _whisker(result["variants"][name], key, several)
+            mean, err = whisker(result["variants"][name], key, n)
             ax.bar(i, mean, 0.6, yerr=err, capsize=3 if err is not None else 0, color=_COLORS[i % len(_COLORS)])
             ax.text(i, min(mean, 1.0) + 0.03, f"{mean:.3f}", ha="center", va="bottom", fontsize=6.5)
         ax.set_xticks(range(len(names)))
@@ -65,7 +54,7 @@ def plot_segmentation(result: dict, axes=None):
         ax.set_title(label, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("fraction (pixels)")
-    spread = "whiskers: +-1 s.d. over seeds" if several else "whiskers: the run's image-level 95% interval"
+    spread = whisker_note(n)
     flagged = [k for k, e in result["variants"].items() if any(r.get("warnings") for r in e["runs"])]
     warning = f"\nWARNING, see the JSON's warnings: {', '.join(flagged)}" if flagged else ""
     fig.suptitle(f"{SEGMENTATION_TITLE}\n{n} seed{'s' if n != 1 else ''}"

@@ -49,17 +49,19 @@ def dense_shift_range(input_size: int) -> int:
 
 def dense_report_audits(model_spec: str, data_spec: str, input_size: int, budget, seed: int = 0,
                         weights: str | None = None, image_size: int | None = None, output_key=None,
-                        masks: bool = False, crop_size: int | None = None, layers: str | None = "stages") -> list:
+                        masks: bool = False, crop_size: int | None = None, layers: str | None = "stages",
+                        build: dict | None = None) -> list:
     """The dense report's audits, in the order they run (:class:`~shiftlab.runs.report_plan.ReportAudit`).
 
     ``masks``: the data has per-pixel classes (adds ``miou``); ``crop_size``: the side of the crops (default S;
     smaller for images held in memory that are not resized; under 8 px leaves the crop audit out); ``layers``: the
-    sweep's ``--layers`` (``stages``; the wrapped model's stages by name where a dict or tuple output is wrapped).
+    sweep's ``--layers`` (``stages``; the wrapped model's stages by name where a dict or tuple output is wrapped);
+    ``build``: ``num_classes`` / ``in_chans`` the model is built with (timm's --num-classes / --in-chans).
     """
 
     maps = DENSE_MAPS if budget.max_images is None else max(1, min(DENSE_MAPS, budget.max_images))
     base = AuditRun(model=model_spec, weights=weights, data=data_spec, seed=seed, limit=budget.max_images,
-                    batch_size=budget.batch_size, image_size=image_size,
+                    batch_size=budget.batch_size, image_size=image_size, **(build or {}),
                     output_key=None if output_key is None else str(output_key), maps=maps)
     S, M = int(input_size), dense_shift_range(input_size)
     extra = ("miou",) if masks else ()

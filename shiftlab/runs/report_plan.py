@@ -87,13 +87,14 @@ QUICK_BUDGET = Budget(max_images=2, passes=4, grid=3, half_pixel=1, rotations=(0
 
 def report_audits(model_spec: str, data_spec: str, input_size: int, budget: Budget = DEFAULT_BUDGET,
                   seed: int = 0, weights: str | None = None, image_size: int | None = None,
-                  canvas: bool = True, finetuned: str | None = None) -> list[ReportAudit]:
+                  canvas: bool = True, finetuned: str | None = None, build: dict | None = None) -> list[ReportAudit]:
     """The report's audits, in the order they run (originals first, so fixes can reuse their predictions).
 
-    ``finetuned``: the path of a fine-tuned fixed checkpoint, measured like the fixes (model ``"finetuned"``).
+    ``finetuned``: the path of a fine-tuned fixed checkpoint, measured like the fixes (model ``"finetuned"``);
+    ``build``: ``num_classes`` / ``in_chans`` the model is built with (timm's --num-classes / --in-chans).
     """
     base = AuditRun(model=model_spec, weights=weights, data=data_spec, seed=seed, limit=budget.max_images,
-                    batch_size=budget.batch_size, image_size=image_size)
+                    batch_size=budget.batch_size, image_size=image_size, **(build or {}))
     S = int(input_size)
 
     def fmt(values):
@@ -177,7 +178,7 @@ def run_report_experiments(model_spec="pretrained:efficientnet_lite0", data_spec
                            seed: int = 0, progress: bool = False, device=None, budget: Budget | None = None,
                            weights: str | None = None, image_size: int | None = None, finetune_steps: int = 0,
                            finetune_fix: str = "aps", finetune_data=None, finetune_file: str = "finetuned.pt",
-                           files: dict | None = None) -> dict:
+                           files: dict | None = None, build: dict | None = None) -> dict:
     """Run the report's audits on a model and a data set; return the JSON-serialisable results.
 
     ``model_spec`` is anything :func:`shiftlab.load_model` accepts (a module is measured as given; its
@@ -187,7 +188,8 @@ def run_report_experiments(model_spec="pretrained:efficientnet_lite0", data_spec
 
     With ``finetune_steps`` > 0, ``finetune_fix`` is fine-tuned for that many steps on ``finetune_data`` (default:
     the report's images) and measured like the fixes; its fixed checkpoint (bytes) goes into ``files`` under the
-    name of ``finetune_file``, the path its commands name (the CLI puts it in the report folder).
+    name of ``finetune_file``, the path its commands name (the CLI puts it in the report folder). ``build``:
+    ``num_classes`` / ``in_chans`` to build a timm / torchvision model with (timm's --num-classes / --in-chans).
     """
     from shiftlab.fix.antialias import replacement_counts
 
@@ -195,7 +197,7 @@ def run_report_experiments(model_spec="pretrained:efficientnet_lite0", data_spec
     budget = budget or (QUICK_BUDGET if quick else DEFAULT_BUDGET)
     setup = plan_report(model_spec, "photos" if data_spec is None else str(data_spec), budget, quick=quick, seed=seed,
                         device=device, weights=weights, image_size=image_size, finetune_steps=finetune_steps,
-                        finetune_fix=finetune_fix, finetune_file=finetune_file)
+                        finetune_fix=finetune_fix, finetune_file=finetune_file, build=build)
     timings: dict[str, float] = {}
     if setup.output["kind"] == "dense":  # a (B, K, H, W) map: the dense report (shiftlab.runs.dense_report)
         from shiftlab.runs.dense_report import dense_results
@@ -232,7 +234,7 @@ def run_report_experiments(model_spec="pretrained:efficientnet_lite0", data_spec
 
 def plan_report(model_spec, data_spec: str, budget: Budget, *, quick: bool = False, seed: int = 0, device=None,
                 weights: str | None = None, image_size: int | None = None, finetune_steps: int = 0,
-                finetune_fix: str = "aps", finetune_file: str = "finetuned.pt") -> ReportSetup:
+                finetune_fix: str = "aps", finetune_file: str = "finetuned.pt", build: dict | None = None) -> ReportSetup:
     """Open the data, load the model once, find its input size, check everything the report needs (a square
     input, a classifier or a dense model: :func:`~shiftlab.runs.report_extras.probe_output`, the fine-tuning
     options) and plan the audits, before any of them runs. A dense model gets the plan of
@@ -248,19 +250,23 @@ def plan_report(model_spec, data_spec: str, budget: Budget, *, quick: bool = Fal
         spec_text = f"{type(model).__name__} (a Python module)"
     else:
         spec_text = str(model_spec)
-        model, _ = AuditRun(model=spec_text, weights=weights, seed=seed, device=device).load(device)
+        model, _ = AuditRun(model=spec_text, weights=weights, seed=seed, device=device, **(build or {})).load(device)
     pre = get_preprocessing(model)
     input_size = tuple(int(v) for v in (pre.input_size if image_size is None else (image_size, image_size)))
+    if image_size is None and not pre.fixed_size:  # no declared size: the audit's rule (INPUT_SIZE_RULE)
+        from shiftlab.measure.inspect_notes import undeclared_size
+
+        input_size = (undeclared_size(model, source)[0],) * 2
     if input_size[0] != input_size[1]:
         raise InputError(f"the report needs a square model input, got {input_size[0]}x{input_size[1]}")
     explicit_size = image_size if image_size is not None else (None if pre.fixed_size else input_size[0])
     output = probe_output(model, input_size, spec_text)
     settings = {"model": spec_text, "weights": weights, "data": data_spec, "quick": bool(quick), "seed": int(seed),
-                "image_size": explicit_size,
+                "image_size": explicit_size, **(build or {}),
                 "budget": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(budget).items()}}
     if output["kind"] == "dense":
         return _dense_setup(model, spec_text, pre, input_size, explicit_size, budget, source, settings, output,
-                            finetune_steps=finetune_steps, weights=weights, seed=seed)
+                            finetune_steps=finetune_steps, weights=weights, seed=seed, build=build)
     canvas = parse_protocol(f"diagonal:{budget.sweep}:canvas").fits(input_size) is None
     if is_converted(model) and budget.fixes:
         budget = replace(budget, fixes=())  # a fixed checkpoint is measured as it is, not converted again
@@ -272,12 +278,12 @@ def plan_report(model_spec, data_spec: str, budget: Budget, *, quick: bool = Fal
     if finetune_steps:
         parse_fix(finetune_fix)
     plan = report_audits(spec_text, data_spec, input_size[0], budget, seed, weights, explicit_size, canvas,
-                         finetuned=finetune_file if finetune_steps else None)
+                         finetuned=finetune_file if finetune_steps else None, build=build)
     return ReportSetup(model, spec_text, pre, input_size, explicit_size, budget, source, plan, settings, output)
 
 
 def _dense_setup(model, spec_text, pre, input_size, explicit_size, budget, source, settings, output, *,
-                 finetune_steps, weights, seed) -> ReportSetup:
+                 finetune_steps, weights, seed, build=None) -> ReportSetup:
     """The setup of a dense model's report: its plan of audits, on the entry of a dict or tuple output the audit
     measures (the model wrapped as ``--output-key`` wraps it, so its layer names are the command's)."""
     from shiftlab.data.masks import MaskedImages
@@ -295,7 +301,7 @@ def _dense_setup(model, spec_text, pre, input_size, explicit_size, budget, sourc
         model = SelectOutput(model, output["output_key"]).eval()
     plan = dense_report_audits(spec_text, settings["data"], input_size[0], budget, seed, weights, explicit_size,
                                output_key=output["output_key"], masks=isinstance(source, MaskedImages),
-                               crop_size=dense_crop_size(source, input_size[0]), layers=layers)
+                               crop_size=dense_crop_size(source, input_size[0]), layers=layers, build=build)
     return ReportSetup(model, spec_text, pre, input_size, explicit_size, budget, source, plan, settings, output)
 
 
