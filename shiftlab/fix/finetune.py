@@ -305,7 +305,7 @@ def _prepare_data_and_views(models: _Models, data, config: FinetuneConfig, norma
     from shiftlab.measure import loader
     from shiftlab.measure.inputs import first_conv_channels, look_at_images
     from shiftlab.measure.prepare import model_dtype
-    from shiftlab.measure.inspect_notes import with_model_stride
+    from shiftlab.measure.stride_probe import with_model_stride
     from shiftlab.models import preprocessing as model_preprocessing
 
     images = look_at_images(data, model_preprocessing(models.teacher), first_conv_channels(models.student),

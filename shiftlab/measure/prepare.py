@@ -18,7 +18,7 @@ from shiftlab.errors import InputError
 from shiftlab.measure import loader
 from shiftlab.measure.dense import DENSE_METRICS, MAX_MAPS, check_dense_requests, choose_dense_metrics
 from shiftlab.measure.forward import ModelRunner, Probe, check_reference_output, first_copy
-from shiftlab.measure.inspect_notes import with_model_stride
+from shiftlab.measure.stride_probe import with_model_stride
 from shiftlab.measure.inputs import (
     IMAGE_SIZE_ARG,
     Images,

@@ -230,6 +230,8 @@ def load_any_model(spec, weights=None, device=None, output_key=None, seed: int |
       weights loaded strictly (an architecture they do not fit is refused);
     - anything else: as :func:`shiftlab.models.load_model` (plain weights, random initialisation, ...).
     """
+    if weights is not None and not Path(weights).expanduser().is_file():  # before any model is built
+        raise InputError(f"weights file not found: {weights}")
     path = _as_checkpoint(spec) if weights is None else None
     if path is not None:
         contents = read_fixed(path)

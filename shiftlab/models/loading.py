@@ -544,6 +544,8 @@ def load_model(spec, weights=None, device=None, output_key=None, seed: int | Non
     """
     if isinstance(seed, bool) or (seed is not None and not isinstance(seed, int)):
         raise InputError(f"seed must be an int or None, got {seed!r}")
+    if weights is not None and not Path(weights).expanduser().is_file():  # before the (seconds-long) build
+        raise InputError(f"weights file not found: {weights}")
     build = {"num_classes": num_classes, "in_chans": in_chans}
     if isinstance(spec, nn.Module) or seed is None:
         model = _build(spec, **build)

@@ -254,7 +254,7 @@ def plan_report(model_spec, data_spec: str, budget: Budget, *, quick: bool = Fal
     pre = get_preprocessing(model)
     input_size = tuple(int(v) for v in (pre.input_size if image_size is None else (image_size, image_size)))
     if image_size is None and not pre.fixed_size:  # no declared size: the audit's rule (INPUT_SIZE_RULE)
-        from shiftlab.measure.inspect_notes import undeclared_size
+        from shiftlab.measure.stride_probe import undeclared_size
 
         input_size = (undeclared_size(model, source)[0],) * 2
     if input_size[0] != input_size[1]:
