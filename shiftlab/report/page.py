@@ -141,7 +141,7 @@ def headline_metrics(results: Mapping) -> list[tuple[str, Mapping, bool, str]]:
     key = "aps:circular/consistency.circular"
     m = _m(results, key, "consistency")
     if m:
-        out.append(("circular consistency after antialias(aps, circular=True), no retraining", m, True, key))
+        out.append(("circular consistency after --fix aps:circular, no retraining", m, True, key))
         agree = _m(results, "aps:circular/consistency.crop", "reference_agreement")
         if agree and agree.get("value") is not None:
             if agree["value"] >= 0.995:

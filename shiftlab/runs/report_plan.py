@@ -55,7 +55,7 @@ __all__ = ["Budget", "DEFAULT_BUDGET", "QUICK_BUDGET", "ReportAudit", "report_au
            "plan_report", "ReportSetup", "convert_fixes", "run_audits", "FIX_TITLES"]
 
 MARGIN = 32  # the random crops and the sweep run over 0..32 px
-FIX_TITLES = {"blur": "antialias(blur)", "aps": "antialias(aps)", "aps:circular": "antialias(aps, circular=True)"}
+FIX_TITLES = {"blur": "--fix blur", "aps": "--fix aps", "aps:circular": "--fix aps:circular"}  # as typed
 
 
 @dataclass(frozen=True)
