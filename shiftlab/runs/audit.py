@@ -172,8 +172,10 @@ class AuditRun:
             parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
         return shlex.join(parts)
 
-    def check(self) -> None:
-        """Every option is valid (one-line errors naming the flag), before anything is loaded."""
+    def check(self, files: bool = True) -> None:
+        """Every option is valid (one-line errors naming the flag), before anything is loaded; ``files=False``
+        leaves out whether the files the flags name exist (for a run given its models loaded already, e.g. the
+        report's audit of a fine-tuned model whose file is written with the report)."""
         from shiftlab.measure.protocols import parse_protocol
 
         if self.transform is not None:
@@ -213,7 +215,8 @@ class AuditRun:
             raise InputError("--amp needs a CUDA device")
         self._check_model_options()
         self._check_requests()
-        self._check_files()
+        if files:
+            self._check_files()
 
     def _check_model_options(self) -> None:
         """--num-classes, --in-chans, --amp-dtype, --torchcompile: from the arguments alone."""
@@ -317,7 +320,7 @@ class AuditRun:
         from shiftlab.measure.audit import audit
         from shiftlab.measure.labels import read_class_map
 
-        self.check()
+        self.check(files=model is None)
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         class_map = read_class_map(self.class_map) if self.class_map is not None else None
