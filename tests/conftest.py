@@ -41,3 +41,12 @@ def report_dir(tmp_path_factory):
     code = main(["report", "--quick", "--out", str(out), "--no-progress"])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def rotation_quick():
+    """The quick rotation experiment (``shiftlab experiment rotation --quick``: one seed), trained once per session
+    and shared by the experiment's tests and its CLI test."""
+    from shiftlab.experiments.rotation import run_rotation
+
+    return run_rotation(seeds=1, quick=True)

@@ -326,3 +326,24 @@ def test_class10_claims_are_released_when_a_command_ends(tmp_path, net):
     holder.kill()
     holder.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.pt", "net.py"]
+
+
+def test_class1_lost_data_a_folder_moved_aside_between_two_looks_is_not_called_foreign(tmp_path, monkeypatch):
+    """class 1: another run moves the earlier report aside between this run's "exists?" and "a folder?" looks;
+    this run then finds nothing there and puts its report in place, rather than refusing."""
+    import os
+
+    out = tmp_path / "report"
+    H.write_report(RESULTS, out)
+    real_isdir, moved = os.path.isdir, []
+
+    def isdir(path):
+        if Path(path) == out and not moved and sys._getframe(1).f_code.co_name == "_swap_in":  # the other run's
+            # rename lands right here, between _swap_in's "exists?" and "a folder?"
+            os.rename(out, tmp_path / ".other-run-previous")
+            moved.append(True)
+        return real_isdir(path)
+
+    monkeypatch.setattr(os.path, "isdir", isdir)
+    H.write_report(RESULTS, out)
+    assert moved and H.is_report_folder(out) and (out / "index.html").exists()

@@ -383,9 +383,14 @@ def test_augmentation_buys_positions_that_the_data_lacked():
 
 
 @pytest.mark.slow
-def test_rotation_cli_writes_results_and_rotation_needs_rotated_data(tmp_path, capsys):
+def test_rotation_cli_writes_results_and_rotation_needs_rotated_data(tmp_path, capsys, monkeypatch, rotation_quick):
+    import shiftlab.cli.experiment as cli
+
+    calls = []  # the CLI asks for exactly the quick run the session trained once (conftest.rotation_quick)
+    monkeypatch.setattr(cli, "_runner", lambda name: lambda **kw: calls.append((name, kw)) or rotation_quick)
     out = tmp_path / "exp"
     assert main(["experiment", "rotation", "--quick", "--out", str(out), "--no-progress"]) == 0
+    assert calls == [("rotation", {"seeds": 1, "quick": True, "data": None, "progress": False})]
     printed = capsys.readouterr().out
     assert "rotation" in printed and "90 deg" in printed
     assert (out / "rotation.png").stat().st_size > 1000

@@ -12,10 +12,8 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def result():
-    from shiftlab.experiments.rotation import run_rotation
-
-    return run_rotation(seeds=1, quick=True)
+def result(rotation_quick):
+    return rotation_quick  # conftest: trained once per session
 
 
 def _run(result, name):

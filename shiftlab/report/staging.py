@@ -172,6 +172,8 @@ def _swap_in(staging, out) -> None:
         if os.path.lexists(out):
             # (what it holds is checked once it is ours, below: another run may be swapping it right now)
             if os.path.islink(out) or not os.path.isdir(out):
+                if not os.path.lexists(out):  # another run moved it aside between the two looks: try again
+                    continue
                 raise InputError(f"--out {out} changed during the run and now holds files shiftlab report did not "
                                  f"write; the report was not written: move them away and run again")
             previous = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name[:48]}.previous-"))
