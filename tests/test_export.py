@@ -115,7 +115,7 @@ def onnx_ops(model_bytes: bytes) -> collections.Counter:
 # rounding is 1e-16; in float32 the default's exported graph is checked to be invariant itself.
 
 @pytest.mark.parametrize("method", ["blur", "aps"])
-@pytest.mark.parametrize("name", ["tv_resnet18", "timm_resnet18", "timm_lite0"])
+@pytest.mark.parametrize("name", ["tv_resnet18", "timm_lite0"])  # (timm's resnet18 is torchvision's layout again)
 def test_feature_exported_models_match_eager_on_shifted_inputs(name, method):
     original = make(name)
     model, _ = antialias(original, method, **(dict(circular=True, filter_size=1) if method == "aps" else {}))
