@@ -14,6 +14,7 @@ import pytest
 from torch import nn
 
 from shiftlab.cli import main
+from test_unet_fix import NoEncoder  # an upsampling with no encoder stage to pair it with
 
 # a Python argument named in a message (keep_stem=False, method='aps', force=True), not introduced by "Python"
 PYTHON_ONLY = re.compile(r"(?<!Python )(?<!Python: )(?<!pass )\b[a-z_]+=(True|False|'[a-z]+')")
@@ -143,22 +144,12 @@ def test_exception_fix_messages_name_the_flags(tmp_path, capsys):
     assert "--method aps" in err and not _bare_python_arguments(err)
 
 
-class _NoEncoder(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(2, 2, 3, padding=1)
-        self.lift = nn.ConvTranspose2d(2, 2, 2, stride=2)
-
-    def forward(self, x):
-        return self.lift(self.conv(x))
-
-
 def test_exception_library_messages_reachable_from_the_cli_say_which_name_is_python():
     from shiftlab.errors import InputError
     from shiftlab.fix.antialias import antialias
 
     with pytest.raises(InputError) as decoder:  # shiftlab fix on such a model: the way out is Python only
-        antialias(_NoEncoder(), "aps", circular=True)
+        antialias(NoEncoder(), "aps", circular=True)
     assert "keep_unpaired=True (Python only" in str(decoder.value)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from shiftlab._sizes import INPUT_SIZE_RULE
+from shiftlab.cli.arguments import non_negative_int, positive_int
 
 HELP = "measure a model's shift consistency (and per-layer equivariance) on a dataset"
 
@@ -25,26 +26,6 @@ _TRANSFORM_HELP = (
 )
 _METRICS = ("consistency, top1_change, mean_abs_change, flip_probability, top5_distance, worst_case_stability, "
             "worst_case_accuracy, agreement, accuracy, reference_agreement; dense outputs: equivariance, massc, miou")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def _maps_argument(text: str) -> int:
@@ -90,11 +71,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="photos", metavar="SPEC",
                         help="image folder (flat or one subfolder per class), a .txt list of image paths, a .npz, "
                              "a CIFAR-10 python folder, or 'photos' (bundled; default)")
-    parser.add_argument("--limit", type=_positive_int, metavar="N", help="audit only the first N images")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="audit only the first N images")
     parser.add_argument("--class-map", metavar="FILE",
                         help="JSON {\"data class name or label\": model class index}, for accuracy when the data's "
                              "labels are not the model's classes")
-    parser.add_argument("--image-size", "--img-size", type=_positive_int, metavar="PX",
+    parser.add_argument("--image-size", "--img-size", type=positive_int, metavar="PX",
                         help=f"model input size (default: the model's own, from timm's pretrained_cfg or "
                              f"torchvision's weight metadata; {INPUT_SIZE_RULE}; at most 4096)")
     parser.add_argument("--mean", type=float, nargs="+", metavar="M", help="normalisation mean (1 or 3 numbers; "
@@ -108,13 +89,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="centre-crop images without resizing them (images too small are skipped)")
     parser.add_argument("--seed", type=seed_argument, default=0,
                         help="seed of the random offsets and of a random initialisation (default 0)")
-    parser.add_argument("-b", "--batch-size", type=_positive_int, default=32,
+    parser.add_argument("-b", "--batch-size", type=positive_int, default=32,
                         help="model inputs per forward pass, copies included (default 32)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--amp", action="store_true", help="mixed precision on CUDA (metrics stay float64)")
-    parser.add_argument("-j", "--workers", type=_non_negative_int, metavar="N",
+    parser.add_argument("-j", "--workers", type=non_negative_int, metavar="N",
                         help="DataLoader worker processes (default: one per spare core, up to 4; 0 for data in memory)")
-    parser.add_argument("--threads", type=_positive_int, metavar="N",
+    parser.add_argument("--threads", type=positive_int, metavar="N",
                         help="intra-op threads of torch (default: torch's; 1 per process under torchrun)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     from shiftlab.cli.timm_flags import add_execution_arguments
@@ -144,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", metavar="LIST",
                         help="per-layer equivariance errors: 'all' (every leaf module), 'stages' (blocks along the "
                              "depth), layer names (comma-separated) or a torch.nn type name such as Conv2d")
-    parser.add_argument("--margin", type=_non_negative_int, help="border (input px) left out of layer errors for "
+    parser.add_argument("--margin", type=non_negative_int, help="border (input px) left out of layer errors for "
                         "non-circular protocols (default 16, at most 1/8 of the input's side)")
     parser.add_argument("--output-key", metavar="KEY", help="element of a tuple (int) or dict (str) model output")
     parser.add_argument("--maps", type=_maps_argument, default=0, metavar="N",
@@ -156,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="DIR",
                         help="write partial results to DIR every --checkpoint-every batches; rerun the same command "
                              "to resume after a kill (not timm's --checkpoint: a weights file is --weights)")
-    parser.add_argument("--checkpoint-every", type=_positive_int, default=20, metavar="N",
+    parser.add_argument("--checkpoint-every", type=positive_int, default=20, metavar="N",
                         help="batches between checkpoints (default 20)")
     parser.add_argument("--json", metavar="PATH",
                         help="write the results as JSON (refuses to overwrite without --force)")

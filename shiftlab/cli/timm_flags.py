@@ -21,28 +21,20 @@ from __future__ import annotations
 
 import argparse
 
+from shiftlab.cli.arguments import positive_int
+
 __all__ = ["add_build_arguments", "add_execution_arguments", "build_kwargs", "input_size", "AMP_DTYPE_CHOICES"]
 
 #: --amp-dtype's choices (timm's validate.py)
 AMP_DTYPE_CHOICES = ("float16", "bfloat16")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     """--num-classes, --in-chans: how the model named by --model is built (they change which model is measured)."""
-    parser.add_argument("--num-classes", type=_positive_int, metavar="N",
+    parser.add_argument("--num-classes", type=positive_int, metavar="N",
                         help="build the timm/torchvision model with N classes (timm's meaning), e.g. so that a "
                              "5-class checkpoint given by --weights fits")
-    parser.add_argument("--in-chans", type=_positive_int, metavar="C",
+    parser.add_argument("--in-chans", type=positive_int, metavar="C",
                         help="build the timm model with C input channels (torchvision: 3 only); images are "
                              "converted to C channels (1: grey, 3: RGB)")
 
@@ -54,7 +46,7 @@ def build_kwargs(args: argparse.Namespace) -> dict:
 
 def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     """--input-size, --amp-dtype, --channels-last, --torchcompile (timm's validate.py meanings)."""
-    parser.add_argument("--input-size", type=_positive_int, nargs=3, metavar=("C", "H", "W"),
+    parser.add_argument("--input-size", type=positive_int, nargs=3, metavar=("C", "H", "W"),
                         help="timm's input size: sets --in-chans C and the model input H x W (H != W allowed)")
     parser.add_argument("--amp-dtype", choices=AMP_DTYPE_CHOICES, default=None,
                         help="the autocast dtype of --amp (default float16; bfloat16 needs a GPU that has it)")
