@@ -50,3 +50,14 @@ def rotation_quick():
     from shiftlab.experiments.rotation import run_rotation
 
     return run_rotation(seeds=1, quick=True)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Figures a test made (and did not close) are closed after it, so that none piles up across the suite."""
+    yield
+    import sys
+
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
