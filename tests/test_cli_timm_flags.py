@@ -170,3 +170,15 @@ def test_report_plans_its_audits_with_the_build_flags(tmp_path, capsys):
     rc = main(["report", "--model", "pretrained:efficientnet_lite0", "--num-classes", "5", "--out",
                str(tmp_path / "r")])
     assert rc == 2 and "--num-classes" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_finetune_checkpoint_given_a_weights_file_points_to_weights(tmp_path, capsys, resume):
+    """timm's --checkpoint is a weights file; finetune's is where the run saves its state: the line says so."""
+    weights = tmp_path / "r18.pth"
+    torch.save(timm.create_model("test_resnet", pretrained=False).state_dict(), weights)
+    rc = main(["finetune", "--model", "timm:test_resnet", "--fix", "aps", "--data", "photos", "--checkpoint",
+               str(weights), *(["--resume"] if resume else []), "--out", str(tmp_path / "o.pt")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--weights" in err and "model weights" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.pt").exists()

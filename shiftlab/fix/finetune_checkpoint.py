@@ -34,6 +34,15 @@ class FinetuneCheckpoint:
 
         if self.path.is_dir():
             raise InputError(f"--checkpoint {self.path} is a folder; name a file")
+        if self.path.is_file() and not resume:
+            from shiftlab.measure.checkpoint import WEIGHTS_HINT, looks_like_weights
+
+            try:
+                weights = looks_like_weights(torch.load(self.path, map_location="cpu", weights_only=True))
+            except Exception:  # noqa: BLE001 - not weights; the line below says what to do
+                weights = False
+            if weights:
+                raise InputError(f"--checkpoint {self.path} is where this run saves its state{WEIGHTS_HINT}")
         if self.path.exists() and not resume:
             raise InputError(f"--checkpoint {self.path} exists: pass --resume to continue from it, or delete it to "
                              f"start over")

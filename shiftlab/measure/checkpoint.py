@@ -29,8 +29,8 @@ import torch
 
 from shiftlab.errors import InputError
 
-__all__ = ["CheckpointStore", "audit_fingerprint", "damaged", "injected_fault", "data_identity", "difference", "fingerprint_model", "read_checkpoint_file",
-           "write_checkpoint_file"]
+__all__ = ["WEIGHTS_HINT", "looks_like_weights", "CheckpointStore", "audit_fingerprint", "damaged", "injected_fault",
+           "data_identity", "difference", "fingerprint_model", "read_checkpoint_file", "write_checkpoint_file"]
 
 FORMAT = "shiftlab.audit-checkpoint"
 VERSION = 2  # 2: the fingerprint holds the data's content, the reference's and the output key's identity
@@ -192,6 +192,19 @@ def injected_fault(kind: str) -> int | None:
     return int(count)
 
 
+#: what a --checkpoint that holds model weights is told (timm's --checkpoint is a weights file)
+WEIGHTS_HINT = " (it holds model weights: timm's --checkpoint FILE is --weights FILE here)"
+
+
+def looks_like_weights(saved) -> bool:
+    """Whether a loaded file is model weights (a state_dict of tensors, or one under "state_dict" / "model"), not a
+    run's checkpoint: a timm user's --checkpoint."""
+    if not isinstance(saved, dict) or "format" in saved:
+        return False
+    inner = saved.get("state_dict", saved.get("model", saved))
+    return isinstance(inner, dict) and bool(inner) and all(isinstance(v, torch.Tensor) for v in inner.values())
+
+
 def read_checkpoint_file(path: Path, fmt: str, version: int, fingerprint: dict, what: str, elsewhere: str) -> dict | None:
     """Read a checkpoint written by :func:`write_checkpoint_file`, or ``None`` when there is none yet.
 
@@ -208,7 +221,8 @@ def read_checkpoint_file(path: Path, fmt: str, version: int, fingerprint: dict, 
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         raise damaged(path, f"it does not load ({type(exc).__name__})", elsewhere) from None
     if not isinstance(saved, dict) or saved.get("format") != fmt:
-        raise InputError(f"{path} is not a shiftlab {what} checkpoint; use {elsewhere} or delete it")
+        hint = WEIGHTS_HINT if looks_like_weights(saved) else ""
+        raise InputError(f"{path} is not a shiftlab {what} checkpoint{hint}; use {elsewhere} or delete it")
     if saved.get("version") != version:
         raise InputError(f"{path} was written by another shiftlab version; delete it to start over")
     try:
