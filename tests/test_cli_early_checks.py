@@ -68,9 +68,10 @@ def test_checkpoint_file_points_to_weights(tmp_path, no_loader, capsys):
 def test_good_flags_pass_the_check(tmp_path):
     """The checks refuse only what is wrong: the same flags, well formed, pass (negative control)."""
     (tmp_path / "ckpt").mkdir()
+    cuda = torch.cuda.is_available()  # --amp needs one (refused before any work otherwise)
     AuditRun(model="timm:resnet10t", transform="sequence:4", metrics=("top1_change", "flip_probability"),
-             layers="layer1.0,stem.conv1", output_key="0", checkpoint=str(tmp_path / "ckpt"), amp=True,
-             amp_dtype="bfloat16", torchcompile="eager", num_classes=5, in_chans=1).check()
+             layers="layer1.0,stem.conv1", output_key="0", checkpoint=str(tmp_path / "ckpt"), amp=cuda,
+             amp_dtype="bfloat16" if cuda else None, torchcompile="eager", num_classes=5, in_chans=1).check()
 
 
 def test_engine_and_check_share_one_metric_rule():

@@ -115,7 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_model_arguments(parser)
     parser.add_argument("--fix", metavar="METHOD",
-                        help="audit a converted copy: blur, aps, aps:circular (adds agreement with the original)")
+                        help="audit a converted copy: blur, aps, lps, tips, ideal (each also :circular; blur:before) "
+                             "(adds agreement with the original)")
     parser.add_argument("--reference", metavar="SPEC",
                         help="a second model run on the same views, with the model's classes: adds "
                              "reference_agreement (not with --fix, whose reference is the unconverted model)")

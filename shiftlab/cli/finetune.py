@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "fixed checkpoint (the student; teacher: --teacher, or the original its recipe names)")
     model.add_argument("--weights", metavar="PATH", help="local checkpoint for --model (weights_only=True)")
     add_build_arguments(model)
-    model.add_argument("--fix", metavar="METHOD", help="the conversion: blur, aps, lps, tips (each optionally "
+    model.add_argument("--fix", metavar="METHOD", help="the conversion: blur, aps, lps, tips, ideal (each optionally "
                                                        ":circular), blur:before")
     model.add_argument("--teacher", metavar="SPEC", help="the teacher (default: --model with --fix; else the original "
                                                           "recorded in the fixed checkpoint)")

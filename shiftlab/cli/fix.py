@@ -11,16 +11,18 @@ what was is listed as NOT replaced and warned about on stderr, and the file is s
 
 from __future__ import annotations
 
-HELP = "convert a model's subsampling to BlurPool or APS, save the converted weights, print what was replaced"
+HELP = ("convert a model's subsampling (blur, aps, lps, tips, ideal), save the converted weights, print what was "
+        "replaced")
 
 
 def add_arguments(parser) -> None:
-    from shiftlab.cli.timm_flags import add_build_arguments
+    from shiftlab.cli.timm_flags import add_build_arguments, add_checkpoint_hint
 
     parser.add_argument("--model", required=True, metavar="SPEC",
                         help="timm:NAME, torchvision:NAME, pretrained:NAME or path/to/file.py:factory")
     parser.add_argument("--weights", metavar="PATH", help="optional local checkpoint to convert (weights_only=True)")
     add_build_arguments(parser)
+    add_checkpoint_hint(parser)
     parser.add_argument("--method", required=True, choices=("aps", "blur", "lps", "tips", "ideal"),
                         help="blur: low-pass before subsampling (Zhang 2019); aps: adaptive polyphase (Chaman 2021); "
                              "lps: learnable polyphase (Rojas-Gomez 2022; chooses as aps until fine-tuned); tips: "
@@ -103,6 +105,36 @@ def _nothing_replaced(report, args) -> str:
             f"--method {args.method} to replace; {args.out} was not written")
 
 
+def _input_size(model) -> tuple[int, int]:
+    """The input size the model declares (its timm / torchvision configuration), else 224x224."""
+    from shiftlab.models import preprocessing
+
+    prep = preprocessing(model)
+    return tuple(int(v) for v in prep.input_size) if prep.fixed_size else (224, 224)
+
+
+def _check_runs(converted, size: tuple[int, int], args) -> None:
+    """One forward pass of the converted model on a blank input of ``size`` before anything is written: a
+    conversion that cannot run there (e.g. ideal subsampling of a map that is not a whole number of periods) is
+    refused with the reason, not saved."""
+    import torch
+
+    from shiftlab.errors import InputError, ShiftlabError
+    from shiftlab.measure.inputs import first_conv_channels
+
+    parameter = next(converted.parameters(), None)
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    x = torch.zeros(1, first_conv_channels(converted) or 3, *size, dtype=dtype,
+                    device=parameter.device if parameter is not None else "cpu")
+    try:
+        with torch.no_grad():
+            converted.eval()(x)
+    except (ShiftlabError, RuntimeError) as exc:
+        where = "--certify size" if args.certify is not None else "the model's input size"
+        raise InputError(f"--method {args.method}: the converted model does not run at {size[0]}x{size[1]} ({where}): "
+                         f"{str(exc).splitlines()[0]}; {args.out} was not written") from None
+
+
 def run(args) -> int:
     from shiftlab._io import check_output_path
     from shiftlab.cli.inspect import render_table
@@ -129,10 +161,12 @@ def run(args) -> int:
     if is_converted(model):
         raise InputError(f"{args.weights or args.model} is a fixed checkpoint already "
                          f"({recipe_spec(conversion_of(model))}); convert the original model")
+    size = _input_size(model)  # (before the conversion, which may drop the model's own configuration)
     converted, report = antialias(model, inplace=True, **_conversion_kwargs(args))
     counts = replacement_counts(report)
     if not counts["replaced"]:  # never save a "fix" that changed nothing
         raise InputError(_nothing_replaced(report, args))
+    _check_runs(converted, tuple(args.certify) if args.certify is not None else size, args)
 
     rows = [[i, r.name, r.before, r.after] for i, r in enumerate(report, 1)]
     print(render_table(["#", "layer", "before", "after"], rows))

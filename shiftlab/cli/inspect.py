@@ -6,18 +6,20 @@ HELP = "list every layer of a model that subsamples or breaks shift equivariance
 
 
 def add_arguments(parser) -> None:
-    from shiftlab.cli.timm_flags import add_build_arguments
+    from shiftlab.cli.arguments import positive_int
+    from shiftlab.cli.timm_flags import add_build_arguments, add_checkpoint_hint
 
     parser.epilog = "The --json format is described in docs/inspect-json.md."
     parser.add_argument("--model", required=True, metavar="SPEC",
                         help="timm:NAME, torchvision:NAME, pretrained:NAME, path/to/file.py:factory, or a file "
                              "written by shiftlab fix / finetune")
-    parser.add_argument("--input-size", nargs="+", type=int, metavar="N",
+    parser.add_argument("--input-size", nargs="+", type=positive_int, metavar="N",
                         help="[C] H W: input height and width (timm's C H W also taken; use multiples of the total "
                              "stride for exact strides: another size is warned about, naming the nearest multiples)")
-    parser.add_argument("--img-size", type=int, metavar="PX", help="a square input: --input-size PX PX")
+    parser.add_argument("--img-size", type=positive_int, metavar="PX", help="a square input: --input-size PX PX")
     parser.add_argument("--weights", metavar="PATH", help="optional local checkpoint (read with weights_only=True)")
     add_build_arguments(parser)
+    add_checkpoint_hint(parser)
     parser.add_argument("--json", metavar="PATH", help="also write the findings as JSON")
     parser.add_argument("--force", action="store_true", help="overwrite the --json file if it exists")
 
@@ -101,7 +103,8 @@ def _input_size(args) -> tuple[int, int]:
     if args.img_size is not None:
         return check_input_size(args.img_size, "--img-size")
     if len(args.input_size) not in (2, 3):
-        raise InputError(f"--input-size takes H W (or timm's C H W), got {len(args.input_size)} numbers")
+        count = len(args.input_size)
+        raise InputError(f"--input-size takes H W (or timm's C H W), got {count} number{'s' if count != 1 else ''}")
     if len(args.input_size) == 3 and args.in_chans is not None and args.in_chans != args.input_size[0]:
         raise InputError(f"--input-size {' '.join(map(str, args.input_size))} and --in-chans {args.in_chans} "
                          f"disagree; give one of them")

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 
 from shiftlab._sizes import INPUT_SIZE_RULE
+from shiftlab.cli.arguments import positive_int
 from shiftlab.cli.audit import seed_argument
 
 HELP = "measure the pretrained network on the bundled photos (or yours) and write an HTML report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from shiftlab.cli.timm_flags import add_build_arguments
+    from shiftlab.cli.timm_flags import add_build_arguments, add_checkpoint_hint
     from shiftlab.report.job import DEFAULT_MODEL, DEFAULT_OUT
 
     parser.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
@@ -23,11 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "file.py:factory)")
     parser.add_argument("--weights", metavar="PATH", help="local checkpoint for --model (read with weights_only=True)")
     add_build_arguments(parser)
+    add_checkpoint_hint(parser)
     parser.add_argument("--data", default=None, metavar="SPEC",
                         help="images: a folder, a .txt list, a .npz, a CIFAR-10 folder, images with masks (a VOC folder, "
                              "images/ + masks/, digit-masks) (default: the bundled photos); a model whose output is a "
                              "(B, K, H, W) map gets a dense report (mASSC, equivariance, mIoU with masks, maps)")
-    parser.add_argument("--image-size", "--img-size", type=int, metavar="PX",
+    parser.add_argument("--image-size", "--img-size", type=positive_int, metavar="PX",
                         help=f"model input size (default: the model's own; {INPUT_SIZE_RULE})")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"report folder (default {DEFAULT_OUT}/)")
     parser.add_argument("--quick", action="store_true", help="two photos and fewer views: a preview in seconds")

@@ -23,10 +23,21 @@ import argparse
 
 from shiftlab.cli.arguments import positive_int
 
-__all__ = ["add_build_arguments", "add_execution_arguments", "build_kwargs", "input_size", "AMP_DTYPE_CHOICES"]
+__all__ = ["add_checkpoint_hint", "add_build_arguments", "add_execution_arguments", "build_kwargs", "input_size", "AMP_DTYPE_CHOICES"]
 
 #: --amp-dtype's choices (timm's validate.py)
 AMP_DTYPE_CHOICES = ("float16", "bfloat16")
+
+
+class _WeightsNotCheckpoint(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"--checkpoint {values}: timm's --checkpoint (a weights file) is --weights {values} here")
+
+
+def add_checkpoint_hint(parser: argparse.ArgumentParser) -> None:
+    """A hidden --checkpoint on commands that have none of their own: timm's meaning (a weights file), answered
+    with one line that names --weights."""
+    parser.add_argument("--checkpoint", action=_WeightsNotCheckpoint, help=argparse.SUPPRESS)
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,4 +82,19 @@ def input_size(args: argparse.Namespace) -> tuple[int | None, int | tuple[int, i
         raise InputError(f"--input-size {c} {h} {w} and --in-chans {in_chans} disagree; give one of them")
     if image_size is not None and (h, w) != (image_size, image_size):
         raise InputError(f"--input-size {c} {h} {w} and --image-size {image_size} disagree; give one of them")
+    if in_chans is None and not _buildable(getattr(args, "model", None), getattr(args, "weights", None)):
+        c = None  # a model built as it is (a fixed checkpoint, your own file): its first convolution sets the channels
     return c, (h if h == w else (h, w))
+
+
+def _buildable(spec, weights) -> bool:
+    """Whether --in-chans can build ``spec``: a timm / torchvision name whose weights are not a fixed checkpoint."""
+    from pathlib import Path
+
+    from shiftlab.models.fixed_checkpoint import read_fixed
+    from shiftlab.models.loading import build_options
+
+    if not build_options(spec, {"in_chans": 1}):
+        return False
+    path = Path(weights).expanduser() if weights is not None else None
+    return path is None or not path.is_file() or read_fixed(path) is None

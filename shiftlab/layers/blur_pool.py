@@ -288,8 +288,9 @@ def blur_pool2d(x: Tensor, filter_size: int = 3, stride: int = 2, padding_mode: 
     before, after = filter_padding(filter_size)
     if padding_mode == "reflect" and min(x.shape[-2:]) <= max(before, after):
         raise ShapeError(
-            f"reflect padding of {max(before, after)} needs a map larger than that, got {x.shape[-2]}x{x.shape[-1]}"
-            " (use padding_mode='replicate' or 'zeros', or a smaller filter)")
+            f"a {x.shape[-2]}x{x.shape[-1]} map is too small for the blur filter's reflect padding of "
+            f"{max(before, after)}: the input is too small for this many subsamplings (use a larger input size, "
+            f"--img-size; in Python also padding_mode='replicate' or 'zeros', or a smaller filter)")
     if in_graph_capture():
         return _blur_graph(x, filter_size, stride, padding_mode)
     if x.dtype in (torch.float16, torch.bfloat16):

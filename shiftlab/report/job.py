@@ -69,6 +69,9 @@ class ReportJob:
         from shiftlab.models.loading import check_build_options
 
         check_build_options(self.model, self.num_classes, self.in_chans)
+        from shiftlab.runs.audit import check_device
+
+        check_device(self.device)
         if self.finetune_steps and self.build():
             flag = "--num-classes" if self.num_classes is not None else "--in-chans"
             raise InputError(f"--finetune-steps with {flag}: the report fine-tunes only models built as they are; "
@@ -80,13 +83,13 @@ class ReportJob:
         training = load_experiment_results(self.experiments) if self.experiments is not None else None
         if self.finetune_steps < 0:
             raise InputError(f"--finetune-steps must be 0 or more, got {self.finetune_steps}")
-        if self.finetune_steps:
-            from shiftlab.runs import parse_fix
+        from shiftlab.runs import parse_fix
 
-            try:
-                parse_fix(self.finetune_fix)
-            except InputError as exc:
-                raise InputError(f"--finetune-fix: {exc}") from None
+        try:  # checked even without --finetune-steps: a typo is a typo
+            parse_fix(self.finetune_fix)
+        except InputError as exc:
+            raise InputError(f"--finetune-fix: {exc}") from None
+        if self.finetune_steps:
             if self.finetune_data is not None:
                 from shiftlab.data.sources import open_images
 

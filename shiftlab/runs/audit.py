@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from shiftlab.errors import InputError
 
-__all__ = ["AuditRun", "parse_fix", "check_maps", "check_layers_syntax", "check_output_key", "check_data_spec",
+__all__ = ["AuditRun", "parse_fix", "check_maps", "check_device", "check_layers_syntax", "check_output_key", "check_data_spec",
            "AMP_DTYPES"]
 
 #: torch.compile backends every torch 2 has (others are looked up in torch.compiler.list_backends)
@@ -31,6 +31,26 @@ def check_maps(value, flag: str = "--maps") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MAPS:
         raise InputError(f"{flag} must be an integer from 0 to {MAX_MAPS}, got {value!r}")
     return value
+
+
+def check_device(device, amp: bool = False) -> None:
+    """--device names a torch device this machine has, and --amp has a CUDA device to run on: from the arguments,
+    before any model is loaded (one line naming the flag)."""
+    import torch
+
+    if device is not None:
+        try:
+            chosen = torch.device(str(device))
+        except (RuntimeError, ValueError):
+            raise InputError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"--device {device}: this machine has no CUDA device; use --device cpu")
+        if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    on_cuda = (str(device).startswith("cuda") if device is not None else torch.cuda.is_available())
+    if amp and not on_cuda:
+        raise InputError("--amp (mixed precision) needs a CUDA device" + ("" if device is not None else
+                                                                          ": this machine has none"))
 
 
 def check_layers_syntax(text: str | None) -> None:
@@ -179,7 +199,10 @@ class AuditRun:
         from shiftlab.measure.protocols import parse_protocol
 
         if self.transform is not None:
-            parse_protocol(self.transform)
+            try:
+                parse_protocol(self.transform)
+            except InputError as exc:
+                raise InputError(f"--transform: {exc}") from None
         parse_fix(self.fix)
         for name, minimum in (("batch_size", 1), ("limit", 1), ("margin", 0), ("threads", 1), ("workers", 0),
                               ("checkpoint_every", 1)):
@@ -211,8 +234,7 @@ class AuditRun:
             if self.interpolation not in INTERPOLATIONS:
                 raise InputError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
                                  f"{self.interpolation!r}")
-        if self.amp and self.device is not None and not str(self.device).startswith("cuda"):
-            raise InputError("--amp needs a CUDA device")
+        check_device(self.device, self.amp)
         self._check_model_options()
         self._check_requests()
         if files:

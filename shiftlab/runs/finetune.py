@@ -131,8 +131,9 @@ class FinetuneRun:
         check_build_options(self.model, self.num_classes, self.in_chans)
         if self.fix is not None:
             parse_fix(self.fix)
-        if self.amp and self.device is not None and not str(self.device).startswith("cuda"):
-            raise InputError("--amp needs a CUDA device")
+        from shiftlab.runs.audit import check_device
+
+        check_device(self.device, self.amp)
         self.config()
         if self.views is not None:
             from shiftlab.measure.protocols import parse_protocol
