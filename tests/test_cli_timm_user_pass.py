@@ -87,3 +87,15 @@ def test_timms_input_size_on_a_fixed_checkpoint_follows_the_file(tmp_path, capsy
                  "circular:2", "--no-progress", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["preprocessing"]["model_input"] == [64, 64] and doc["classes"] == 5
+
+
+@pytest.mark.parametrize("extra, size, why", [
+    (["--circular"], "40", "not a multiple of the total stride"),
+    ([], "64", "add --circular"),
+    (["--circular"], "64", None),  # control: certified, no reason printed
+])
+def test_fix_certify_says_why_a_certificate_fails(extra, size, why, tmp_path, capsys):
+    assert main(["fix", "--model", "torchvision:resnet18", "--method", "aps", *extra, "--certify", size, size,
+                 "--shifts", "2", "--out", str(tmp_path / "f.pt")]) == 0
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("certify at")][0]
+    assert ("NOT invariant" in line and why in line) if why else (" invariant" in line and ";" not in line)

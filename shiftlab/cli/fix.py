@@ -105,6 +105,19 @@ def _nothing_replaced(report, args) -> str:
             f"--method {args.method} to replace; {args.out} was not written")
 
 
+def _why_not_certified(args, total_stride) -> str:
+    """The likeliest reason a certificate failed, from the arguments: a size that is not a multiple of the total
+    stride, or zero padding (no --circular)."""
+    h, w = args.certify
+    sy, sx = total_stride
+    if h % sy or w % sx:
+        return (f"; {h}x{w} is not a multiple of the total stride, so the guarantee does not hold at this size "
+                f"(certify at {max(sy, -(-h // sy) * sy)}x{max(sx, -(-w // sx) * sx)})")
+    if not args.circular:
+        return "; zero padding breaks circular shifts at the borders (add --circular for an exact certificate)"
+    return ""
+
+
 def _input_size(model) -> tuple[int, int]:
     """The input size the model declares (its timm / torchvision configuration), else 224x224."""
     from shiftlab.models import preprocessing
@@ -198,5 +211,6 @@ def run(args) -> int:
         verdict = "invariant" if result.passed else "NOT invariant"
         print(f"certify at {args.certify[0]}x{args.certify[1]}: {verdict} to circular shifts: max relative deviation "
               f"{result.max_rel_deviation:.3g} over {result.shifts_checked} shifts ({result.dtype}, tolerance "
-              f"{result.tolerance:g}, total stride {result.total_stride[0]}x{result.total_stride[1]})")
+              f"{result.tolerance:g}, total stride {result.total_stride[0]}x{result.total_stride[1]})"
+              + ("" if result.passed else _why_not_certified(args, result.total_stride)))
     return 0
