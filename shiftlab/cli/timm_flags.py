@@ -52,7 +52,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_kwargs(args: argparse.Namespace) -> dict:
     """--num-classes / --in-chans as keyword arguments of the model loader (only those given)."""
-    return {k: v for k in ("num_classes", "in_chans") if (v := getattr(args, k, None)) is not None}
+    from shiftlab.models.loading import given_build_options
+
+    return given_build_options(args)
 
 
 def add_execution_arguments(parser: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ from shiftlab.errors import InputError, ShapeError
 from shiftlab.models._device import to_device
 from shiftlab.models.pretrained import pretrained
 
-__all__ = ["REGISTRY_KINDS", "BUILD_KEYS", "SelectOutput", "check_build_options", "build_options", "check_materialized", "file_sha256",
+__all__ = ["REGISTRY_KINDS", "BUILD_KEYS", "SelectOutput", "check_build_options", "build_options", "given_build_options", "check_materialized", "file_sha256",
            "is_registry_spec", "load_model", "load_state_strictly", "load_weights", "output_kind", "read_checkpoint",
            "select_output", "shown_arg"]
 
@@ -78,6 +78,12 @@ def is_registry_spec(spec) -> bool:
 def _suggest(name: str, names) -> str:
     close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
     return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def given_build_options(source) -> dict:
+    """The build options (:data:`BUILD_KEYS`) that ``source`` (parsed flags, or a run's options) gives, as keyword
+    arguments of the model loader: only those that are set."""
+    return {k: v for k in BUILD_KEYS if (v := getattr(source, k, None)) is not None}
 
 
 def build_options(spec, recorded) -> dict:

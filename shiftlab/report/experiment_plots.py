@@ -390,12 +390,8 @@ def plot_subpixel(result: dict, axes=None):
         for j, (key, label) in enumerate(keys):
             mean, err = whisker(entry, key, seeds)
             x = i + (j - (len(keys) - 1) / 2) * width
-            ax.bar(x, mean, width * 0.9, yerr=err, capsize=2 if err is not None else 0,
-                   color=_COLORS[j % len(_COLORS)], label=label if i == 0 else None)
-            ax.text(x, _top(mean, err) + 0.01, f"{mean:.2f}", ha="center", va="bottom", fontsize=6)
-            value = table.get(name, {}).get(key)
-            if value is not None:
-                ax.plot(x, value / 100.0, marker="D", ms=5, mfc="white", mec="#30343f", mew=1.2, ls="none")
+            _published_bar(ax, x, mean, err, width, j, label if i == 0 else None, table.get(name, {}).get(key),
+                           capsize=2, text=f"{mean:.2f}", text_y=_top(mean, err) + 0.01)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, fontsize=8)
     ax.set_ylim(0.0, 1.12)
@@ -407,6 +403,16 @@ def plot_subpixel(result: dict, axes=None):
                  + (f"\nhollow diamonds: the published values, {source}" if source else ""), fontsize=8.5)
     fig.tight_layout()
     return fig
+
+
+def _published_bar(ax, x, mean, err, width, colour, label, published, *, capsize, text, text_y) -> None:
+    """One bar (colour index ``colour``) with its whisker and value, and the published value (percent) as a
+    hollow diamond above it where there is one."""
+    ax.bar(x, mean, width * 0.9, yerr=err, capsize=capsize if err is not None else 0,
+           color=_COLORS[colour % len(_COLORS)], label=label)
+    ax.text(x, text_y, text, ha="center", va="bottom", fontsize=6)
+    if published is not None:
+        ax.plot(x, published / 100.0, marker="D", ms=5, mfc="white", mec="#30343f", mew=1.2, ls="none")
 
 
 @literal_text
@@ -429,12 +435,8 @@ def plot_transformer(result: dict, axes=None):
         for j, (key, _) in enumerate(keys):
             mean, err = whisker(entry, key, seeds)
             x = j + (i - (len(names) - 1) / 2) * width
-            ax.bar(x, mean, width * 0.9, yerr=err, capsize=3 if err is not None else 0,
-                   color=_COLORS[i % len(_COLORS)], label=name if j == 0 else None)
-            ax.text(x, mean + 0.01, f"{mean:.3f}", ha="center", va="bottom", fontsize=6)
-            value = table.get(name, {}).get(key)
-            if value is not None:
-                ax.plot(x, value / 100.0, marker="D", ms=5, mfc="white", mec="#30343f", mew=1.2, ls="none")
+            _published_bar(ax, x, mean, err, width, i, name if j == 0 else None, table.get(name, {}).get(key),
+                           capsize=3, text=f"{mean:.3f}", text_y=mean + 0.01)
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels([label for _, label in keys], fontsize=8)
     ax.set_ylim(0.0, 1.12)

@@ -309,7 +309,9 @@ class AuditRun:
 
         from shiftlab.models.fixed_checkpoint import load_any_model as load_model
 
-        build = {k: v for k, v in (("num_classes", self.num_classes), ("in_chans", self.in_chans)) if v is not None}
+        from shiftlab.models.loading import given_build_options
+
+        build = given_build_options(self)
         model = load_model(self.model, weights=self.weights, device=device, output_key=_key(self.output_key),
                            seed=self.seed, **build)
         reference = None

@@ -142,7 +142,9 @@ class FinetuneRun:
 
     def build(self) -> dict:
         """--num-classes / --in-chans, as keyword arguments of the model loader (only those given)."""
-        return {k: v for k, v in (("num_classes", self.num_classes), ("in_chans", self.in_chans)) if v is not None}
+        from shiftlab.models.loading import given_build_options
+
+        return given_build_options(self)
 
     def check_checkpoint(self) -> None:
         """``checkpoint`` is a fine-tuning checkpoint of this kind (or not there yet); ``resume`` needs one."""
